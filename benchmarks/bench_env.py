@@ -1,0 +1,60 @@
+"""Steps per second of KeyDoorVectorEnv against gymnasium's SyncVectorEnv of KeyDoorEnv, same run.
+
+    python benchmarks/bench_env.py --num-envs 512
+
+Both run the same random actions with SAME_STEP autoreset; the ratio is what to read, since the
+absolute figures move with the machine's load.
+"""
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keydoor_env as K  # noqa: E402
+
+
+@dataclass
+class Args:
+    num_envs: int = 512
+    """environments stepped together"""
+    size: int = 9
+    """grid size"""
+    seconds: float = 3.0
+    """minimum time spent measuring each implementation"""
+
+
+def measure(step, num_envs: int, seconds: float) -> float:
+    """Env steps per second (num_envs per call) over at least `seconds`."""
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, K.NUM_ACTIONS, (64, num_envs))
+    for i in range(64):  # warm-up
+        step(actions[i])
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step(actions[calls % 64])
+        calls += 1
+    return calls * num_envs / (time.perf_counter() - start)
+
+
+def main(args: Args) -> float:
+    vector = K.KeyDoorVectorEnv(args.num_envs, size=args.size)
+    vector.reset(seed=0)
+    sync = gym.vector.SyncVectorEnv([lambda: K.KeyDoorEnv(size=args.size) for _ in range(args.num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    sync.reset(seed=0)
+    fast = measure(vector.step, args.num_envs, args.seconds)
+    slow = measure(sync.step, args.num_envs, args.seconds)
+    print(f"KeyDoorVectorEnv   {args.num_envs} envs: {fast:>12,.0f} steps/s")
+    print(f"SyncVectorEnv      {args.num_envs} envs: {slow:>12,.0f} steps/s")
+    print(f"ratio: {fast / slow:.1f}x (goal: >= 50x)")
+    return fast / slow
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,350 @@
+"""Rules of Key-To-Door, the vector env, the task split, and the `.npz` contract."""
+
+import json
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import keydoor_env as K
+
+STAY, RIGHT, LEFT, UP, DOWN = range(5)
+
+
+def make(task=(2, 0, 2, 2), size=5, light=False):
+    env = K.KeyDoorEnv(size=size, light=light, task=task)
+    obs, info = env.reset(seed=0)
+    return env, obs
+
+
+def walk(env, actions):
+    out = []
+    for a in actions:
+        out.append(env.step(a))
+    return out
+
+
+# ---------------------------------------------------------------- rules, step by step
+def test_start_observation_and_layout():
+    env, obs = make(task=(2, 0, 2, 2), size=5, light=True)
+    assert obs.dtype == np.float32 and obs.shape == (8,)
+    np.testing.assert_allclose(obs, [0, 0, 0, 0, 0.5, 0, 0.5, 0.5])
+    dark, dobs = make(task=(2, 0, 2, 2), size=5, light=False)
+    np.testing.assert_array_equal(K.to_dark(obs), dobs)
+
+
+def test_moves_walls_and_stay():
+    env, obs = make()
+    obs, r, term, trunc, _ = env.step(LEFT)  # wall at x = 0
+    assert obs[:2].tolist() == [0, 0] and r == 0
+    obs, *_ = env.step(DOWN)  # wall at y = 0
+    assert obs[:2].tolist() == [0, 0]
+    obs, *_ = env.step(UP)
+    assert obs[:2].tolist() == [0, 0.25]
+    obs, *_ = env.step(STAY)
+    assert obs[:2].tolist() == [0, 0.25]
+    obs, *_ = env.step(RIGHT)
+    assert obs[:2].tolist() == [0.25, 0.25]
+    for _ in range(10):
+        obs, *_ = env.step(RIGHT)
+    assert obs[:2].tolist() == [1.0, 0.25]  # wall at x = size - 1
+    for _ in range(10):
+        obs, *_ = env.step(UP)
+    assert obs[:2].tolist() == [1.0, 1.0]
+    assert obs[3] == pytest.approx(25 / 50)
+
+
+def test_key_reward_once_then_door_terminates():
+    env, _ = make(task=(2, 0, 2, 2))
+    (_, r1, *_), (obs, r2, term, trunc, _) = walk(env, [RIGHT, RIGHT])
+    assert (r1, r2) == (0, 1) and obs[2] == 1 and not term and not trunc
+    # leave and re-enter the key cell: no second reward
+    (_, r3, *_), (_, r4, *_), (_, r5, *_) = walk(env, [LEFT, RIGHT, STAY])
+    assert (r3, r4, r5) == (0, 0, 0)
+    (_, r6, t6, *_), (_, r7, t7, tr7, _) = walk(env, [UP, UP])
+    assert (r6, t6) == (0, False) and (r7, t7, tr7) == (1, True, False)
+
+
+def test_door_without_key_does_nothing():
+    env, _ = make(task=(4, 4, 1, 0))
+    obs, r, term, trunc, _ = env.step(RIGHT)
+    assert r == 0 and not term and obs[2] == 0
+    obs, r, term, trunc, _ = env.step(STAY)  # staying on the door without the key
+    assert r == 0 and not term
+
+
+def test_truncation_at_exactly_step_50():
+    env, _ = make()
+    for t in range(1, K.EPISODE_STEPS + 1):
+        obs, r, term, trunc, _ = env.step(STAY)
+        assert not term
+        assert trunc == (t == K.EPISODE_STEPS), t
+        assert obs[3] == pytest.approx(t / K.EPISODE_STEPS)
+
+
+def test_termination_on_step_50_is_not_truncation():
+    env, _ = make(task=(1, 0, 2, 0))
+    for _ in range(48):
+        env.step(STAY)
+    _, r, term, trunc, _ = env.step(RIGHT)
+    assert r == 1 and not term and not trunc
+    _, r, term, trunc, _ = env.step(RIGHT)
+    assert r == 1 and term and not trunc
+
+
+def test_fixed_mode_keeps_task_and_resample_mode_draws():
+    env = K.KeyDoorEnv(size=9)
+    env.reset(seed=3)
+    task = env.task.copy()
+    for _ in range(5):
+        env.reset()
+        np.testing.assert_array_equal(env.task, task)
+    env.reset(options={"task": (3, 4, 5, 6)})
+    env.reset()
+    assert env.task.tolist() == [3, 4, 5, 6]
+    env = K.KeyDoorEnv(size=9, resample=True)
+    seen = {tuple(env.reset(seed=s)[1]["task"]) for s in range(20)}
+    assert len(seen) > 10
+    train = {tuple(t) for t in K.task_split(9)[0]}
+    assert seen <= train
+
+
+def test_reset_is_seeded():
+    a, b = K.KeyDoorEnv(resample=True), K.KeyDoorEnv(resample=True)
+    a.reset(seed=7), b.reset(seed=7)
+    for _ in range(5):
+        np.testing.assert_array_equal(a.reset()[1]["task"], b.reset()[1]["task"])
+
+
+@pytest.mark.parametrize("env_id", ["KeyDoor-Dark-v0", "KeyDoor-Light-v0"])
+def test_gymnasium_make_and_check_env(env_id):
+    env = gym.make(env_id, size=6)
+    check_env(env.unwrapped, skip_render_check=False)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == ((8,) if "Light" in env_id else (4,))
+
+
+def test_render_ansi():
+    env = K.KeyDoorEnv(size=4, task=(1, 1, 3, 3), render_mode="ansi")
+    env.reset(seed=0)
+    text = env.render()
+    assert text.splitlines()[0] == "...D" and text.splitlines()[3] == "A..."
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("task, match", [
+    ((5, 0, 1, 1), "outside"), ((-1, 0, 1, 1), "outside"), ((2, 2, 2, 2), "same cell"),
+    ((0, 0, 1, 1), "start cell"), ((1, 1, 0, 0), "start cell"), ((1, 2, 3), "4 integers"),
+    ((1.5, 2, 3, 3), "4 integers"),
+])
+def test_bad_tasks(task, match):
+    with pytest.raises(ValueError, match=match):
+        K.KeyDoorEnv(size=5, task=task)
+    env = K.KeyDoorEnv(size=5)
+    with pytest.raises(ValueError, match=match):
+        env.reset(options={"task": task})
+    with pytest.raises(ValueError, match=match if len(task) == 4 else "shape"):
+        K.KeyDoorVectorEnv(1, size=5, tasks=[task])
+
+
+@pytest.mark.parametrize("size", [2, 0, -3, 2.5])
+def test_bad_size(size):
+    with pytest.raises(ValueError, match="size"):
+        K.KeyDoorEnv(size=size)
+    with pytest.raises(ValueError, match="size"):
+        K.KeyDoorVectorEnv(2, size=size)
+
+
+def test_bad_actions():
+    env, _ = make()
+    for action in (5, -1, 1.0):
+        with pytest.raises(ValueError, match="action"):
+            env.step(action)
+    venv = K.KeyDoorVectorEnv(3, size=5)
+    venv.reset(seed=0)
+    for actions in ([0, 1, 5], [0, -1, 2], [0, 1], np.zeros(3)):
+        with pytest.raises(ValueError, match="actions"):
+            venv.step(np.asarray(actions))
+
+
+def test_bad_split_and_num_envs():
+    with pytest.raises(ValueError, match="split"):
+        K.KeyDoorEnv(split="validation")
+    with pytest.raises(ValueError, match="num_envs"):
+        K.KeyDoorVectorEnv(0)
+
+
+# ---------------------------------------------------------------- the split
+@pytest.mark.parametrize("size", [3, 4, 6, 9])
+def test_split_disjoint_deterministic_covering(size):
+    train, test = K.task_split(size)
+    every = {tuple(t) for t in K.all_tasks(size)}
+    train_set, test_set = {tuple(t) for t in train}, {tuple(t) for t in test}
+    assert len(train_set) == len(train) and len(test_set) == len(test)
+    assert not train_set & test_set
+    assert train_set | test_set == every
+    assert len(every) == (size * size - 1) * (size * size - 2)
+    assert len(test) == round(0.1 * len(every))
+    for t in every:
+        K.validate_task(np.array(t), size)
+    K._split.cache_clear()
+    train2, test2 = K.task_split(size)
+    np.testing.assert_array_equal(test, test2)
+    np.testing.assert_array_equal(train, train2)
+
+
+def test_split_is_pinned():
+    # Guards the split against silent change: the same on every machine and numpy version.
+    _, test = K.task_split(9)
+    assert len(test) == 632
+    assert test[:3].tolist() == PINNED_9x9_FIRST_TEST_TASKS
+
+
+PINNED_9x9_FIRST_TEST_TASKS = [[0, 1, 0, 8], [0, 1, 2, 4], [0, 1, 3, 0]]
+
+
+def test_split_is_read_only():
+    train, _ = K.task_split(5)
+    with pytest.raises(ValueError):
+        train[0, 0] = 1
+
+
+# ---------------------------------------------------------------- the vector env
+@pytest.mark.parametrize("light", [False, True])
+def test_vector_env_matches_single_envs(light):
+    """Step for step on random actions, across autoresets, in fixed and resample modes."""
+    n, size, seed = 8, 4, 11
+    resample = np.array([i % 2 == 0 for i in range(n)])
+    given = K.task_split(size)[0][:n]
+    tasks = np.where(resample[:, None], 0, given)  # resample envs draw their own
+    venv = K.KeyDoorVectorEnv(n, size=size, light=light, resample=resample)
+    singles = [K.KeyDoorEnv(size=size, light=light, resample=bool(resample[i])) for i in range(n)]
+    vobs, _ = venv.reset(seed=seed, options=None)
+    sobs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(singles)])
+    np.testing.assert_array_equal(vobs, sobs)
+    rng = np.random.default_rng(0)
+    dones = 0
+    for step in range(400):
+        actions = rng.integers(0, 5, n)
+        vobs, vr, vterm, vtrunc, vinfo = venv.step(actions)
+        for i, env in enumerate(singles):
+            obs, r, term, trunc, _ = env.step(int(actions[i]))
+            assert (r, term, trunc) == (vr[i], vterm[i], vtrunc[i])
+            if term or trunc:
+                dones += 1
+                assert vinfo["_final_obs"][i]
+                np.testing.assert_array_equal(vinfo["final_obs"][i], obs)
+                obs, _ = env.reset()
+            np.testing.assert_array_equal(vobs[i], obs)
+            np.testing.assert_array_equal(venv.tasks[i], env.task)
+    assert dones > 3 * n  # autoresets were exercised
+    del tasks
+
+
+def test_vector_env_given_tasks_and_partial_reset():
+    tasks = K.task_split(5)[1][:3]
+    venv = K.KeyDoorVectorEnv(3, size=5, tasks=tasks)
+    venv.reset(seed=0)
+    np.testing.assert_array_equal(venv.tasks, tasks)
+    for _ in range(3):
+        venv.step(np.full(3, UP))
+    new = K.task_split(5)[1][3:6]
+    obs, _ = venv.reset(options={"tasks": new, "reset_mask": np.array([True, False, False])})
+    assert obs[0, 1] == 0 and obs[1, 1] == 0.75 and obs[0, 3] == 0 and obs[1, 3] == 3 / 50
+    np.testing.assert_array_equal(venv.tasks, np.concatenate([new[:1], tasks[1:]]))
+
+
+def test_vector_env_spaces_and_step_contract():
+    venv = K.KeyDoorVectorEnv(4, size=5, light=True)
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    assert venv.observation_space.shape == (4, 8) and venv.single_action_space.n == 5
+    obs, _ = venv.reset(seed=1)
+    assert obs.dtype == np.float32 and venv.observation_space.contains(obs)
+    for _ in range(K.EPISODE_STEPS - 1):
+        obs, rewards, term, trunc, infos = venv.step(np.zeros(4, dtype=np.int64))
+    assert "final_obs" not in infos and rewards.dtype == np.float32
+    obs, rewards, term, trunc, infos = venv.step(np.zeros(4, dtype=np.int64))
+    assert trunc.all() and not term.any() and infos["_final_obs"].all()
+    assert (infos["final_obs"][:, 3] == 1.0).all() and (obs[:, 3] == 0).all()
+
+
+def test_step_before_reset_fails():
+    with pytest.raises(RuntimeError, match="reset"):
+        K.KeyDoorVectorEnv(2).step(np.zeros(2, dtype=np.int64))
+    with pytest.raises(RuntimeError, match="reset"):
+        K.KeyDoorEnv().step(0)
+
+
+# ---------------------------------------------------------------- the .npz contract
+def random_history(steps=120, light=True, seed=0):
+    venv = K.KeyDoorVectorEnv(1, size=4, light=light)
+    obs, _ = venv.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    hist = {k: [] for k in K.HISTORY_DTYPES}
+    for _ in range(steps):
+        a = rng.integers(0, 5, 1)
+        hist["observations"].append(obs[0])
+        hist["tasks"].append(venv.tasks[0].copy())
+        obs, r, term, trunc, _ = venv.step(a)
+        hist["actions"].append(a[0]), hist["rewards"].append(r[0])
+        hist["terminations"].append(term[0]), hist["truncations"].append(trunc[0])
+    return {k: np.array(v) for k, v in hist.items()}
+
+
+def test_history_round_trip(tmp_path):
+    hist = random_history()
+    config = {"size": 4, "light": True, "style": "nx1", "seed": 0, "run": 0, "algorithm": "random"}
+    path = tmp_path / "run_00000.npz"
+    K.save_history(str(path), hist, config)
+    loaded, loaded_config = K.load_history(str(path))
+    assert loaded_config == config
+    for key, dtype in K.HISTORY_DTYPES.items():
+        assert loaded[key].dtype == dtype
+        np.testing.assert_array_equal(loaded[key], hist[key])
+    assert [p.name for p in tmp_path.iterdir()] == ["run_00000.npz"]  # no temp file left
+    returns, ends = K.episode_returns(loaded["rewards"], loaded["terminations"] | loaded["truncations"])
+    assert len(returns) >= 2 and ends[-1] < len(hist["rewards"])
+
+
+def test_history_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        K.load_history(str(tmp_path / "missing.npz"))
+    bad = tmp_path / "corrupt.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a readable"):
+        K.load_history(str(bad))
+    hist = random_history()
+    short = dict(hist, actions=hist["actions"][:-1])
+    with pytest.raises(ValueError, match="shape"):
+        K.save_history(str(tmp_path / "x.npz"), short, {})
+    assert not os.path.exists(tmp_path / "x.npz")
+    np.savez(tmp_path / "noconfig.npz", **hist)
+    with pytest.raises(ValueError, match="config"):
+        K.load_history(str(tmp_path / "noconfig.npz"))
+    np.savez(tmp_path / "badjson.npz", **hist, config=np.array("{oops"))
+    with pytest.raises(ValueError, match="JSON"):
+        K.load_history(str(tmp_path / "badjson.npz"))
+    np.savez(tmp_path / "pickled.npz", **hist, config=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="not a readable"):
+        K.load_history(str(tmp_path / "pickled.npz"))
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+
+    def failing(f):
+        f.write(b"partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        K.atomic_write(str(path), failing)
+    assert path.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_config_is_json_string(tmp_path):
+    K.save_history(str(tmp_path / "a.npz"), random_history(), {"size": 4})
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as data:
+        assert json.loads(str(data["config"])) == {"size": 4}
