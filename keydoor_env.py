@@ -230,8 +230,8 @@ class KeyDoorVectorEnv(VectorEnv):
     `infos["final_obs"]` (rows where `infos["_final_obs"]` is True). So the observation returned by
     `step` is always what the agent sees before its next action, exactly the `.npz` contract.
 
-    Randomness: env i owns a generator seeded with `seed + i` by `reset(seed=seed)`, as gymnasium's
-    vector envs seed their sub-envs, so env i matches `KeyDoorEnv` reset with `seed + i` draw for
+    Randomness: env i owns a generator seeded with `seed + i` by `reset(seed=seed)` (or `seed[i]`
+    when `seed` is a list), as gymnasium's vector envs seed their sub-envs, so env i matches `KeyDoorEnv` reset with `seed + i` draw for
     draw, and envs never share random numbers.
 
     `reset(options=...)` accepts `"tasks"` (an (N, 4) array, kept in fixed mode) and `"reset_mask"`
@@ -307,7 +307,11 @@ class KeyDoorVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         options = options or {}
-        if seed is not None:
+        if isinstance(seed, (list, tuple, np.ndarray)):  # one seed per env, as SyncVectorEnv takes
+            if len(seed) != self.num_envs:
+                raise ValueError(f"expected {self.num_envs} seeds, got {len(seed)}")
+            self._rngs = [seeding.np_random(int(s))[0] for s in seed]
+        elif seed is not None:
             self._rngs = [seeding.np_random(seed + i)[0] for i in range(self.num_envs)]
         elif self._rngs is None:
             self._rngs = [seeding.np_random()[0] for _ in range(self.num_envs)]
