@@ -1,0 +1,237 @@
+"""ad_train.py: causality, learning, checkpoints, Light->Dark, end to end, bad input."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import ad_train as A
+import keydoor_env as K
+import sac_collect as S
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_model(obs_dim=4, context=12, dropout=0.0):
+    torch.manual_seed(0)
+    return A.DecisionModel(A.ModelConfig(obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32,
+                                         dropout=dropout)).eval()
+
+
+def random_inputs(B, T, obs_dim=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"observations": torch.rand((B, T, obs_dim), generator=g),
+            "prev_actions": torch.randint(0, 6, (B, T), generator=g),
+            "prev_rewards": torch.randint(0, 2, (B, T), generator=g).float(),
+            "prev_dones": torch.randint(0, 2, (B, T), generator=g).float()}
+
+
+@pytest.fixture(scope="module")
+def sac_data(tmp_path_factory):
+    """A tiny Nx1 Light dataset written by sac_collect.py."""
+    tmp = tmp_path_factory.mktemp("sac")
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        S.main(S.Args(style="nx1", light=True, num_runs=4, steps=300, size=4, group_size=4, batch_size=16, hidden=16,
+                      learning_starts=100, log_every=100, progress=False, data_dir=str(tmp / "data"), cuda=False))
+    finally:
+        os.chdir(cwd)
+    return tmp / "data"
+
+
+def tiny_args(data_dir, **overrides):
+    flags = dict(data_dir=str(data_dir), context=40, updates=30, batch_size=8, n_layer=1, n_head=2, n_embd=16, d_ff=32,
+                 warmup_updates=5, log_every=10, save_every=10, eval_every=15, eval_envs=2, eval_steps=60,
+                 progress=False, cuda=False)
+    flags.update(overrides)
+    return A.Args(**flags)
+
+
+def test_causality():
+    model = small_model()
+    inputs = random_inputs(3, 12)
+    logits = model(**inputs)
+    for t in (0, 5, 10):
+        changed = {k: v.clone() for k, v in inputs.items()}
+        changed["observations"][:, t + 1:] += 1.0
+        changed["prev_actions"][:, t + 1:] = (changed["prev_actions"][:, t + 1:] + 1) % 6
+        changed["prev_rewards"][:, t + 1:] = 1 - changed["prev_rewards"][:, t + 1:]
+        other = model(**changed)
+        torch.testing.assert_close(other[:, : t + 1], logits[:, : t + 1], rtol=0, atol=0)
+        assert not torch.allclose(other[:, t + 1:], logits[:, t + 1:])
+
+
+def test_kv_cache_matches_full_recompute():
+    model = small_model(context=12)
+    inputs = random_inputs(2, 12)
+    full = model(**inputs)
+    caches = [{} for _ in model.blocks]
+    for t in range(12):
+        step = {k: v[:, t:t + 1] for k, v in inputs.items()}
+        out = model(**step, positions=torch.tensor([t]), caches=caches)
+        torch.testing.assert_close(out[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+
+
+def synthetic_dataset(folder, runs=3, steps=400):
+    """Histories of a scripted agent whose action is a function of its observation: learnable."""
+    for run in range(runs):
+        env = K.KeyDoorVectorEnv(1, size=5, light=True, tasks=K.task_split(5)[0][run:run + 1])
+        obs, _ = env.reset(seed=run)
+        hist = {k: [] for k in K.HISTORY_DTYPES}
+        for _ in range(steps):
+            action = np.array([1 if obs[0, 0] < 0.5 else 3 if obs[0, 1] < 0.5 else int(round(obs[0, 3] * 50)) % 5])
+            hist["observations"].append(obs[0]), hist["tasks"].append(env.tasks[0].copy())
+            obs, r, term, trunc, _ = env.step(action)
+            hist["actions"].append(action[0]), hist["rewards"].append(r[0])
+            hist["terminations"].append(term[0]), hist["truncations"].append(trunc[0])
+        K.save_history(os.path.join(folder, f"run_{run:05d}.npz"), {k: np.array(v) for k, v in hist.items()},
+                       {"size": 5, "light": True, "style": "nx1", "seed": 0, "run": run, "algorithm": "scripted"})
+
+
+def test_loss_drops_on_synthetic_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    synthetic_dataset(tmp_path / "data" / "nx1-light")
+    first = A.main(tiny_args(tmp_path / "data", updates=10, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34,
+                             exp_name="a"))
+    last = A.main(tiny_args(tmp_path / "data", updates=150, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34,
+                            exp_name="b", n_embd=32, dropout=0.0))
+    assert last["val_loss"] < 0.75 * first["val_loss"], (first, last)
+    assert last["accuracy"] > 0.6
+
+
+def test_light_to_dark_stripping_is_exact(sac_data):
+    runs, meta = A.load_dataset(str(sac_data / "nx1-light"), light_obs=False)
+    light_runs, light_meta = A.load_dataset(str(sac_data / "nx1-light"), light_obs=True)
+    assert meta["obs_dim"] == 4 and light_meta["obs_dim"] == 8
+    for run, light_run, name in zip(runs, light_runs, sorted(os.listdir(sac_data / "nx1-light"))):
+        history, _ = K.load_history(str(sac_data / "nx1-light" / name))
+        dark = A.decode_observations(torch.as_tensor(run["obs_codes"]), torch.tensor(meta["obs_scale"])).numpy()
+        np.testing.assert_array_equal(dark, history["observations"][:, :4])
+        light = A.decode_observations(torch.as_tensor(light_run["obs_codes"]), torch.tensor(light_meta["obs_scale"])).numpy()
+        np.testing.assert_array_equal(light, history["observations"])
+        # and it is what the Dark env shows on replay
+        env = K.KeyDoorEnv(size=4, light=False)
+        obs, _ = env.reset(options={"task": history["tasks"][0]})
+        for t in range(60):
+            np.testing.assert_array_equal(dark[t], obs)
+            obs, _, term, trunc, _ = env.step(int(history["actions"][t]))
+            if term or trunc:
+                obs, _ = env.reset()
+
+
+def test_select_steps_and_previous_tokens():
+    dones = np.zeros(200, dtype=bool)
+    dones[[49, 99, 149, 199]] = True
+    history = {"observations": np.zeros((200, 4), np.float32), "actions": np.arange(200) % 5,
+               "rewards": (np.arange(200) % 7 == 0).astype(np.float32), "terminations": np.zeros(200, bool),
+               "truncations": dones}
+    run = A.select_steps(history, history_steps=150, episode_stride=2)
+    assert len(run["actions"]) == 100  # episodes 0 and 2 of the first 150 steps
+    assert run["prev_actions"][0] == A.PREV_NONE and run["prev_actions"][1] == history["actions"][0]
+    assert run["prev_dones"][50] and run["prev_actions"][50] == history["actions"][49]
+    assert run["actions"][50] == history["actions"][100]
+
+
+def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(sac_data, data)
+    result = A.main(tiny_args(data))
+    checkpoint = A.load_checkpoint(result["checkpoint"])
+    assert checkpoint["update"] == 30 and checkpoint["data"]["obs_dim"] == 4 and checkpoint["data"]["size"] == 4
+    assert checkpoint["args"]["context"] == 40
+    (run_dir,) = [r for r, _, files in os.walk(tmp_path / "runs") if any("tfevents" in f for f in files)]
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("losses/train_loss", "losses/val_loss", "charts/action_accuracy", "charts/learning_rate",
+                "charts/tokens_per_second", "eval/return"):
+        assert tag in tags, tag
+    assert [e.step for e in events.Scalars("eval/return")] == [15, 30]
+
+    # the checkpoint rebuilds the model alone, with identical outputs
+    model = A.model_from_checkpoint(checkpoint).eval()
+    again = A.model_from_checkpoint(A.load_checkpoint(result["checkpoint"])).eval()
+    inputs = random_inputs(2, 40)
+    torch.testing.assert_close(model(**inputs), again(**inputs), rtol=0, atol=0)
+
+    # rerunning with more updates resumes from update 30
+    resumed = A.main(tiny_args(data, updates=40))
+    assert A.load_checkpoint(resumed["checkpoint"])["update"] == 40
+    # a checkpoint of another shape is refused
+    with pytest.raises(ValueError, match="another shape"):
+        A.main(tiny_args(data, updates=50, n_embd=32))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = small_model()
+    path = str(tmp_path / "m.pt")
+    optimizer = model.optimizer(1e-3, 0.1, torch.device("cpu"))
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "update": 3, "args": {},
+                  "model_config": A.asdict(model.config), "data": {}, "run_name": "x"}
+    K.atomic_write(path, lambda f: torch.save(checkpoint, f))
+    rebuilt = A.model_from_checkpoint(A.load_checkpoint(path)).eval()
+    inputs = random_inputs(2, 12)
+    torch.testing.assert_close(rebuilt(**inputs), model(**inputs), rtol=0, atol=0)
+
+
+def test_weight_decay_only_on_matrices():
+    model = small_model()
+    decay, no_decay = model.optimizer(1e-3, 0.1, torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+
+
+def test_bad_input(sac_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        A.main(tiny_args(tmp_path / "nothing"))
+    (tmp_path / "empty" / "nx1-light").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no .npz"):
+        A.main(tiny_args(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="--context must be >= 1"):
+        A.main(tiny_args(sac_data, context=0))
+    with pytest.raises(ValueError, match="longer than every history"):
+        A.main(tiny_args(sac_data, context=301))
+    mixed = tmp_path / "mixed" / "nx1-light"
+    shutil.copytree(sac_data / "nx1-light", mixed)
+    history, config = K.load_history(str(mixed / "run_00000.npz"))
+    history["observations"] = history["observations"][:, :4]
+    K.save_history(str(mixed / "run_00009.npz"), history, config)
+    with pytest.raises(ValueError, match="observation features"):
+        A.main(tiny_args(tmp_path / "mixed"))
+    corrupt = tmp_path / "corrupt" / "nx1-light"
+    shutil.copytree(sac_data / "nx1-light", corrupt)
+    (corrupt / "run_00001.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="run_00001.npz: not a readable"):
+        A.main(tiny_args(tmp_path / "corrupt"))
+    with pytest.raises(ValueError, match="needs Light data"):
+        dark = tmp_path / "dark" / "nx1-light"
+        dark.mkdir(parents=True)
+        K.save_history(str(dark / "run_00000.npz"), history, config)
+        A.main(tiny_args(tmp_path / "dark", light_obs=True))
+    with pytest.raises(ValueError, match="not an ad_train.py checkpoint"):
+        torch.save({"model": {}}, tmp_path / "x.pt")
+        A.load_checkpoint(str(tmp_path / "x.pt"))
+
+
+def test_cli_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "ad_train.py"), "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "does not exist" in result.stderr
+
+
+def test_cli_smoke(sac_data, tmp_path):
+    shutil.copytree(sac_data, tmp_path / "data")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "ad_train.py"), "--context", "20", "--updates", "4",
+                             "--n-embd", "16", "--n-head", "2", "--d-ff", "16", "--n-layer", "1", "--eval-steps", "30",
+                             "--eval-every", "4", "--no-progress", "--no-cuda"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert os.path.exists(tmp_path / "data" / "checkpoints" / "ad__nx1-light__dark__ctx20__1.pt")
