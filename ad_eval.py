@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 import keydoor_env as K
-from ad_train import PREV_NONE, DecisionModel, load_checkpoint, model_from_checkpoint
+from ad_train import FIRST_PREV_ACTION, FIRST_PREV_DONE, DecisionModel, load_checkpoint, model_from_checkpoint
 
 
 @dataclass
@@ -85,13 +85,15 @@ def window_starts(steps: int, context: int) -> np.ndarray:
 
 
 class HistoryBuffer:
-    """The tokens fed to the model so far, (N, steps, ...) on the model's device."""
+    """The tokens fed to the model so far, (N, steps, ...) on the model's device, built exactly as
+    ad_train.select_steps builds them from a history file."""
 
     def __init__(self, num_envs: int, steps: int, obs_dim: int, device: torch.device):
         self.observations = torch.zeros((num_envs, steps, obs_dim), device=device)
-        self.prev_actions = torch.full((num_envs, steps), PREV_NONE, dtype=torch.long, device=device)
+        self.prev_actions = torch.full((num_envs, steps), FIRST_PREV_ACTION, dtype=torch.long, device=device)
         self.prev_rewards = torch.zeros((num_envs, steps), device=device)
         self.prev_dones = torch.zeros((num_envs, steps), device=device)
+        self.prev_dones[:, 0] = FIRST_PREV_DONE
 
     def window(self, lo: int, hi: int) -> dict[str, torch.Tensor]:
         return {"observations": self.observations[:, lo:hi], "prev_actions": self.prev_actions[:, lo:hi],
@@ -123,7 +125,8 @@ class Policy:
 @torch.no_grad()
 def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed: int, greedy: bool,
             full_recompute: bool, device: torch.device, progress: bool = False, desc: str = "") -> dict:
-    """Run `model` in context on `tasks` (N, 4). Returns per-episode arrays: env index, return, end step."""
+    """Run `model` in context on `tasks` (N, 4). Returns per-episode arrays (env index, return, end
+    step) and, under "history", the tokens the model was fed."""
     model.eval()
     N, obs_dim = len(tasks), model.config.obs_dim
     env = K.KeyDoorVectorEnv(N, size=size, light=obs_dim == K.LIGHT_OBS_DIM, tasks=tasks, split="all")
@@ -152,7 +155,7 @@ def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed
             episodes["env"].append(i), episodes["return"].append(episode_return[i]), episodes["end_step"].append(t + 1)
             episode_return[i] = 0.0
     return {"env": np.array(episodes["env"], dtype=np.int64), "return": np.array(episodes["return"], dtype=np.float32),
-            "end_step": np.array(episodes["end_step"], dtype=np.int64)}
+            "end_step": np.array(episodes["end_step"], dtype=np.int64), "history": history}
 
 
 def random_rollout(tasks: np.ndarray, steps: int, size: int, seed: int) -> dict:
@@ -269,21 +272,9 @@ def plot(results: list[dict], random_episodes: dict, path: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-def choose_tasks(size: int, num_envs: int, seed: int, allow_train_tasks: bool) -> np.ndarray:
-    train, test = K.task_split(size)
-    rng = np.random.default_rng(seed)
-    test = test[rng.permutation(len(test))]
-    if num_envs <= len(test):
-        return test[:num_envs]
-    if not allow_train_tasks:
-        raise ValueError(f"--num-envs {num_envs} exceeds the {len(test)} held-out tasks of the {size}x{size} grid; "
-                         f"pass --allow-train-tasks to add train tasks")
-    return np.concatenate([test, train[rng.permutation(len(train))[: num_envs - len(test)]]])
-
-
 def main(args: Args) -> list[dict]:
-    if args.num_envs < 1 or args.steps < 1:
-        raise ValueError(f"--num-envs and --steps must be >= 1, got {args.num_envs} and {args.steps}")
+    if args.num_envs < 1 or args.steps < 1 or args.log_every < 1:
+        raise ValueError(f"--num-envs, --steps and --log-every must be >= 1, got {args.num_envs}, {args.steps}, {args.log_every}")
     if not args.checkpoints:
         raise ValueError("--checkpoints needs at least one .pt file")
     random.seed(args.seed)
@@ -304,14 +295,16 @@ def main(args: Args) -> list[dict]:
         if args.env_obs is not None and args.env_obs != layout:
             raise ValueError(f"{path} was trained on {layout} observations, the env was asked for {args.env_obs}")
         size = data["size"]
-        tasks = choose_tasks(size, args.num_envs, args.seed, args.allow_train_tasks)
+        tasks = K.eval_tasks(size, args.num_envs, args.seed, args.allow_train_tasks)
         model = model_from_checkpoint(checkpoint).to(device)
         name = os.path.splitext(os.path.basename(path))[0]
         start = time.time()
         episodes = rollout(model, tasks, args.steps, size, args.seed, args.greedy, args.full_recompute, device,
                            progress=args.progress, desc=name)
         seconds = time.time() - start
-        out = os.path.join(args.out_dir, f"{name}.npz")
+        # the settings are in the name, so that another evaluation never overwrites this one
+        out = os.path.join(args.out_dir, f"{name}__envs{args.num_envs}_steps{args.steps}_seed{args.seed}"
+                                         f"{'_greedy' if args.greedy else ''}.npz")
         meta = {"checkpoint": path, "steps": args.steps, "seed": args.seed, "greedy": args.greedy, "size": size,
                 "obs": layout, "context": model.config.context, "full_recompute": args.full_recompute,
                 "split": "test" if args.num_envs <= len(K.task_split(size)[1]) else "test+train", "seconds": seconds}
@@ -340,7 +333,9 @@ def main(args: Args) -> list[dict]:
                         "title": f"{name}\nctx {model.config.context}: first 500 {table[0]['first500']:.2f}, "
                                  f"last 5 {table[0]['last5']:.2f}", "out": out})
     if args.plot:
-        png = os.path.join(args.out_dir, "__".join(os.path.splitext(os.path.basename(p))[0] for p in args.checkpoints)[:150] + ".png")
+        names = "__".join(os.path.splitext(os.path.basename(p))[0] for p in args.checkpoints)[:150]
+        png = os.path.join(args.out_dir, f"{names}__envs{args.num_envs}_steps{args.steps}_seed{args.seed}"
+                                         f"{'_greedy' if args.greedy else ''}.png")
         plot(results, random_cache[(checkpoints[-1][1]["data"]["size"], args.steps)], png)
         print(f"figure: {png}")
     return rows

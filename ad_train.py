@@ -95,7 +95,9 @@ class Args:
 # ----------------------------------------------------------------------------------------------
 # Data: every history in memory once, in compact dtypes; windows by vectorised indexing
 # ----------------------------------------------------------------------------------------------
-PREV_NONE = K.NUM_ACTIONS  # the "previous action" of the first step of a history
+# The first token of a history has no previous step; it is built like the first token of any later
+# episode (previous action "stay", reward 0, done 1), so that no embedding is left untrained.
+FIRST_PREV_ACTION, FIRST_PREV_DONE = 0, 1
 
 
 def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_stride: int = 1):
@@ -155,9 +157,9 @@ def select_steps(history: dict, history_steps: int, episode_stride: int) -> dict
     kept_dones = dones[keep]
     returns, _ = K.episode_returns(history["rewards"], dones)
     return {"observations": history["observations"][keep], "actions": actions,
-            "prev_actions": np.concatenate([[PREV_NONE], actions[:-1]]).astype(np.uint8),
+            "prev_actions": np.concatenate([[FIRST_PREV_ACTION], actions[:-1]]).astype(np.uint8),
             "prev_rewards": np.concatenate([[0], rewards[:-1]]).astype(np.uint8),
-            "prev_dones": np.concatenate([[False], kept_dones[:-1]]),
+            "prev_dones": np.concatenate([[FIRST_PREV_DONE], kept_dones[:-1]]).astype(bool),
             "returns": returns}
 
 
@@ -257,8 +259,8 @@ class DecisionModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        # one linear embedding of [o_t, one-hot a_{t-1} (5 actions + "none"), r_{t-1}, d_{t-1}]
-        self.embed = nn.Linear(config.obs_dim + K.NUM_ACTIONS + 1 + 2, config.n_embd)
+        # one linear embedding of [o_t, one-hot a_{t-1}, r_{t-1}, d_{t-1}]
+        self.embed = nn.Linear(config.obs_dim + K.NUM_ACTIONS + 2, config.n_embd)
         self.pos = nn.Embedding(config.context, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
@@ -275,14 +277,14 @@ class DecisionModel(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, observations, prev_actions, prev_rewards, prev_dones, positions=None, caches=None):
-        """observations (B, T, obs_dim); prev_actions (B, T) int64 in 0..5; prev_rewards, prev_dones (B, T).
+        """observations (B, T, obs_dim); prev_actions (B, T) int64 in 0..4; prev_rewards, prev_dones (B, T).
         positions (T,) int64 (default 0..T-1); caches: one dict per block for incremental decoding.
         Returns logits (B, T, 5)."""
         B, T, _ = observations.shape
         if positions is None:
             positions = torch.arange(T, device=observations.device)
-        features = torch.cat([observations, F.one_hot(prev_actions, K.NUM_ACTIONS + 1).to(observations.dtype),
-                              prev_rewards[..., None], prev_dones[..., None]], dim=-1)  # (B, T, obs_dim + 8)
+        features = torch.cat([observations, F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
+                              prev_rewards[..., None], prev_dones[..., None]], dim=-1)  # (B, T, obs_dim + 7)
         x = self.drop(self.embed(features) + self.pos(positions))  # (B, T, E)
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
@@ -317,8 +319,10 @@ def evaluate_in_context(model: DecisionModel, tasks: np.ndarray, steps: int, siz
     env = K.KeyDoorVectorEnv(N, size=size, light=config.obs_dim == K.LIGHT_OBS_DIM, tasks=tasks, split="all")
     observations, _ = env.reset(seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    history = {"observations": torch.zeros(N, steps, config.obs_dim), "prev_actions": torch.full((N, steps), PREV_NONE),
+    history = {"observations": torch.zeros(N, steps, config.obs_dim),
+               "prev_actions": torch.full((N, steps), FIRST_PREV_ACTION),
                "prev_rewards": torch.zeros(N, steps), "prev_dones": torch.zeros(N, steps)}
+    history["prev_dones"][:, 0] = FIRST_PREV_DONE
     returns, episode_return = [[] for _ in range(N)], np.zeros(N)
     for t in range(steps):
         history["observations"][:, t] = torch.as_tensor(observations)
@@ -356,6 +360,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     except Exception as e:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     missing = {"model", "optimizer", "update", "args", "model_config", "data"} - set(checkpoint if isinstance(checkpoint, dict) else {})
+    if not missing:
+        missing = {"dataset", "size", "obs_dim"} - set(checkpoint["data"] if isinstance(checkpoint["data"], dict) else {})
     if missing:
         raise ValueError(f"{path}: not an ad_train.py checkpoint (missing {sorted(missing)})")
     return checkpoint
@@ -374,7 +380,12 @@ def validate(args: Args) -> None:
         (args.updates >= 1 and args.batch_size >= 1, "--updates and --batch-size must be >= 1"),
         (args.episode_stride >= 1, f"--episode-stride must be >= 1, got {args.episode_stride}"),
         (args.history_steps >= 0, f"--history-steps must be >= 0, got {args.history_steps}"),
-        (args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}"),
+        (min(args.n_layer, args.n_head, args.n_embd, args.d_ff) >= 1, "--n-layer, --n-head, --n-embd and --d-ff must be >= 1"),
+        (args.n_head >= 1 and args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}"),
+        (min(args.log_every, args.save_every) >= 1, "--log-every and --save-every must be >= 1"),
+        (args.eval_every >= 0 and (args.eval_every == 0 or min(args.eval_envs, args.eval_steps) >= 1),
+         "--eval-every must be >= 0, and --eval-envs and --eval-steps >= 1 when it is on"),
+        (0 <= args.dropout < 1 and args.lr > 0, "--dropout must lie in [0, 1) and --lr be > 0"),
         (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}"),
     ]
     for ok, message in checks:
@@ -403,7 +414,7 @@ def main(args: Args) -> dict:
     runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.episode_stride)
     # hold out whole runs for validation; a single-run dataset (1xN) holds out its last steps instead
     order = np.random.default_rng(args.seed).permutation(len(runs))
-    num_val = int(math.ceil(args.val_fraction * len(runs))) if len(runs) > 1 and args.val_fraction > 0 else 0
+    num_val = min(len(runs) - 1, int(math.ceil(args.val_fraction * len(runs)))) if args.val_fraction > 0 else 0
     if num_val:
         val_runs, train_runs = [runs[i] for i in order[:num_val]], [runs[i] for i in order[num_val:]]
     elif args.val_fraction > 0:
@@ -420,7 +431,10 @@ def main(args: Args) -> dict:
                          n_embd=args.n_embd, d_ff=args.d_ff, dropout=args.dropout)
     model = DecisionModel(config).to(device)
     optimizer = model.optimizer(args.lr, args.weight_decay, device)
-    data_info = {"dataset": args.dataset, "size": meta["size"], "light_obs": args.light_obs, "obs_dim": meta["obs_dim"]}
+    # what the windows are drawn from: a resume must not silently change it
+    data_info = {"dataset": args.dataset, "size": meta["size"], "light_obs": args.light_obs, "obs_dim": meta["obs_dim"],
+                 "history_steps": args.history_steps, "episode_stride": args.episode_stride,
+                 "val_fraction": args.val_fraction}
     path = checkpoint_path(args)
     start_update = 0
     run_name = f"KeyDoor-{'Light' if args.light_obs else 'Dark'}-{meta['size']}x{meta['size']}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -454,7 +468,7 @@ def main(args: Args) -> dict:
     generator = torch.Generator().manual_seed(args.seed * 7919 + rank + start_update)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     local_batch = max(1, args.batch_size // world)
-    test_tasks = K.task_split(meta["size"])[1][: args.eval_envs]
+    test_tasks = K.eval_tasks(meta["size"], args.eval_envs, args.seed, allow_train_tasks=True) if args.eval_every else None
     last_time, last_update, stats = time.time(), start_update, {}
     bar = tqdm(range(start_update, args.updates), initial=start_update, total=args.updates, disable=not (master and args.progress))
     for update in bar:

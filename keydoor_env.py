@@ -117,6 +117,21 @@ def split_tasks(size: int, split: str) -> np.ndarray:
     raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
 
 
+def eval_tasks(size: int, num: int, seed: int, allow_train_tasks: bool = False) -> np.ndarray:
+    """`num` evaluation tasks, (num, 4): a seeded random choice of held-out tasks (the first held-out
+    tasks in order would all share their key cell). More than the held-out split holds is an error
+    unless `allow_train_tasks` adds train tasks."""
+    train, test = task_split(size)
+    rng = np.random.default_rng(seed)
+    test = test[rng.permutation(len(test))]
+    if num <= len(test):
+        return test[:num]
+    if not allow_train_tasks:
+        raise ValueError(f"{num} evaluation envs exceed the {len(test)} held-out tasks of the {size}x{size} grid; "
+                         f"pass --allow-train-tasks to add train tasks")
+    return np.concatenate([test, train[rng.permutation(len(train))[: num - len(test)]]])
+
+
 def to_dark(observations: np.ndarray) -> np.ndarray:
     """Drop the 4 Light features: a Light observation array becomes exactly the Dark one."""
     if observations.shape[-1] not in (DARK_OBS_DIM, LIGHT_OBS_DIM):
@@ -421,6 +436,13 @@ def check_history(history: dict[str, np.ndarray], name: str) -> None:
             raise ValueError(f"{name}: {key} has dtype {history[key].dtype}, expected {np.dtype(HISTORY_DTYPES[key])}")
     if steps == 0:
         raise ValueError(f"{name}: the history is empty")
+    # values, so that a bad file fails here rather than deep inside training
+    if history["actions"].min() < 0 or history["actions"].max() >= NUM_ACTIONS:
+        raise ValueError(f"{name}: actions outside 0..{NUM_ACTIONS - 1}")
+    if not np.isin(history["rewards"], (0.0, 1.0)).all():
+        raise ValueError(f"{name}: rewards other than 0 and 1")
+    if obs.min() < 0 or obs.max() > 1 or history["tasks"].min() < 0:
+        raise ValueError(f"{name}: observations outside [0, 1] or negative task cells")
 
 
 def load_history(path: str) -> tuple[dict[str, np.ndarray], dict]:

@@ -1,7 +1,7 @@
 """Agent-steps per second of a SAC population against one agent trained alone, in the same run.
 
     python benchmarks/bench_sac.py                      # population 256 vs 1, the defaults of sac_collect.py
-    python benchmarks/bench_sac.py --batch-size 64      # any sac_collect.py setting can be changed
+    python benchmarks/bench_sac.py --batch-size 256     # the report's batch size
 
 Both go through `sac_collect.collect_group` with the same per-agent work (one update of
 `--batch-size` samples per env step, after a short warm-up that is not timed). The population's
@@ -25,8 +25,8 @@ import sac_collect as S  # noqa: E402
 class Args:
     population: int = 256
     """agents trained together"""
-    batch_size: int = 256
-    """replay samples per update, per agent"""
+    batch_size: int = 64
+    """replay samples per update, per agent (sac_collect.py's default)"""
     hidden: int = 64
     """hidden width"""
     steps: int = 200
@@ -51,6 +51,7 @@ def rate(args: Args, agents: int) -> float:
 
 
 def main(args: Args) -> float:
+    S.keep_freed_memory()  # as sac_collect.main does
     alone = rate(args, 1)
     population = rate(args, args.population)
     ratio = population / alone

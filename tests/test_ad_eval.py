@@ -49,8 +49,9 @@ def test_kv_cache_gives_the_same_logits_as_full_recompute():
     history = E.HistoryBuffer(N, steps, 4, torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
     history.observations.copy_(torch.rand((N, steps, 4), generator=g))
-    history.prev_actions.copy_(torch.randint(0, 6, (N, steps), generator=g))
+    history.prev_actions.copy_(torch.randint(0, 5, (N, steps), generator=g))
     history.prev_rewards.copy_(torch.randint(0, 2, (N, steps), generator=g).float())
+    history.prev_dones.copy_(torch.randint(0, 2, (N, steps), generator=g).float())
     fast, slow = E.Policy(model, history, steps, False), E.Policy(model, history, steps, True)
     for t in range(steps):
         torch.testing.assert_close(fast.logits(t), slow.logits(t), rtol=1e-5, atol=1e-5)
@@ -67,6 +68,34 @@ def test_rollouts_agree_and_are_seeded():
     sampled = [E.rollout(model, tasks, 150, 5, seed=s, greedy=False, full_recompute=False, device=torch.device("cpu"))
                for s in (3, 3)]
     np.testing.assert_array_equal(sampled[0]["return"], sampled[1]["return"])
+
+
+def test_rollout_tokens_match_training_tokens():
+    """The tokens fed at evaluation are exactly those ad_train builds from the same trajectory's file."""
+    model = A.DecisionModel(A.ModelConfig(obs_dim=8, context=30, n_layer=1, n_head=2, n_embd=16, d_ff=16)).eval()
+    tasks = K.task_split(4)[1][:2]
+    steps = 160
+    result = E.rollout(model, tasks, steps, 4, seed=0, greedy=False, full_recompute=False, device=torch.device("cpu"))
+    fed = result["history"]
+    for i in range(2):  # rebuild env i's trajectory as a history file would hold it
+        actions = np.append(fed.prev_actions[i, 1:].numpy(), 0)[: steps - 1]
+        env = K.KeyDoorEnv(size=4, light=True, task=tasks[i])
+        obs, _ = env.reset(seed=0)
+        hist = {k: [] for k in K.HISTORY_DTYPES}
+        for a in actions:
+            hist["observations"].append(obs), hist["tasks"].append(env.task)
+            obs, r, term, trunc, _ = env.step(int(a))
+            hist["actions"].append(a), hist["rewards"].append(r), hist["terminations"].append(term)
+            hist["truncations"].append(trunc)
+            if term or trunc:
+                obs, _ = env.reset()
+        run = A.select_steps({k: np.array(v) for k, v in hist.items()}, 0, 1)
+        n = steps - 1
+        np.testing.assert_array_equal(fed.observations[i, :n].numpy(), run["observations"])
+        np.testing.assert_array_equal(fed.prev_actions[i, :n].numpy(), run["prev_actions"])
+        np.testing.assert_array_equal(fed.prev_rewards[i, :n].numpy(), run["prev_rewards"])
+        np.testing.assert_array_equal(fed.prev_dones[i, :n].numpy(), run["prev_dones"])
+    assert fed.prev_dones[:, 1:].sum() >= 2  # episode boundaries were crossed
 
 
 def test_per_env_metrics_weight_envs_equally():
@@ -86,14 +115,14 @@ def test_end_to_end(tmp_path, monkeypatch, capsys):
     write_checkpoint(light, obs_dim=8)
     rows = E.main(eval_args([ckpt, light], tmp_path, plot=True))
     assert len(rows) == 2
-    with np.load(tmp_path / "eval" / "m.npz", allow_pickle=False) as data:
+    with np.load(tmp_path / "eval" / "m__envs3_steps120_seed1.npz", allow_pickle=False) as data:
         tasks, config = data["tasks"], json.loads(str(data["config"]))
         assert len(data["episode_return"]) == len(data["episode_env"]) == len(data["episode_end_step"]) > 0
         assert data["episode_end_step"].max() <= 120
     test = {tuple(t) for t in K.task_split(5)[1]}
     assert tasks.shape == (3, 4) and {tuple(t) for t in tasks} <= test  # held-out tasks only
     assert config["split"] == "test" and config["context"] == 16
-    assert (tmp_path / "eval" / "m__light.png").exists()
+    assert (tmp_path / "eval" / "m__light__envs3_steps120_seed1.png").exists()
     out = capsys.readouterr().out
     assert "random policy" in out and "return, first 500 steps" in out
     again = E.main(eval_args([ckpt], tmp_path, out_dir=str(tmp_path / "eval2")))

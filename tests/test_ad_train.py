@@ -26,7 +26,7 @@ def small_model(obs_dim=4, context=12, dropout=0.0):
 def random_inputs(B, T, obs_dim=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"observations": torch.rand((B, T, obs_dim), generator=g),
-            "prev_actions": torch.randint(0, 6, (B, T), generator=g),
+            "prev_actions": torch.randint(0, 5, (B, T), generator=g),
             "prev_rewards": torch.randint(0, 2, (B, T), generator=g).float(),
             "prev_dones": torch.randint(0, 2, (B, T), generator=g).float()}
 
@@ -60,8 +60,9 @@ def test_causality():
     for t in (0, 5, 10):
         changed = {k: v.clone() for k, v in inputs.items()}
         changed["observations"][:, t + 1:] += 1.0
-        changed["prev_actions"][:, t + 1:] = (changed["prev_actions"][:, t + 1:] + 1) % 6
+        changed["prev_actions"][:, t + 1:] = (changed["prev_actions"][:, t + 1:] + 1) % 5
         changed["prev_rewards"][:, t + 1:] = 1 - changed["prev_rewards"][:, t + 1:]
+        changed["prev_dones"][:, t + 1:] = 1 - changed["prev_dones"][:, t + 1:]
         other = model(**changed)
         torch.testing.assert_close(other[:, : t + 1], logits[:, : t + 1], rtol=0, atol=0)
         assert not torch.allclose(other[:, t + 1:], logits[:, t + 1:])
@@ -133,12 +134,13 @@ def test_select_steps_and_previous_tokens():
                "truncations": dones}
     run = A.select_steps(history, history_steps=150, episode_stride=2)
     assert len(run["actions"]) == 100  # episodes 0 and 2 of the first 150 steps
-    assert run["prev_actions"][0] == A.PREV_NONE and run["prev_actions"][1] == history["actions"][0]
+    assert run["prev_actions"][0] == A.FIRST_PREV_ACTION and run["prev_dones"][0] == A.FIRST_PREV_DONE
+    assert run["prev_actions"][1] == history["actions"][0] and not run["prev_dones"][1]
     assert run["prev_dones"][50] and run["prev_actions"][50] == history["actions"][49]
     assert run["actions"][50] == history["actions"][100]
 
 
-def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch):
+def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     shutil.copytree(sac_data, data)
@@ -162,8 +164,14 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch):
     torch.testing.assert_close(model(**inputs), again(**inputs), rtol=0, atol=0)
 
     # rerunning with more updates resumes from update 30
+    capsys.readouterr()
     resumed = A.main(tiny_args(data, updates=40))
+    out = capsys.readouterr().out
+    assert "resuming" in out and "at update 30" in out
     assert A.load_checkpoint(resumed["checkpoint"])["update"] == 40
+    # resuming onto other training windows is refused
+    with pytest.raises(ValueError, match="another shape or data"):
+        A.main(tiny_args(data, updates=50, history_steps=200))
     # a checkpoint of another shape is refused
     with pytest.raises(ValueError, match="another shape"):
         A.main(tiny_args(data, updates=50, n_embd=32))
@@ -174,7 +182,8 @@ def test_checkpoint_round_trip(tmp_path):
     path = str(tmp_path / "m.pt")
     optimizer = model.optimizer(1e-3, 0.1, torch.device("cpu"))
     checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "update": 3, "args": {},
-                  "model_config": A.asdict(model.config), "data": {}, "run_name": "x"}
+                  "model_config": A.asdict(model.config), "data": {"dataset": "d", "size": 5, "obs_dim": 4},
+                  "run_name": "x"}
     K.atomic_write(path, lambda f: torch.save(checkpoint, f))
     rebuilt = A.model_from_checkpoint(A.load_checkpoint(path)).eval()
     inputs = random_inputs(2, 12)

@@ -216,9 +216,7 @@ def test_split_is_read_only():
 def test_vector_env_matches_single_envs(light):
     """Step for step on random actions, across autoresets, in fixed and resample modes."""
     n, size, seed = 8, 4, 11
-    resample = np.array([i % 2 == 0 for i in range(n)])
-    given = K.task_split(size)[0][:n]
-    tasks = np.where(resample[:, None], 0, given)  # resample envs draw their own
+    resample = np.array([i % 2 == 0 for i in range(n)])  # the others keep the task drawn at the first reset
     venv = K.KeyDoorVectorEnv(n, size=size, light=light, resample=resample)
     singles = [K.KeyDoorEnv(size=size, light=light, resample=bool(resample[i])) for i in range(n)]
     vobs, _ = venv.reset(seed=seed, options=None)
@@ -240,7 +238,6 @@ def test_vector_env_matches_single_envs(light):
             np.testing.assert_array_equal(vobs[i], obs)
             np.testing.assert_array_equal(venv.tasks[i], env.task)
     assert dones > 3 * n  # autoresets were exercised
-    del tasks
 
 
 def test_vector_env_given_tasks_and_partial_reset():
@@ -306,6 +303,27 @@ def test_history_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run_00000.npz"]  # no temp file left
     returns, ends = K.episode_returns(loaded["rewards"], loaded["terminations"] | loaded["truncations"])
     assert len(returns) >= 2 and ends[-1] < len(hist["rewards"])
+
+
+def test_history_value_checks(tmp_path):
+    hist = random_history()
+    for key, value, match in (("actions", 5, "actions outside"), ("actions", -1, "actions outside"),
+                              ("rewards", 0.5, "rewards other"), ("observations", 1.5, "observations outside")):
+        bad = {k: v.copy() for k, v in hist.items()}
+        bad[key][3] = value
+        with pytest.raises(ValueError, match=match):
+            K.save_history(str(tmp_path / "bad.npz"), bad, {})
+
+
+def test_eval_tasks():
+    tasks = K.eval_tasks(9, 20, seed=0)
+    test = {tuple(t) for t in K.task_split(9)[1]}
+    assert len({tuple(t) for t in tasks}) == 20 and {tuple(t) for t in tasks} <= test
+    assert len({tuple(t[:2]) for t in tasks}) > 5  # a random choice, not the first tasks in order
+    np.testing.assert_array_equal(tasks, K.eval_tasks(9, 20, seed=0))
+    with pytest.raises(ValueError, match="--allow-train-tasks"):
+        K.eval_tasks(3, 7, seed=0)
+    assert len(K.eval_tasks(3, 7, seed=0, allow_train_tasks=True)) == 7
 
 
 def test_history_errors(tmp_path):

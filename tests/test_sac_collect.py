@@ -195,13 +195,20 @@ def test_resume_skips_finished_and_rewrites_missing(tmp_path, monkeypatch):
         np.testing.assert_array_equal(again[key], first["run_00001.npz"][key])
 
 
-def test_shards_are_disjoint_and_cover(tmp_path, monkeypatch):
+def test_shards_are_disjoint_cover_and_match_one_process(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for shard in range(2):
-        S.main(tiny(tmp_path, num_runs=3, steps=120, num_shards=2, shard_index=shard, group_size=4))
+        S.main(tiny(tmp_path, num_runs=5, steps=120, num_shards=2, shard_index=shard, group_size=2))
         written = sorted(os.listdir(tmp_path / "data" / "nx1-light"))
-        assert written == (["run_00000.npz", "run_00002.npz"] if shard == 0 else
-                           ["run_00000.npz", "run_00001.npz", "run_00002.npz"])
+        # groups {0, 1}, {2, 3}, {4}: shard 0 takes the first and third, shard 1 the second
+        assert written == ([f"run_{r:05d}.npz" for r in (0, 1, 4)] if shard == 0 else
+                           [f"run_{r:05d}.npz" for r in range(5)])
+    S.main(tiny(tmp_path, num_runs=5, steps=120, group_size=2, data_dir=str(tmp_path / "single")))
+    for run in range(5):
+        sharded = K.load_history(str(tmp_path / "data" / "nx1-light" / f"run_{run:05d}.npz"))[0]
+        single = K.load_history(str(tmp_path / "single" / "nx1-light" / f"run_{run:05d}.npz"))[0]
+        for key in K.HISTORY_DTYPES:
+            np.testing.assert_array_equal(sharded[key], single[key])
 
 
 def test_folder_of_another_configuration_is_refused(tmp_path, monkeypatch):
@@ -224,7 +231,8 @@ def test_folder_of_another_configuration_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("overrides, match", [
     (dict(steps=0), "--steps"), (dict(num_runs=0), "--num-runs"), (dict(num_shards=2, shard_index=2), "--shard-index"),
-    (dict(shard_index=-1), "--shard-index"), (dict(size=2), "--size"),
+    (dict(shard_index=-1), "--shard-index"), (dict(size=2), "--size"), (dict(log_every=0), "--log-every"),
+    (dict(alpha=0.0), "--alpha"), (dict(tau=0.0), "--tau"), (dict(exploration_bonus=-1.0), "--exploration-bonus"),
 ])
 def test_bad_flags(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -1,0 +1,94 @@
+"""AD training throughput: tokens per second and model FLOP utilisation (MFU) against the measured
+matrix-multiply peak of the same machine, in the same run.
+
+    python benchmarks/bench_train.py                     # default model (128 wide, 4 layers), context 50
+    python benchmarks/bench_train.py --context 200 --n-embd 64 --d-ff 256
+
+FLOPs per token follow the PaLM/nanoGPT estimate: 6 x (non-embedding parameters) for the matrix
+multiplies of forward and backward, plus 12 x layers x width x context for attention (half of it
+under the causal mask is counted, as flash attention skips it: 6 x ...). The peak is the rate of
+a large float32 matrix multiply on the same threads, measured just before.
+"""
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ad_train as A  # noqa: E402
+import keydoor_env as K  # noqa: E402
+
+
+@dataclass
+class Args:
+    context: int = 50
+    """window length"""
+    batch_size: int = 64
+    """windows per update"""
+    n_layer: int = 4
+    """blocks"""
+    n_head: int = 4
+    """heads"""
+    n_embd: int = 128
+    """width"""
+    d_ff: int = 768
+    """feed-forward width"""
+    updates: int = 20
+    """timed updates"""
+
+
+def matmul_peak(seconds: float = 2.0, n: int = 1024) -> float:
+    """float32 FLOP/s of an n x n x n matrix multiply."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def main(args: Args) -> float:
+    peak = matmul_peak()
+    torch.manual_seed(0)
+    config = A.ModelConfig(obs_dim=4, context=args.context, n_layer=args.n_layer, n_head=args.n_head,
+                           n_embd=args.n_embd, d_ff=args.d_ff, dropout=0.1)
+    model = A.DecisionModel(config)
+    optimizer = model.optimizer(3e-4, 0.1, torch.device("cpu"))
+    B, T = args.batch_size, args.context
+    inputs = {"observations": torch.rand(B, T, 4), "prev_actions": torch.randint(0, 6, (B, T)),
+              "prev_rewards": torch.randint(0, 2, (B, T)).float(), "prev_dones": torch.zeros(B, T)}
+    targets = torch.randint(0, K.NUM_ACTIONS, (B, T))
+
+    def update():
+        loss = F.cross_entropy(model(**inputs).reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    for _ in range(3):
+        update()
+    start = time.perf_counter()
+    for _ in range(args.updates):
+        update()
+    tokens_per_second = args.updates * B * T / (time.perf_counter() - start)
+    params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("pos."))
+    flops_per_token = 6 * params + 6 * args.n_layer * args.n_embd * args.context
+    mfu = tokens_per_second * flops_per_token / peak
+    print(f"model {params:,} parameters, context {T}, batch {B}, {torch.get_num_threads()} threads")
+    print(f"matmul peak:       {peak / 1e9:8.1f} GFLOP/s (float32, 1024^3)")
+    print(f"training:          {tokens_per_second:8,.0f} tokens/s, {args.updates * 1.0 / (args.updates * B * T / tokens_per_second):.2f} updates/s")
+    print(f"model FLOPs:       {tokens_per_second * flops_per_token / 1e9:8.1f} GFLOP/s")
+    print(f"MFU: {100 * mfu:.1f}% of the matmul peak (goal: >= 40%)")
+    return mfu
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
