@@ -50,7 +50,7 @@ class Args:
     data_dir: str = "data"
     """the shared folder; histories go to <data_dir>/<style>-<dark|light>/"""
     group_size: int = 128
-    """runs trained together in one batched population (about 128 keeps activations in cache)"""
+    """runs trained together as one batched population; more runs go in later groups"""
     num_shards: int = 1
     """split the groups of runs into this many disjoint shards (machines or job-array tasks)"""
     shard_index: int = 0
@@ -60,7 +60,7 @@ class Args:
     lr: float = 5e-4
     """Adam learning rate of actor, critics and temperature"""
     batch_size: int = 64
-    """replay samples per update, per agent (the report's code: 256; 64 learns as well, 3x faster)"""
+    """replay samples per update, per agent (the report's code: 256; 64 is about 3x faster)"""
     gamma: float = 0.99
     """discount"""
     tau: float = 0.005
@@ -74,9 +74,7 @@ class Args:
     update_every: int = 1
     """env steps per gradient update (raise it to slow the learner down and to run faster)"""
     exploration_bonus: float = 0.1
-    """count-based bonus beta / sqrt(visits) of the (cell, has_key) reached, added to the reward in
-    updates only (histories keep the env reward); 0 is the report's plain SAC, which finds the door
-    in only about half of the 9x9 tasks"""
+    """count bonus beta/sqrt(visits of the (cell, has_key) reached) added to rewards in updates only; 0: the report's plain SAC"""
     cuda: bool = True
     """use CUDA when it is available"""
     exp_name: str = "sac_collect"
