@@ -107,7 +107,7 @@ class ModelConfig:
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.n_head = config.n_head
+        self.n_head, self.context = config.n_head, config.context
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
 
@@ -116,13 +116,20 @@ class SelfAttention(nn.Module):
         B, T, E = x.shape
         q, k, v = self.qkv(x).split(E, dim=2)
         q, k, v = (t.view(B, T, self.n_head, E // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
-        if cache is not None and "k" in cache:
-            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-        if cache is not None:
-            cache["k"], cache["v"] = k, v
+        if cache is not None:  # preallocated to the context: one in-place write per step, no copy
+            if "k" not in cache:
+                cache["k"] = k.new_empty(B, self.n_head, self.context, E // self.n_head)
+                cache["v"], cache["len"] = torch.empty_like(cache["k"]), 0
+            end = cache["len"] + T
+            if end > self.context:
+                raise ValueError(f"KV cache overflow: {end} tokens for a context of {self.context}")
+            cache["k"][:, :, cache["len"]:end], cache["v"][:, :, cache["len"]:end] = k, v
+            k, v, cache["len"] = cache["k"][:, :, :end], cache["v"][:, :, :end], end
         past = k.shape[2] - T
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:  # one new token sees everything cached
+            y = F.scaled_dot_product_attention(q, k, v)
         else:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
