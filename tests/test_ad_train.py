@@ -244,3 +244,19 @@ def test_cli_smoke(sac_data, tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert os.path.exists(tmp_path / "data" / "checkpoints" / "ad__nx1-light__dark__ctx20__1.pt")
+
+
+def test_torchrun_data_parallel_on_cpu(sac_data, tmp_path):
+    """The same script under torchrun (2 processes, gloo on CPU) trains and writes one checkpoint."""
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    shutil.copytree(sac_data, tmp_path / "data")
+    result = subprocess.run([torchrun, "--nproc-per-node", "2", os.path.join(ROOT, "ad_train.py"), "--context", "20",
+                             "--updates", "4", "--batch-size", "4", "--n-embd", "16", "--n-head", "2", "--d-ff", "16",
+                             "--n-layer", "1", "--eval-every", "0", "--no-progress", "--no-cuda"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = A.load_checkpoint(str(tmp_path / "data" / "checkpoints" / "ad__nx1-light__dark__ctx20__1.pt"))
+    assert checkpoint["update"] == 4
+    assert result.stdout.count("training tokens") == 1  # only rank 0 logs
