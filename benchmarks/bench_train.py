@@ -62,7 +62,7 @@ def main(args: Args) -> float:
     model = A.DecisionModel(config)
     optimizer = model.optimizer(3e-4, 0.1, torch.device("cpu"))
     B, T = args.batch_size, args.context
-    inputs = {"observations": torch.rand(B, T, 4), "prev_actions": torch.randint(0, 6, (B, T)),
+    inputs = {"observations": torch.rand(B, T, 4), "prev_actions": torch.randint(0, 5, (B, T)),
               "prev_rewards": torch.randint(0, 2, (B, T)).float(), "prev_dones": torch.zeros(B, T)}
     targets = torch.randint(0, K.NUM_ACTIONS, (B, T))
 
