@@ -42,8 +42,7 @@ class Args:
     context: int = 200
     """window length in timesteps (the model's context)"""
     history_steps: int = 0
-    """draw windows only from the first N steps of each history, where the source agent still
-    learns (0: whole histories)"""
+    """windows from the first N steps of each history only; -1: twice the step where the run first averages 1.8; 0: all"""
     episode_stride: int = 1
     """keep every k-th episode of each history, so that a window spans more of the learning"""
     n_layer: int = 4
@@ -100,7 +99,7 @@ class Args:
 FIRST_PREV_ACTION, FIRST_PREV_DONE = 0, 1
 
 
-def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_stride: int = 1):
+def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_stride: int = 1, min_steps: int = 1):
     """Load every `.npz` history of `folder`. Returns `(runs, meta)`: per run a dict of compact arrays
     (`obs_codes` uint8 (T, D), `actions` uint8, `prev_actions` uint8, `prev_rewards` uint8,
     `prev_dones` bool, `returns` of its episodes), and `meta` (size, obs_dim, obs_scale)."""
@@ -121,7 +120,7 @@ def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_s
             raise ValueError(f"{folder}: {names[0]} is a {size}x{size} grid, {name} is {config.get('size')}")
         if light_obs and dim != K.LIGHT_OBS_DIM:
             raise ValueError(f"--light-obs needs Light data, but {folder} holds Dark observations")
-        runs.append(select_steps(history, history_steps, episode_stride))
+        runs.append(select_steps(history, history_steps, episode_stride, min_steps))
     if size is None:
         raise ValueError(f"{folder}: histories do not record their grid size")
     obs_dim = K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
@@ -141,14 +140,27 @@ def decode_observations(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
     return (codes.float() / scale).float()
 
 
-def select_steps(history: dict, history_steps: int, episode_stride: int) -> dict:
-    """Keep the first `history_steps` steps and every `episode_stride`-th episode; add the previous
+def first_solved_step(rewards: np.ndarray, dones: np.ndarray, window: int = 10, threshold: float = 1.8):
+    """The env step at which the mean of the last `window` episode returns first reaches `threshold`."""
+    returns, ends = K.episode_returns(rewards, dones)
+    if len(returns) < window:
+        return None
+    hits = np.flatnonzero(np.convolve(returns, np.ones(window) / window, mode="valid") >= threshold - 1e-9)
+    return int(ends[hits[0] + window - 1]) + 1 if len(hits) else None
+
+
+def select_steps(history: dict, history_steps: int, episode_stride: int, min_steps: int = 1) -> dict:
+    """Keep the first `history_steps` steps (-1: twice the step at which the run first solved its
+    task, at least `min_steps`; 0: all) and every `episode_stride`-th episode; add the previous
     action, reward and done of each kept step (the previous *kept* step's)."""
     steps = len(history["actions"])
     keep = np.ones(steps, dtype=bool)
+    dones = history["terminations"] | history["truncations"]
+    if history_steps < 0:  # concentrate windows on the learning phase of this run
+        solved = first_solved_step(history["rewards"], dones)
+        history_steps = steps if solved is None else max(2 * solved, min_steps)
     if history_steps > 0:
         keep[history_steps:] = False
-    dones = history["terminations"] | history["truncations"]
     if episode_stride > 1:
         episode = np.concatenate([[0], np.cumsum(dones)[:-1]])  # episode index of each step
         keep &= episode % episode_stride == 0
@@ -386,7 +398,7 @@ def validate(args: Args) -> None:
         (args.context >= 1, f"--context must be >= 1, got {args.context}"),
         (args.updates >= 1 and args.batch_size >= 1, "--updates and --batch-size must be >= 1"),
         (args.episode_stride >= 1, f"--episode-stride must be >= 1, got {args.episode_stride}"),
-        (args.history_steps >= 0, f"--history-steps must be >= 0, got {args.history_steps}"),
+        (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
         (min(args.n_layer, args.n_head, args.n_embd, args.d_ff) >= 1, "--n-layer, --n-head, --n-embd and --d-ff must be >= 1"),
         (args.n_head >= 1 and args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}"),
         (min(args.log_every, args.save_every) >= 1, "--log-every and --save-every must be >= 1"),
@@ -418,7 +430,7 @@ def main(args: Args) -> dict:
     torch.manual_seed(args.seed + rank)
 
     folder = os.path.join(args.data_dir, args.dataset)
-    runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.episode_stride)
+    runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.episode_stride, args.context)
     # hold out whole runs for validation; a single-run dataset (1xN) holds out its last steps instead
     order = np.random.default_rng(args.seed).permutation(len(runs))
     num_val = min(len(runs) - 1, int(math.ceil(args.val_fraction * len(runs)))) if args.val_fraction > 0 else 0

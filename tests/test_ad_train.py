@@ -140,6 +140,25 @@ def test_select_steps_and_previous_tokens():
     assert run["actions"][50] == history["actions"][100]
 
 
+def test_select_steps_auto_keeps_the_learning_phase():
+    returns_per_episode = [0.0] * 20 + [2.0] * 60  # the run solves its task from episode 21 on
+    rewards, dones = [], []
+    for ret in returns_per_episode:
+        episode = np.zeros(50, np.float32)
+        episode[: int(ret)] = 1.0
+        rewards.append(episode), dones.append(np.eye(1, 50, 49, dtype=bool)[0])
+    rewards, dones = np.concatenate(rewards), np.concatenate(dones)
+    history = {"observations": np.zeros((len(rewards), 4), np.float32), "actions": np.zeros(len(rewards), np.int64),
+               "rewards": rewards, "terminations": np.zeros(len(rewards), bool), "truncations": dones}
+    solved = A.first_solved_step(rewards, dones)
+    assert solved == 29 * 50  # the 10-episode average first reaches 1.8 at the end of episode 29
+    assert len(A.select_steps(history, -1, 1)["actions"]) == 2 * solved
+    assert len(A.select_steps(history, -1, 1, min_steps=3500)["actions"]) == 3500
+    assert len(A.select_steps(history, -1, 1, min_steps=9000)["actions"]) == 4000  # capped by the history
+    never = dict(history, rewards=np.zeros_like(rewards))
+    assert len(A.select_steps(never, -1, 1)["actions"]) == len(rewards)
+
+
 def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
