@@ -41,7 +41,7 @@ class Args:
     """keep the 4 Light features; by default Light data is read Dark"""
     context: int = 200
     """window length in timesteps (the model's context)"""
-    history_steps: int = 0
+    history_steps: int = -1
     """windows from the first N steps of each history only; -1: twice the step where the run first averages 1.8; 0: all"""
     episode_stride: int = 1
     """keep every k-th episode of each history, so that a window spans more of the learning"""

@@ -362,6 +362,15 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert path.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        K.save_history(str(tmp_path / "a.npz"), random_history(), {"size": 4})
+    finally:
+        os.umask(umask)
+    assert (os.stat(tmp_path / "a.npz").st_mode & 0o777) == 0o644
+
+
 def test_config_is_json_string(tmp_path):
     K.save_history(str(tmp_path / "a.npz"), random_history(), {"size": 4})
     with np.load(tmp_path / "a.npz", allow_pickle=False) as data:
