@@ -205,11 +205,9 @@ def per_env_metrics(episodes: dict, num_envs: int, window: int = 10, threshold: 
         early = returns[ends <= 500]
         first500[i] = early.mean() if len(early) else np.nan
         last5[i] = returns[-5:].mean()
-        if len(returns) >= window:
-            moving = np.convolve(returns, np.ones(window) / window, mode="valid")
-            hits = np.flatnonzero(moving >= threshold - 1e-9)
-            if len(hits):
-                solved[i] = ends[hits[0] + window - 1]
+        reached = K.first_reaching(returns, ends, window, threshold)
+        if reached is not None:
+            solved[i] = reached
     return {"first500": first500, "last5": last5, "steps_to_1.8": solved}
 
 

@@ -140,15 +140,6 @@ def decode_observations(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
     return (codes.float() / scale).float()
 
 
-def first_solved_step(rewards: np.ndarray, dones: np.ndarray, window: int = 10, threshold: float = 1.8):
-    """The env step at which the mean of the last `window` episode returns first reaches `threshold`."""
-    returns, ends = K.episode_returns(rewards, dones)
-    if len(returns) < window:
-        return None
-    hits = np.flatnonzero(np.convolve(returns, np.ones(window) / window, mode="valid") >= threshold - 1e-9)
-    return int(ends[hits[0] + window - 1]) + 1 if len(hits) else None
-
-
 def select_steps(history: dict, history_steps: int, episode_stride: int, min_steps: int = 1) -> dict:
     """Keep the first `history_steps` steps (-1: twice the step at which the run first solved its
     task, at least `min_steps`; 0: all) and every `episode_stride`-th episode; add the previous
@@ -157,7 +148,7 @@ def select_steps(history: dict, history_steps: int, episode_stride: int, min_ste
     keep = np.ones(steps, dtype=bool)
     dones = history["terminations"] | history["truncations"]
     if history_steps < 0:  # concentrate windows on the learning phase of this run
-        solved = first_solved_step(history["rewards"], dones)
+        solved = K.first_solved_step(history["rewards"], dones)
         history_steps = steps if solved is None else max(2 * solved, min_steps)
     if history_steps > 0:
         keep[history_steps:] = False

@@ -475,6 +475,21 @@ def episode_returns(rewards: np.ndarray, dones: np.ndarray) -> tuple[np.ndarray,
     return cumulative[ends + 1] - cumulative[starts], ends
 
 
+def first_solved_step(rewards: np.ndarray, dones: np.ndarray, window: int = 10, threshold: float = 1.8) -> int | None:
+    """The env step (1-based) at which the mean of the last `window` episode returns of one stream
+    first reaches `threshold`, or None: when a learner "solves" its task."""
+    returns, ends = episode_returns(rewards, dones)
+    return first_reaching(returns, ends + 1, window, threshold)
+
+
+def first_reaching(returns: np.ndarray, end_steps: np.ndarray, window: int = 10, threshold: float = 1.8) -> int | None:
+    """`end_steps` of the episode at which a moving average of `window` returns first reaches `threshold`."""
+    if len(returns) < window:
+        return None
+    hits = np.flatnonzero(np.convolve(returns, np.ones(window) / window, mode="valid") >= threshold - 1e-9)
+    return int(end_steps[hits[0] + window - 1]) if len(hits) else None
+
+
 # ----------------------------------------------------------------------------------------------
 # Command-line entry shared by the scripts
 # ----------------------------------------------------------------------------------------------

@@ -239,15 +239,10 @@ def episode_returns_by_index(buf: dict, episodes: int) -> np.ndarray:
 def first_500_return(buf: dict) -> float:
     """Per env, the mean return of the episodes that ended within the first 500 steps; then across envs
     (the metric ad_eval.py prints for AD)."""
-    done = (buf["terminations"] | buf["truncations"]) & buf["active"]
+    done = ((buf["terminations"] | buf["truncations"]) & buf["active"]).numpy()
     done[:, 500:] = False
-    returns = []
-    for i in range(buf["rewards"].shape[0]):
-        ends = torch.nonzero(done[i])[:, 0].numpy()
-        cumulative = np.concatenate([[0.0], np.cumsum(buf["rewards"][i].numpy())])
-        starts = np.concatenate([[0], ends[:-1] + 1])
-        if len(ends):
-            returns.append((cumulative[ends + 1] - cumulative[starts]).mean())
+    returns = [K.episode_returns(rewards, dones)[0] for rewards, dones in zip(buf["rewards"].numpy(), done)]
+    returns = [r.mean() for r in returns if len(r)]
     return float(np.mean(returns)) if returns else 0.0
 
 

@@ -390,16 +390,6 @@ def check_folder(folder: str, config: dict) -> None:
         return  # one file checked: every file in the folder was written by this same check
 
 
-def first_solved_step(rewards: np.ndarray, dones: np.ndarray, window: int = 10, threshold: float = 1.8) -> int | None:
-    """The env step at which the mean of the last `window` episode returns first reaches `threshold`."""
-    returns, ends = K.episode_returns(rewards, dones)
-    if len(returns) < window:
-        return None
-    moving = np.convolve(returns, np.ones(window) / window, mode="valid")
-    hits = np.flatnonzero(moving >= threshold - 1e-9)
-    return int(ends[hits[0] + window - 1]) + 1 if len(hits) else None
-
-
 def summarize(folder: str) -> dict:
     """Share of runs whose last 10 episodes average >= 1.8, and when the median run first got there."""
     names = sorted(n for n in os.listdir(folder) if n.startswith("run_") and n.endswith(".npz"))
@@ -409,7 +399,7 @@ def summarize(folder: str) -> dict:
         dones = history["terminations"] | history["truncations"]
         returns, _ = K.episode_returns(history["rewards"], dones)
         final.append(returns[-10:].mean() if len(returns) else 0.0)
-        solved = first_solved_step(history["rewards"], dones)
+        solved = K.first_solved_step(history["rewards"], dones)
         solved_at.append(np.inf if solved is None else solved)
     final, solved_at = np.array(final), np.array(solved_at)
     median = float(np.median(solved_at)) if len(solved_at) else np.inf

@@ -150,7 +150,7 @@ def test_select_steps_auto_keeps_the_learning_phase():
     rewards, dones = np.concatenate(rewards), np.concatenate(dones)
     history = {"observations": np.zeros((len(rewards), 4), np.float32), "actions": np.zeros(len(rewards), np.int64),
                "rewards": rewards, "terminations": np.zeros(len(rewards), bool), "truncations": dones}
-    solved = A.first_solved_step(rewards, dones)
+    solved = K.first_solved_step(rewards, dones)
     assert solved == 29 * 50  # the 10-episode average first reaches 1.8 at the end of episode 29
     assert len(A.select_steps(history, -1, 1)["actions"]) == 2 * solved
     assert len(A.select_steps(history, -1, 1, min_steps=3500)["actions"]) == 3500
