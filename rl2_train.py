@@ -20,6 +20,7 @@ of keydoor_env.py, so that `ad_train.py --dataset rl2` can read it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -319,8 +320,17 @@ def evaluate(model, args: Args, device: torch.device, seed: int) -> dict:
     buf = run_trials(model, env, tasks, args.episodes_per_trial, torch.Generator().manual_seed(seed), device)
     model.train()
     by_episode = episode_returns_by_index(buf, args.episodes_per_trial)
+    # every episode as (env, return, end step): the layout of ad_eval.py's files, for one figure of both
+    episodes = {"env": [], "return": [], "end_step": []}
+    for i, (rewards, dones) in enumerate(zip(buf["rewards"].numpy(), (buf["terminations"] | buf["truncations"]).numpy())):
+        steps = int(buf["active"][i].sum())
+        returns, ends = K.episode_returns(rewards[:steps], dones[:steps])
+        episodes["env"] += [i] * len(returns)
+        episodes["return"] += returns.tolist()
+        episodes["end_step"] += (ends + 1).tolist()
     return {"by_episode": by_episode, "first_500": first_500_return(buf),
-            "episodes_5_to_10": float(by_episode[4:].mean()) if len(by_episode) > 4 else float("nan")}
+            "episodes_5_to_10": float(by_episode[4:].mean()) if len(by_episode) > 4 else float("nan"),
+            "tasks": tasks, "episodes": {k: np.array(v) for k, v in episodes.items()}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,10 +423,20 @@ def main(args: Args) -> dict:
                           "args": asdict(args), "model_config": asdict(config), "run_name": run_name}
             K.atomic_write(path, lambda f: torch.save(checkpoint, f))
     writer.close()
-    if result:
-        print(f"held-out tasks: return by episode {np.round(result['by_episode'], 2).tolist()}, "
-              f"first 500 steps {result['first_500']:.2f}, episodes 5-10 {result['episodes_5_to_10']:.2f}")
-    return {"checkpoint": path, **result}
+    if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
+        result = evaluate(model, args, device, args.seed)
+    # the held-out trials, in the layout of ad_eval.py's files (so one figure can show RL² beside AD)
+    out = os.path.join(args.data_dir, "eval", f"{os.path.splitext(os.path.basename(path))[0]}"
+                                              f"__envs{args.eval_envs}_trial_seed{args.seed}.npz")
+    meta = {"checkpoint": path, "iteration": max(start, args.iterations), "seed": args.seed,
+            "size": args.size, "obs": "dark", "episodes_per_trial": args.episodes_per_trial, "algorithm": "rl2-ppo"}
+    payload = {"tasks": result["tasks"], "episode_env": result["episodes"]["env"],
+               "episode_return": result["episodes"]["return"], "episode_end_step": result["episodes"]["end_step"],
+               "by_episode": result["by_episode"], "config": np.array(json.dumps(meta))}
+    K.atomic_write(out, lambda f: np.savez_compressed(f, **payload))
+    print(f"held-out tasks: return by episode {np.round(result['by_episode'], 2).tolist()}, "
+          f"first 500 steps {result['first_500']:.2f}, episodes 5-10 {result['episodes_5_to_10']:.2f} -> {out}")
+    return {"checkpoint": path, "eval": out, **result}
 
 
 

@@ -1,23 +1,28 @@
 """Figures of the README, made from real runs: learning histories and evaluation files.
 
-    python docs/make_figures.py --nx1 data/nx1-light --onexn-light data/1xn-light --onexn-dark data/1xn-dark
+    python docs/make_figures.py sac --nx1 data/nx1-light --onexn-light data/1xn-light --onexn-dark data/1xn-dark
+    python docs/make_figures.py ad --fig3 long.npz ctx10.npz --fig4 ctx*.npz --fig5 bc*.npz \
+        --fig6-light light.npz --fig6-dark dark.npz --fig6-rl2 rl2.npz
 
-Writes `docs/fig2_sac.png` and the numbers it shows, `docs/fig2_sac.csv`. Per-run curves are mean
-episode returns in bins of `--bin` env steps; the Nx1 panel shows the mean over runs and the
-10-90% band (the report's Figure 2).
+`sac` draws Figure 2 (source learning curves: mean over runs and the 10-90% band, in bins of
+`--bin` env steps). `ad` draws Figures 3 to 6 from the `.npz` files of `ad_eval.py` (and the one
+`rl2_train.py` writes for its held-out trials). Each PNG comes with a CSV of the numbers it shows.
+Returns are averaged per env first, then across envs, as `ad_eval.py` prints them.
 """
 
 import csv
+import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keydoor_env as K  # noqa: E402
+from ad_eval import binned_curve, per_env_metrics, random_rollout, source_episodes  # noqa: E402
 
 
 @dataclass
@@ -30,7 +35,7 @@ class Sac:
     """1xN Dark histories"""
     bin: int = 1000
     """env steps per point"""
-    out: str = "docs/fig2_sac"
+    out: str = "docs/laptop/fig2_sac"
     """output path without extension (.png and .csv are written)"""
 
 
@@ -89,5 +94,193 @@ def sac(args: Sac) -> None:
     print(f"wrote {args.out}.png and {args.out}.csv")
 
 
+def write_csv(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        fields = list(dict.fromkeys(key for row in rows for key in row))  # the union, in first-seen order
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@dataclass
+class Ad:
+    fig3: Sequence[str] = ()
+    """Figure 3: evaluation files over the whole evaluation (e.g. a long context and context 10)"""
+    fig4: Sequence[str] = ()
+    """Figure 4: evaluation files of one dataset at several contexts"""
+    fig5: Sequence[str] = ()
+    """Figure 5: evaluation files of BC on 1xN Dark, 1xN Light, 1xN Light at context 2"""
+    fig6_light: Optional[str] = None
+    """Figure 6, left: AD trained on Light data"""
+    fig6_dark: Optional[str] = None
+    """Figure 6, left and right: AD trained on Dark data"""
+    fig6_rl2: Optional[str] = None
+    """Figure 6, right: rl2_train.py's held-out trials"""
+    source: Optional[str] = None
+    """folder of source histories drawn beside Figure 3 (the first 20 runs, on their own tasks)"""
+    bin: int = 500
+    """env steps per point of the curves"""
+    final_steps: int = 2500
+    """Figure 4's final return: the mean over the episodes that ended in this many last env steps"""
+    out_dir: str = "docs/laptop"
+    """where the PNG and CSV files go"""
+
+
+def load_eval(path: str) -> dict:
+    """An ad_eval.py (or rl2_train.py) evaluation file: episodes, tasks and a label from its settings."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such evaluation file; run ad_eval.py first")
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["config"]))
+        episodes = {"env": f["episode_env"], "return": f["episode_return"], "end_step": f["episode_end_step"]}
+        tasks = f["tasks"]
+    name = os.path.splitext(os.path.basename(meta["checkpoint"]))[0]
+    if meta.get("algorithm") == "rl2-ppo":
+        label, steps = "RL²", int(episodes["end_step"].max())
+    else:
+        parts = name.split("__")  # ad_train.py names checkpoints <exp>__<dataset>__<dark|light>__ctx<C>__<seed>
+        what = f"{parts[0]} on {parts[1]}, {parts[2]} obs" if len(parts) >= 3 else name
+        label, steps = f"{what}, ctx {meta['context']}", meta["steps"]
+    return {"episodes": episodes, "tasks": tasks, "num_envs": len(tasks), "steps": steps, "meta": meta,
+            "label": label, "name": name}
+
+
+def final_returns(run: dict, steps: int) -> np.ndarray:
+    """Per env, the mean return of the episodes that ended in the last `steps` env steps (NaN if none)."""
+    episodes, late = run["episodes"], run["episodes"]["end_step"] > run["steps"] - steps
+    return np.array([episodes["return"][late & (episodes["env"] == i)].mean() if (late & (episodes["env"] == i)).any()
+                     else np.nan for i in range(run["num_envs"])])
+
+
+def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    steps, values = binned_curve(run["episodes"], run["num_envs"], run["steps"], width)
+    return steps, values, [{"figure": figure, "curve": label, "env_step": int(s), "mean_return": round(float(v), 4)}
+                           for s, v in zip(steps, values)]
+
+
+def ad(args: Ad) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    written = []
+
+    def save(fig, name: str, rows: list[dict]) -> None:
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out_dir, name + ".png"), dpi=110)
+        plt.close(fig)
+        write_csv(os.path.join(args.out_dir, name + ".csv"), rows)
+        written.append(name)
+
+    if args.fig3:  # returns over the whole evaluation, with the random policy and the source agents
+        runs = [load_eval(p) for p in args.fig3]
+        first = runs[0]
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        rows = []
+        for run in runs:
+            steps, values, r = curve_rows("3", run["label"], run, args.bin)
+            ax.plot(steps, values, lw=2, label=run["label"])
+            rows += r
+        baseline = {"num_envs": first["num_envs"], "steps": first["steps"],
+                    "episodes": random_rollout(first["tasks"], first["steps"], first["meta"]["size"], first["meta"]["seed"])}
+        steps, values, r = curve_rows("3", "random policy", baseline, args.bin)
+        ax.plot(steps, values, color="gray", ls=":", label="random policy")
+        rows += r
+        source = source_episodes(args.source, 20, first["steps"]) if args.source else None
+        if source is not None:
+            envs = int(source["env"].max()) + 1
+            run = {"episodes": source, "num_envs": envs, "steps": first["steps"]}
+            steps, values, r = curve_rows("3", f"source SAC ({envs} runs, own tasks)", run, args.bin)
+            ax.plot(steps, values, color="black", ls="--", label=f"source SAC ({envs} runs, own tasks)")
+            rows += r
+        ax.set_xlabel("env steps on each held-out task")
+        ax.set_ylabel("episode return")
+        ax.set_ylim(-0.05, 2.05)
+        ax.set_title(f"In-context learning on {first['num_envs']} held-out Dark tasks ({first['meta']['size']}x"
+                     f"{first['meta']['size']})", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+        save(fig, "fig3_ad_dark", rows)
+
+    if args.fig4:  # final return against context length
+        runs = sorted((load_eval(p) for p in args.fig4), key=lambda run: run["meta"]["context"])
+        rows = []
+        for run in runs:
+            metrics = per_env_metrics(run["episodes"], run["num_envs"])
+            final = final_returns(run, args.final_steps)
+            rows.append({"figure": "4", "context": run["meta"]["context"], "curve": run["label"],
+                         "first500": round(float(np.nanmean(metrics["first500"])), 4),
+                         "final": round(float(np.nanmean(final)), 4),
+                         "final_sem": round(float(np.nanstd(final) / np.sqrt(np.isfinite(final).sum())), 4)})
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        contexts = [r["context"] for r in rows]
+        ax.errorbar(contexts, [r["final"] for r in rows], yerr=[r["final_sem"] for r in rows], marker="o", capsize=3,
+                    label=f"last {args.final_steps:,} steps (mean, s.e. over envs)")
+        ax.plot(contexts, [r["first500"] for r in rows], marker="s", ls="--", color="gray", label="first 500 steps")
+        ax.set_xscale("log")
+        ax.set_xticks(contexts, [str(c) for c in contexts])
+        ax.set_xlabel("context (timesteps)")
+        ax.set_ylabel("episode return")
+        ax.set_ylim(-0.05, 2.05)
+        ax.set_title("AD on held-out Dark tasks: return against context", fontsize=10)
+        ax.legend(fontsize=8)
+        save(fig, "fig4_context", rows)
+
+    if args.fig5:  # BC on 1xN data
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        rows = []
+        for path in args.fig5:
+            run = load_eval(path)
+            steps, values, r = curve_rows("5", run["label"], run, args.bin)
+            ax.plot(steps, values, lw=2, label=run["label"])
+            rows += r
+        ax.set_xlabel("env steps on each held-out task")
+        ax.set_ylabel("episode return")
+        ax.set_ylim(-0.05, 2.05)
+        ax.set_title("BC on 1xN histories", fontsize=10)
+        ax.legend(fontsize=7)
+        save(fig, "fig5_bc", rows)
+
+    if args.fig6_dark and (args.fig6_light or args.fig6_rl2):
+        dark = load_eval(args.fig6_dark)
+        panels = [p for p in ("light", "rl2") if getattr(args, f"fig6_{p}")]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+        axes = {panel: ax for panel, ax in zip(panels, axes[0])}
+        rows = []
+        if args.fig6_light:  # left: AD on Light data against Dark data, whole evaluation
+            for run in (load_eval(args.fig6_light), dark):
+                steps, values, r = curve_rows("6 left", run["label"], run, args.bin)
+                axes["light"].plot(steps, values, lw=2, label=run["label"])
+                rows += r
+            axes["light"].set_xlabel("env steps on each held-out task")
+            axes["light"].set_ylabel("episode return")
+            axes["light"].set_ylim(-0.05, 2.05)
+            axes["light"].set_title("AD: Light data against Dark data", fontsize=10)
+            axes["light"].legend(fontsize=7)
+        if args.fig6_rl2:  # right: the first 10 episodes of RL² and AD, on the same held-out tasks
+            for run in (load_eval(args.fig6_rl2), dark):
+                by_index = np.full((run["num_envs"], 10), np.nan)
+                for i in range(run["num_envs"]):
+                    returns = run["episodes"]["return"][run["episodes"]["env"] == i][:10]
+                    by_index[i, : len(returns)] = returns
+                by_index = by_index[:, ~np.isnan(by_index).all(0)]  # a trial may hold fewer than 10 episodes
+                mean = np.nanmean(by_index, axis=0)
+                first500 = float(np.nanmean(per_env_metrics(run["episodes"], run["num_envs"])["first500"]))
+                axes["rl2"].plot(np.arange(1, len(mean) + 1), mean, marker="o", label=f"{run['label']} (first 500 steps: {first500:.2f})")
+                rows += [{"figure": "6 right", "curve": run["label"], "episode": k + 1, "mean_return": round(float(v), 4),
+                          "first500": round(first500, 4)} for k, v in enumerate(mean)]
+            axes["rl2"].set_xlabel("episode on the held-out task")
+            axes["rl2"].set_ylim(-0.05, 2.05)
+            axes["rl2"].set_title("RL² against AD: the first 10 episodes", fontsize=10)
+            axes["rl2"].legend(fontsize=7)
+        save(fig, "fig6_light_rl2", rows)
+    for name in written:
+        print(f"wrote {os.path.join(args.out_dir, name)}.png and .csv")
+    if not written:
+        raise SystemExit("nothing to draw: give --fig3, --fig4, --fig5 or --fig6-dark with --fig6-light/--fig6-rl2")
+
+
 if __name__ == "__main__":
-    sac(tyro.cli(Sac))
+    args = tyro.extras.subcommand_cli_from_dict({"sac": Sac, "ad": Ad})
+    sac(args) if isinstance(args, Sac) else ad(args)

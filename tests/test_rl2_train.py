@@ -81,6 +81,14 @@ def test_end_to_end_resume_and_ad_reads_the_dataset(tmp_path, monkeypatch, capsy
     assert len(result["by_episode"]) == 3 and 0 <= result["first_500"] <= 2
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
     assert checkpoint["iteration"] == 3
+    # the held-out trials are written in ad_eval.py's layout, consistent with the printed metrics
+    with np.load(result["eval"], allow_pickle=False) as f:
+        assert set(f.files) >= {"tasks", "episode_env", "episode_return", "episode_end_step", "by_episode", "config"}
+        np.testing.assert_allclose(f["by_episode"], result["by_episode"])
+        counts = np.bincount(f["episode_env"], minlength=len(f["tasks"]))
+        assert (counts == 3).all()  # every held-out trial ran its 3 episodes
+        for i in range(3):  # the i-th episode of each env, averaged over envs, is the by-episode return
+            np.testing.assert_allclose(f["episode_return"].reshape(-1, 3)[:, i].mean(), result["by_episode"][i], atol=1e-6)
     folder = tmp_path / "data" / "rl2"
     names = sorted(os.listdir(folder))
     assert names[:2] == ["run_00000_it000001.npz", "run_00000_it000003.npz"] and len(names) == 12
@@ -96,6 +104,9 @@ def test_end_to_end_resume_and_ad_reads_the_dataset(tmp_path, monkeypatch, capsy
     assert "resuming" in capsys.readouterr().out
     assert torch.load(result["checkpoint"], weights_only=True)["iteration"] == 4
     assert len(os.listdir(folder)) == 18  # a new chunk, the earlier ones kept
+    # rerunning a finished run trains nothing and evaluates the checkpoint again
+    again = R.main(tiny(tmp_path, iterations=4))
+    assert len(os.listdir(folder)) == 18 and again["eval"] == result["eval"]
     # ad_train reads the fifth dataset
     out = A.main(A.Args(dataset="rl2", data_dir=str(tmp_path / "data"), context=20, updates=3, batch_size=4, n_layer=1,
                         n_head=2, n_embd=16, d_ff=16, eval_every=0, progress=False, cuda=False))
