@@ -152,6 +152,16 @@ def final_returns(run: dict, steps: int) -> np.ndarray:
                      else np.nan for i in range(run["num_envs"])])
 
 
+def style(ax, xlabel: str, title: str, legend_size: int, ylabel: bool = True, **legend) -> None:
+    """The axes every figure shares: returns from 0 to 2, a title and a legend."""
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel("episode return")
+    ax.set_ylim(-0.05, 2.05)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=legend_size, **legend)
+
+
 def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     steps, values = binned_curve(run["episodes"], run["num_envs"], run["steps"], width)
     return steps, values, [{"figure": figure, "curve": label, "env_step": int(s), "mean_return": round(float(v), 4)}
@@ -195,12 +205,8 @@ def ad(args: Ad) -> None:
             steps, values, r = curve_rows("3", f"source SAC ({envs} runs, own tasks)", run, args.bin)
             ax.plot(steps, values, color="black", ls="--", label=f"source SAC ({envs} runs, own tasks)")
             rows += r
-        ax.set_xlabel("env steps on each held-out task")
-        ax.set_ylabel("episode return")
-        ax.set_ylim(-0.05, 2.05)
-        ax.set_title(f"In-context learning on {first['num_envs']} held-out Dark tasks ({first['meta']['size']}x"
-                     f"{first['meta']['size']})", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        style(ax, "env steps on each held-out task", f"In-context learning on {first['num_envs']} held-out Dark tasks "
+              f"({first['meta']['size']}x{first['meta']['size']})", 7, loc="lower right")
         save(fig, "fig3_ad_dark", rows)
 
     if args.fig4:  # final return against context length
@@ -220,11 +226,7 @@ def ad(args: Ad) -> None:
         ax.plot(contexts, [r["first500"] for r in rows], marker="s", ls="--", color="gray", label="first 500 steps")
         ax.set_xscale("log")
         ax.set_xticks(contexts, [str(c) for c in contexts])
-        ax.set_xlabel("context (timesteps)")
-        ax.set_ylabel("episode return")
-        ax.set_ylim(-0.05, 2.05)
-        ax.set_title("AD on held-out Dark tasks: return against context", fontsize=10)
-        ax.legend(fontsize=8)
+        style(ax, "context (timesteps)", "AD on held-out Dark tasks: return against context", 8)
         save(fig, "fig4_context", rows)
 
     if args.fig5:  # BC on 1xN data
@@ -235,11 +237,7 @@ def ad(args: Ad) -> None:
             steps, values, r = curve_rows("5", run["label"], run, args.bin)
             ax.plot(steps, values, lw=2, label=run["label"])
             rows += r
-        ax.set_xlabel("env steps on each held-out task")
-        ax.set_ylabel("episode return")
-        ax.set_ylim(-0.05, 2.05)
-        ax.set_title("BC on 1xN histories", fontsize=10)
-        ax.legend(fontsize=7)
+        style(ax, "env steps on each held-out task", "BC on 1xN histories", 7)
         save(fig, "fig5_bc", rows)
 
     if args.fig6_dark and (args.fig6_light or args.fig6_rl2):
@@ -253,11 +251,7 @@ def ad(args: Ad) -> None:
                 steps, values, r = curve_rows("6 left", run["label"], run, args.bin)
                 axes["light"].plot(steps, values, lw=2, label=run["label"])
                 rows += r
-            axes["light"].set_xlabel("env steps on each held-out task")
-            axes["light"].set_ylabel("episode return")
-            axes["light"].set_ylim(-0.05, 2.05)
-            axes["light"].set_title("AD: Light data against Dark data", fontsize=10)
-            axes["light"].legend(fontsize=7)
+            style(axes["light"], "env steps on each held-out task", "AD: Light data against Dark data", 7)
         if args.fig6_rl2:  # right: the first 10 episodes of RL² and AD, on the same held-out tasks
             for run in (load_eval(args.fig6_rl2), dark):
                 by_index = np.full((run["num_envs"], 10), np.nan)
@@ -270,10 +264,8 @@ def ad(args: Ad) -> None:
                 axes["rl2"].plot(np.arange(1, len(mean) + 1), mean, marker="o", label=f"{run['label']} (first 500 steps: {first500:.2f})")
                 rows += [{"figure": "6 right", "curve": run["label"], "episode": k + 1, "mean_return": round(float(v), 4),
                           "first500": round(first500, 4)} for k, v in enumerate(mean)]
-            axes["rl2"].set_xlabel("episode on the held-out task")
-            axes["rl2"].set_ylim(-0.05, 2.05)
-            axes["rl2"].set_title("RL² against AD: the first 10 episodes", fontsize=10)
-            axes["rl2"].legend(fontsize=7)
+            style(axes["rl2"], "episode on the held-out task", "RL² against AD: the first 10 episodes", 7,
+                  ylabel=not args.fig6_light)
         save(fig, "fig6_light_rl2", rows)
     for name in written:
         print(f"wrote {os.path.join(args.out_dir, name)}.png and .csv")
