@@ -237,12 +237,23 @@ def episode_returns_by_index(buf: dict, episodes: int) -> np.ndarray:
     return returns.mean(0)
 
 
-def first_500_return(buf: dict) -> float:
+def trial_episodes(buf: dict) -> dict:
+    """Every episode of the trials as (env, return, end step) arrays: the layout of ad_eval.py's files."""
+    episodes = {"env": [], "return": [], "end_step": []}
+    for i, (rewards, dones) in enumerate(zip(buf["rewards"].numpy(), (buf["terminations"] | buf["truncations"]).numpy())):
+        steps = int(buf["active"][i].sum())
+        returns, ends = K.episode_returns(rewards[:steps], dones[:steps])
+        episodes["env"] += [i] * len(returns)
+        episodes["return"] += returns.tolist()
+        episodes["end_step"] += (ends + 1).tolist()
+    return {k: np.array(v) for k, v in episodes.items()}
+
+
+def first_500_return(episodes: dict, num_envs: int) -> float:
     """Per env, the mean return of the episodes that ended within the first 500 steps; then across envs
     (the metric ad_eval.py prints for AD)."""
-    done = ((buf["terminations"] | buf["truncations"]) & buf["active"]).numpy()
-    done[:, 500:] = False
-    returns = [K.episode_returns(rewards, dones)[0] for rewards, dones in zip(buf["rewards"].numpy(), done)]
+    early = episodes["end_step"] <= 500
+    returns = [episodes["return"][early & (episodes["env"] == i)] for i in range(num_envs)]
     returns = [r.mean() for r in returns if len(r)]
     return float(np.mean(returns)) if returns else 0.0
 
@@ -320,17 +331,10 @@ def evaluate(model, args: Args, device: torch.device, seed: int) -> dict:
     buf = run_trials(model, env, tasks, args.episodes_per_trial, torch.Generator().manual_seed(seed), device)
     model.train()
     by_episode = episode_returns_by_index(buf, args.episodes_per_trial)
-    # every episode as (env, return, end step): the layout of ad_eval.py's files, for one figure of both
-    episodes = {"env": [], "return": [], "end_step": []}
-    for i, (rewards, dones) in enumerate(zip(buf["rewards"].numpy(), (buf["terminations"] | buf["truncations"]).numpy())):
-        steps = int(buf["active"][i].sum())
-        returns, ends = K.episode_returns(rewards[:steps], dones[:steps])
-        episodes["env"] += [i] * len(returns)
-        episodes["return"] += returns.tolist()
-        episodes["end_step"] += (ends + 1).tolist()
-    return {"by_episode": by_episode, "first_500": first_500_return(buf),
+    episodes = trial_episodes(buf)  # written beside ad_eval.py's files, for one figure of both
+    return {"by_episode": by_episode, "first_500": first_500_return(episodes, len(tasks)),
             "episodes_5_to_10": float(by_episode[4:].mean()) if len(by_episode) > 4 else float("nan"),
-            "tasks": tasks, "episodes": {k: np.array(v) for k, v in episodes.items()}}
+            "tasks": tasks, "episodes": episodes}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,7 +399,7 @@ def main(args: Args) -> dict:
         step = done * args.num_envs * args.episodes_per_trial  # x axis: episodes of experience
         by_episode = episode_returns_by_index(buf, args.episodes_per_trial)
         writer.add_scalar("charts/trial_return", by_episode.sum(), step)
-        writer.add_scalar("charts/return_first_500", first_500_return(buf), step)
+        writer.add_scalar("charts/return_first_500", first_500_return(trial_episodes(buf), args.num_envs), step)
         for i in (0, args.episodes_per_trial - 1):
             writer.add_scalar(f"charts/episode_{i + 1}_return", by_episode[i], step)
         for name, value in stats.items():
