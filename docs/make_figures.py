@@ -4,9 +4,13 @@
     python docs/make_figures.py ad --fig3 long.npz ctx10.npz --fig4 ctx*.npz --fig5 bc*.npz \
         --fig6-light light.npz --fig6-dark dark.npz --fig6-rl2 rl2.npz
 
+    python docs/make_figures.py rl2 --run runs/KeyDoor-Dark-9x9__rl2__1__<time> --out docs/9x9/rl2_curve
+
 `sac` draws Figure 2 (source learning curves: mean over runs and the 10-90% band, in bins of
 `--bin` env steps). `ad` draws Figures 3 to 6 from the `.npz` files of `ad_eval.py` (and the one
-`rl2_train.py` writes for its held-out trials). Each PNG comes with a CSV of the numbers it shows.
+`rl2_train.py` writes for its held-out trials). `rl2` draws RL²'s learning
+curve (its held-out evaluations, read from the TensorBoard run). Each PNG comes with a CSV of the
+numbers it shows.
 Returns are averaged per env first, then across envs, as `ad_eval.py` prints them.
 """
 
@@ -273,6 +277,58 @@ def ad(args: Ad) -> None:
         raise SystemExit("nothing to draw: give --fig3, --fig4, --fig5 or --fig6-dark with --fig6-light/--fig6-rl2")
 
 
+@dataclass
+class Rl2:
+    run: str
+    """a TensorBoard run folder of rl2_train.py (runs/KeyDoor-Dark-...__rl2__...)"""
+    out: str = "docs/9x9/rl2_curve"
+    """output path without extension (.png and .csv are written)"""
+    bar: float = 1.8
+    """the return drawn as a dashed line"""
+
+
+RL2_CURVES = {"eval/episode_1_return": "episode 1", "eval/return_episodes_5_to_10": "episodes 5-10 (mean)",
+              "eval/return_first_500": "first 500 steps"}
+
+
+def rl2(args: Rl2) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not os.path.isdir(args.run):
+        raise SystemExit(f"{args.run}: no such TensorBoard run folder")
+    events = EventAccumulator(args.run, size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    if not all(tag in tags for tag in RL2_CURVES) or "charts/SPS" not in tags:
+        raise SystemExit(f"{args.run}: no held-out evaluations of rl2_train.py in this run")
+    hyper = events.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    params = dict(line.strip("|").split("|")[:2] for line in hyper.splitlines()[2:])
+    per_iteration = int(params["num_envs"]) * int(params["episodes_per_trial"])  # the x axis counts trial episodes
+    started = events.Scalars("charts/SPS")[0].wall_time
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    rows: dict[int, dict] = {}
+    for tag, label in RL2_CURVES.items():
+        scalars = events.Scalars(tag)
+        iterations = np.array([s.step // per_iteration for s in scalars])
+        ax.plot(iterations, [s.value for s in scalars], marker=".", lw=1.5, label=label)
+        for s, iteration in zip(scalars, iterations):
+            # minutes: wall-clock since the first logged iteration (for a resumed run, the pauses count too)
+            row = rows.setdefault(int(iteration), {"iteration": int(iteration),
+                                                   "minutes": round((s.wall_time - started) / 60, 1)})
+            row[label] = round(s.value, 4)
+    ax.axhline(args.bar, color="gray", ls="--", lw=1)
+    style(ax, "PPO iteration", f"RL² on held-out tasks ({params['size']}x{params['size']})", 8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    fig.savefig(args.out + ".png", dpi=110)
+    write_csv(args.out + ".csv", [rows[k] for k in sorted(rows)])
+    print(f"wrote {args.out}.png and {args.out}.csv")
+
+
 if __name__ == "__main__":
-    args = tyro.extras.subcommand_cli_from_dict({"sac": Sac, "ad": Ad})
-    sac(args) if isinstance(args, Sac) else ad(args)
+    args = tyro.extras.subcommand_cli_from_dict({"sac": Sac, "ad": Ad, "rl2": Rl2})
+    {Sac: sac, Ad: ad, Rl2: rl2}[type(args)](args)

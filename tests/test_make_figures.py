@@ -75,8 +75,19 @@ def test_sac_and_ad_figures(tmp_path, monkeypatch):
     fig6 = read_csv(out / "fig6_light_rl2.csv")
     assert {row["figure"] for row in fig6} == {"6 left", "6 right"}
     assert sum(row["curve"] == "RL²" for row in fig6) == 3  # the episodes of its 3-episode trials
+    # RL²'s learning curve, from its TensorBoard run: the held-out evaluation at its last iteration
+    M.rl2(M.Rl2(run=str(next((tmp_path / "runs").glob("*__rl2__*"))), out=str(out / "rl2_curve")))
+    curve = read_csv(out / "rl2_curve.csv")
+    with np.load(rl2, allow_pickle=False) as f:
+        by_episode = f["by_episode"]
+    assert [int(row["iteration"]) for row in curve] == [1]
+    assert float(curve[0]["episode 1"]) == pytest.approx(by_episode[0], abs=1e-4)
+    assert float(curve[0]["episodes 5-10 (mean)"]) == pytest.approx(by_episode[4:].mean() if len(by_episode) > 4 else np.nan,
+                                                                    abs=1e-4, nan_ok=True)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such evaluation file"):
         M.ad(M.Ad(fig3=[str(tmp_path / "nope.npz")], out_dir=str(tmp_path)))
+    with pytest.raises(SystemExit, match="no such TensorBoard run folder"):
+        M.rl2(M.Rl2(run=str(tmp_path / "nope")))
