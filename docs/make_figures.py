@@ -285,6 +285,8 @@ class Rl2:
     """output path without extension (.png and .csv are written)"""
     bar: float = 1.8
     """the return drawn as a dashed line"""
+    title: str = "RL² on held-out tasks"
+    """the figure's title (the grid size is appended)"""
 
 
 RL2_CURVES = {"eval/episode_1_return": "episode 1", "eval/return_episodes_5_to_10": "episodes 5-10 (mean)",
@@ -321,7 +323,7 @@ def rl2(args: Rl2) -> None:
                                                    "minutes": round((s.wall_time - started) / 60, 1)})
             row[label] = round(s.value, 4)
     ax.axhline(args.bar, color="gray", ls="--", lw=1)
-    style(ax, "PPO iteration", f"RL² on held-out tasks ({params['size']}x{params['size']})", 8)
+    style(ax, "PPO iteration", f"{args.title} ({params['size']}x{params['size']})", 8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     fig.savefig(args.out + ".png", dpi=110)

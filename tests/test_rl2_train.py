@@ -23,13 +23,14 @@ def tiny(tmp_path, **overrides):
     return R.Args(**flags)
 
 
-def test_policy_is_causal_and_cache_matches():
+@pytest.mark.parametrize("arrival", [False, True])
+def test_policy_is_causal_and_cache_matches(arrival):
     torch.manual_seed(0)
-    model = R.ActorCritic(R.ModelConfig(context=20, n_layer=2, n_head=2, n_embd=16, d_ff=16)).eval()
+    model = R.ActorCritic(R.ModelConfig(context=20, n_layer=2, n_head=2, n_embd=16, d_ff=16, arrival=arrival)).eval()
     g = torch.Generator().manual_seed(0)
     inputs = {"observations": torch.rand(2, 20, 4, generator=g), "prev_actions": torch.randint(0, 5, (2, 20), generator=g),
               "prev_rewards": torch.randint(0, 2, (2, 20), generator=g).float(),
-              "prev_dones": torch.randint(0, 2, (2, 20), generator=g).float()}
+              "prev_dones": torch.randint(0, 2, (2, 20), generator=g).float(), "prev_arrivals": torch.rand(2, 20, 2, generator=g)}
     logits, values = model(**inputs)
     changed = {k: v.clone() for k, v in inputs.items()}
     changed["observations"][:, 8:] += 1
@@ -37,6 +38,8 @@ def test_policy_is_causal_and_cache_matches():
     other_logits, other_values = model(**changed)
     assert torch.equal(other_logits[:, :8], logits[:, :8]) and torch.equal(other_values[:, :8], values[:, :8])
     assert not torch.allclose(other_logits[:, 8:], logits[:, 8:])
+    moved = {**inputs, "prev_arrivals": inputs["prev_arrivals"] + 1}  # read only with --arrival-token
+    assert torch.equal(model(**moved)[0], logits) != arrival
     caches = [{} for _ in model.blocks]
     for t in range(20):
         step_logits, step_values = model(**{k: v[:, t:t + 1] for k, v in inputs.items()}, start=t, caches=caches)
@@ -62,9 +65,12 @@ def test_trials_keep_their_task_and_have_their_episodes():
             np.testing.assert_array_equal(history["observations"][t], obs)
             obs, reward, term, trunc, _ = single.step(int(action))
             assert (reward, term, trunc) == (history["rewards"][t], history["terminations"][t], history["truncations"][t])
+            if t + 1 < len(history["actions"]):  # the next token holds where this action led, the door cell included
+                np.testing.assert_array_equal(buf["prev_arrivals"][i, t + 1].numpy(), obs[:2])
             if term or trunc:
                 obs, _ = single.reset()
     assert buf["prev_dones"][:, 0].eq(1).all()  # the first token looks like an episode start, as in AD
+    assert buf["prev_arrivals"][:, 0].eq(0).all()  # before the first action the agent stands on the start cell
 
 
 def test_gae_stops_at_the_trial_end():
@@ -91,8 +97,8 @@ def test_end_to_end_resume_and_ad_reads_the_dataset(tmp_path, monkeypatch, capsy
             np.testing.assert_allclose(f["episode_return"].reshape(-1, 3)[:, i].mean(), result["by_episode"][i], atol=1e-6)
     folder = tmp_path / "data" / "rl2"
     names = sorted(os.listdir(folder))
-    assert names[:2] == ["run_00000_it000001.npz", "run_00000_it000003.npz"] and len(names) == 12
-    history, config = K.load_history(str(folder / "run_00000_it000001.npz"))
+    assert names[:2] == ["rl2__4x4__1__run_00000_it000001.npz", "rl2__4x4__1__run_00000_it000003.npz"] and len(names) == 12
+    history, config = K.load_history(str(folder / names[0]))
     assert config["algorithm"] == "rl2-ppo" and config["iterations"] == [1, 2]
     dones = history["terminations"] | history["truncations"]
     assert dones.sum() == 6  # 2 iterations x 3 episodes
@@ -113,6 +119,11 @@ def test_end_to_end_resume_and_ad_reads_the_dataset(tmp_path, monkeypatch, capsy
     assert os.path.exists(out["checkpoint"])
     with pytest.raises(ValueError, match="another shape"):
         R.main(tiny(tmp_path, iterations=5, n_embd=32))
+    with pytest.raises(ValueError, match="another shape"):  # --arrival-token changes the model's input
+        R.main(tiny(tmp_path, iterations=5, arrival_token=True))
+    arrival = R.main(tiny(tmp_path, iterations=2, arrival_token=True, exp_name="rl2-arrival"))
+    assert torch.load(arrival["checkpoint"], weights_only=True)["model_config"]["arrival"] is True
+    assert len(os.listdir(folder)) == 18 + 6  # its own chunks, beside the first run's
 
 
 def test_cli_error_is_one_line(tmp_path):
