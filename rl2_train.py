@@ -385,7 +385,8 @@ def main(args: Args) -> dict:
     model = ActorCritic(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
     data_folder = os.path.join(args.data_dir, "rl2")
-    path = os.path.join(args.data_dir, "checkpoints", f"{args.exp_name}__{args.size}x{args.size}__{args.seed}.pt")
+    stem = f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks and eval file
+    path = os.path.join(args.data_dir, "checkpoints", f"{stem}.pt")
     start, run_name = 0, f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if os.path.exists(path):
         try:
@@ -443,8 +444,7 @@ def main(args: Args) -> dict:
                 history_config = {"size": args.size, "style": "rl2", "light": False, "seed": args.seed, "run": i,
                                   "iterations": [first, done], "algorithm": "rl2-ppo"}
                 # named after the run as well: two runs (another --exp-name, seed or size) never overwrite each other
-                name = f"{os.path.splitext(os.path.basename(path))[0]}__run_{i:05d}_it{first:06d}.npz"
-                K.save_history(os.path.join(data_folder, name), history, history_config)
+                K.save_history(os.path.join(data_folder, f"{stem}__run_{i:05d}_it{first:06d}.npz"), history, history_config)
             pending = [[] for _ in range(args.num_envs)]
             checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": done,
                           "args": asdict(args), "model_config": asdict(config), "run_name": run_name}
@@ -453,8 +453,7 @@ def main(args: Args) -> dict:
     if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
         result = evaluate(model, args, device, args.seed)
     # the held-out trials, in the layout of ad_eval.py's files (so one figure can show RL² beside AD)
-    out = os.path.join(args.data_dir, "eval", f"{os.path.splitext(os.path.basename(path))[0]}"
-                                              f"__envs{args.eval_envs}_trial_seed{args.seed}.npz")
+    out = os.path.join(args.data_dir, "eval", f"{stem}__envs{args.eval_envs}_trial_seed{args.seed}.npz")
     meta = {"checkpoint": path, "iteration": max(start, args.iterations), "seed": args.seed,
             "size": args.size, "obs": "dark", "episodes_per_trial": args.episodes_per_trial, "algorithm": "rl2-ppo"}
     payload = {"tasks": result["tasks"], "episode_env": result["episodes"]["env"],
