@@ -88,20 +88,20 @@ def sac(args: Sac) -> None:
         ax.set_ylim(-0.05, 2.05)
         rows += [{"panel": title, "step": int(s), "mean_return": float(m), "runs": len(values)} for s, m in zip(steps, mean)]
     axes[0].set_ylabel("episode return")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    fig.savefig(args.out + ".png", dpi=110)
-    with open(args.out + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["panel", "step", "mean_return", "runs"])
-        writer.writeheader()
-        writer.writerows(rows)
+    save_figure(fig, args.out, rows)
     print(f"wrote {args.out}.png and {args.out}.csv")
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        fields = list(dict.fromkeys(key for row in rows for key in row))  # the union, in first-seen order
-        writer = csv.DictWriter(f, fieldnames=fields)
+def save_figure(fig, out: str, rows: list[dict]) -> None:
+    """`out`.png and `out`.csv (the rows' keys, the union in first-seen order, are its columns)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    fig.savefig(out + ".png", dpi=110)
+    plt.close(fig)
+    with open(out + ".csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
 
@@ -178,14 +178,10 @@ def ad(args: Ad) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(args.out_dir, exist_ok=True)
     written = []
 
     def save(fig, name: str, rows: list[dict]) -> None:
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out_dir, name + ".png"), dpi=110)
-        plt.close(fig)
-        write_csv(os.path.join(args.out_dir, name + ".csv"), rows)
+        save_figure(fig, os.path.join(args.out_dir, name), rows)
         written.append(name)
 
     if args.fig3:  # returns over the whole evaluation, with the random policy and the source agents
@@ -324,10 +320,7 @@ def rl2(args: Rl2) -> None:
             row[label] = round(s.value, 4)
     ax.axhline(args.bar, color="gray", ls="--", lw=1)
     style(ax, "PPO iteration", f"{args.title} ({params['size']}x{params['size']})", 8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    fig.savefig(args.out + ".png", dpi=110)
-    write_csv(args.out + ".csv", [rows[k] for k in sorted(rows)])
+    save_figure(fig, args.out, [rows[k] for k in sorted(rows)])
     print(f"wrote {args.out}.png and {args.out}.csv")
 
 
