@@ -5,8 +5,8 @@
 
 For each checkpoint, `--num-envs` held-out test tasks run together in one vector env for `--steps`
 env steps, with the same task after every reset. The model sees its own history (o_t, a_{t-1},
-r_{t-1}, d_{t-1}) and samples its next action. No gradient step is taken: any improvement is
-in-context learning.
+r_{t-1}, d_{t-1}, and p_{t-1} if it was trained with `--arrival-token`) and samples its next
+action. No gradient step is taken: any improvement is in-context learning.
 
 The history is trimmed at the model's context C. Because position embeddings are learned, the
 window cannot slide by one token on a KV cache, so the fast path keeps a cache of up to C tokens
@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 import keydoor_env as K
-from ad_train import FIRST_PREV_ACTION, FIRST_PREV_DONE, DecisionModel, load_checkpoint, model_from_checkpoint
+from ad_train import FIRST_PREV_ACTION, FIRST_PREV_DONE, DecisionModel, arrivals, load_checkpoint, model_from_checkpoint
 
 
 @dataclass
@@ -94,10 +94,12 @@ class HistoryBuffer:
         self.prev_rewards = torch.zeros((num_envs, steps), device=device)
         self.prev_dones = torch.zeros((num_envs, steps), device=device)
         self.prev_dones[:, 0] = FIRST_PREV_DONE
+        self.prev_arrivals = torch.zeros((num_envs, steps, 2), device=device)  # read by --arrival-token models only
 
     def window(self, lo: int, hi: int) -> dict[str, torch.Tensor]:
         return {"observations": self.observations[:, lo:hi], "prev_actions": self.prev_actions[:, lo:hi],
-                "prev_rewards": self.prev_rewards[:, lo:hi], "prev_dones": self.prev_dones[:, lo:hi]}
+                "prev_rewards": self.prev_rewards[:, lo:hi], "prev_dones": self.prev_dones[:, lo:hi],
+                "prev_arrivals": self.prev_arrivals[:, lo:hi]}
 
 
 class Policy:
@@ -132,6 +134,7 @@ def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed
     env = K.KeyDoorVectorEnv(N, size=size, light=obs_dim == K.LIGHT_OBS_DIM, tasks=tasks, split="all")
     observations, _ = env.reset(seed=seed)
     history = HistoryBuffer(N, steps, obs_dim, device)
+    history.prev_arrivals[:, 0] = torch.as_tensor(observations[:, :2], device=device)  # the start cell
     policy = Policy(model, history, steps, full_recompute)
     generator = torch.Generator(device=device).manual_seed(seed)
     episode_return = np.zeros(N)
@@ -144,12 +147,13 @@ def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed
         else:
             actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
         actions_np = actions.cpu().numpy()
-        observations, rewards, terminated, truncated, _ = env.step(actions_np)
+        observations, rewards, terminated, truncated, infos = env.step(actions_np)
         done = terminated | truncated
         if t + 1 < steps:
             history.prev_actions[:, t + 1] = actions
             history.prev_rewards[:, t + 1] = torch.as_tensor(rewards, device=device)
             history.prev_dones[:, t + 1] = torch.as_tensor(done, dtype=torch.float32, device=device)
+            history.prev_arrivals[:, t + 1] = torch.as_tensor(arrivals(observations, done, infos), device=device)
         episode_return += rewards
         for i in np.flatnonzero(done):
             episodes["env"].append(i), episodes["return"].append(episode_return[i]), episodes["end_step"].append(t + 1)

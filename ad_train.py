@@ -9,6 +9,12 @@ One token per timestep embeds (o_t, a_{t-1}, r_{t-1}, d_{t-1}); the model predic
 position of a window of `--context` consecutive timesteps of one history. Windows cross episode
 boundaries, as the source agent's stream does. The checkpoint holds everything `ad_eval.py` needs
 to rebuild the model; rerunning the same command resumes from it.
+
+`--arrival-token` adds p_{t-1} to each token, the cell the previous action led to. Why: the door
+ends the episode, so the door's cell is in no o_t (the next o_t is the start of the next episode),
+and the model must otherwise work it out from two tokens (the last position and the action). The
+histories need no extra field: on this grid with no walls the cell is the last position moved by
+the action, clipped at the border, and the loader checks that against every next observation.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class Args:
     """windows from the first N steps of each history only; -1: twice the step where the run first averages 1.8; 0: all"""
     episode_stride: int = 1
     """keep every k-th episode of each history, so that a window spans more of the learning"""
+    arrival_token: bool = False
+    """add to each token the cell the previous action led to (the door's cell at an episode's end)"""
     n_layer: int = 4
     """Transformer blocks"""
     n_head: int = 4
@@ -97,12 +105,15 @@ class Args:
 # The first token of a history has no previous step; it is built like the first token of any later
 # episode (previous action "stay", reward 0, done 1), so that no embedding is left untrained.
 FIRST_PREV_ACTION, FIRST_PREV_DONE = 0, 1
+FIRST_PREV_ARRIVAL = (0, 0)  # a history starts at a reset, where the agent stands on cell (0, 0)
 
 
-def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_stride: int = 1, min_steps: int = 1):
+def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_stride: int = 1, min_steps: int = 1,
+                 arrival: bool = False):
     """Load every `.npz` history of `folder`. Returns `(runs, meta)`: per run a dict of compact arrays
     (`obs_codes` uint8 (T, D), `actions` uint8, `prev_actions` uint8, `prev_rewards` uint8,
-    `prev_dones` bool, `returns` of its episodes), and `meta` (size, obs_dim, obs_scale)."""
+    `prev_dones` bool, with `arrival` also `prev_arrivals` uint8 (T, 2) grid cells, and `returns` of
+    its episodes), and `meta` (size, obs_dim, obs_scale)."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"dataset folder {folder} does not exist; collect it first (see README)")
     names = sorted(n for n in os.listdir(folder) if n.endswith(".npz") and not n.startswith("."))
@@ -120,6 +131,8 @@ def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_s
             raise ValueError(f"{folder}: {names[0]} is a {size}x{size} grid, {name} is {config.get('size')}")
         if light_obs and dim != K.LIGHT_OBS_DIM:
             raise ValueError(f"--light-obs needs Light data, but {folder} holds Dark observations")
+        if arrival:
+            history["arrivals"] = arrival_cells(history, size, f"{folder}/{name}")
         runs.append(select_steps(history, history_steps, episode_stride, min_steps))
     if size is None:
         raise ValueError(f"{folder}: histories do not record their grid size")
@@ -135,6 +148,19 @@ def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_s
     return runs, {"size": size, "obs_dim": obs_dim, "obs_scale": scale.tolist()}
 
 
+def arrival_cells(history: dict, size: int, name: str) -> np.ndarray:
+    """The cell (x, y) each action led to, uint8 (T, 2): the position moved by the action, clipped at
+    the border. Checked against the next observation wherever the episode goes on, so that data from
+    another dynamics fails here rather than teaching the model wrong cells."""
+    cells = np.rint(history["observations"][:, :2] * (size - 1)).astype(np.int64)  # (T, 2)
+    arrivals = np.clip(cells + K.ACTION_DELTAS[history["actions"]], 0, size - 1)
+    going_on = ~(history["terminations"] | history["truncations"])[:-1]
+    if not np.array_equal(arrivals[:-1][going_on], cells[1:][going_on]):
+        raise ValueError(f"{name}: observations do not follow the moves of the {size}x{size} grid, "
+                         "so --arrival-token cannot compute the arrival cells")
+    return arrivals.astype(np.uint8)
+
+
 def decode_observations(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """uint8 codes (..., D) -> float32 observations, exactly those of the environment."""
     return (codes.float() / scale).float()
@@ -143,7 +169,9 @@ def decode_observations(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
 def select_steps(history: dict, history_steps: int, episode_stride: int, min_steps: int = 1) -> dict:
     """Keep the first `history_steps` steps (-1: twice the step at which the run first solved its
     task, at least `min_steps`; 0: all) and every `episode_stride`-th episode; add the previous
-    action, reward and done of each kept step (the previous *kept* step's)."""
+    action, reward and done of each kept step (the previous *kept* step's), and, when the history
+    holds "arrivals" (cells, (T, 2)), the previous arrival ("prev_arrivals"; for the first token,
+    the start cell)."""
     steps = len(history["actions"])
     keep = np.ones(steps, dtype=bool)
     dones = history["terminations"] | history["truncations"]
@@ -159,11 +187,15 @@ def select_steps(history: dict, history_steps: int, episode_stride: int, min_ste
     rewards = history["rewards"][keep]
     kept_dones = dones[keep]
     returns, _ = K.episode_returns(history["rewards"], dones)
-    return {"observations": history["observations"][keep], "actions": actions,
-            "prev_actions": np.concatenate([[FIRST_PREV_ACTION], actions[:-1]]).astype(np.uint8),
-            "prev_rewards": np.concatenate([[0], rewards[:-1]]).astype(np.uint8),
-            "prev_dones": np.concatenate([[FIRST_PREV_DONE], kept_dones[:-1]]).astype(bool),
-            "returns": returns}
+    run = {"observations": history["observations"][keep], "actions": actions,
+           "prev_actions": np.concatenate([[FIRST_PREV_ACTION], actions[:-1]]).astype(np.uint8),
+           "prev_rewards": np.concatenate([[0], rewards[:-1]]).astype(np.uint8),
+           "prev_dones": np.concatenate([[FIRST_PREV_DONE], kept_dones[:-1]]).astype(bool),
+           "returns": returns}
+    if "arrivals" in history:
+        arrivals = history["arrivals"][keep]
+        run["prev_arrivals"] = np.concatenate([[FIRST_PREV_ARRIVAL], arrivals[:-1]]).astype(np.uint8)
+    return run
 
 
 class WindowSampler:
@@ -180,6 +212,7 @@ class WindowSampler:
         cat = lambda key: torch.as_tensor(np.concatenate([r[key] for r in runs]))
         self.obs_codes, self.actions = cat("obs_codes"), cat("actions")
         self.prev_actions, self.prev_rewards, self.prev_dones = cat("prev_actions"), cat("prev_rewards"), cat("prev_dones")
+        self.prev_arrivals = cat("prev_arrivals") if "prev_arrivals" in runs[0] else None  # (tokens, 2) cells
         self.obs_scale = torch.tensor(obs_scale)
         self.tokens = int(lengths.sum())
 
@@ -195,6 +228,8 @@ class WindowSampler:
                   "prev_actions": self.prev_actions[index].long(),
                   "prev_rewards": self.prev_rewards[index].float(),
                   "prev_dones": self.prev_dones[index].float()}
+        if self.prev_arrivals is not None:  # cells scaled as the observation's positions
+            inputs["prev_arrivals"] = self.prev_arrivals[index].float() / self.obs_scale[0]
         return ({k: v.to(self.device, non_blocking=True) for k, v in inputs.items()},
                 self.actions[index].long().to(self.device, non_blocking=True))
 
@@ -211,6 +246,7 @@ class ModelConfig:
     n_embd: int = 128
     d_ff: int = 768
     dropout: float = 0.1
+    arrival: bool = False  # tokens carry p_{t-1}, the (x, y) the previous action led to
 
 
 class SelfAttention(nn.Module):
@@ -264,13 +300,13 @@ class Block(nn.Module):
 
 
 class DecisionModel(nn.Module):
-    """Causal Transformer over tokens (o_t, a_{t-1}, r_{t-1}, d_{t-1}) predicting a_t."""
+    """Causal Transformer over tokens (o_t, a_{t-1}, r_{t-1}, d_{t-1}[, p_{t-1}]) predicting a_t."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        # one linear embedding of [o_t, one-hot a_{t-1}, r_{t-1}, d_{t-1}]
-        self.embed = nn.Linear(config.obs_dim + K.NUM_ACTIONS + 2, config.n_embd)
+        # one linear embedding of [o_t, one-hot a_{t-1}, r_{t-1}, d_{t-1}(, p_{t-1})]
+        self.embed = nn.Linear(config.obs_dim + K.NUM_ACTIONS + 2 + 2 * config.arrival, config.n_embd)
         self.pos = nn.Embedding(config.context, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
@@ -286,15 +322,22 @@ class DecisionModel(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, observations, prev_actions, prev_rewards, prev_dones, positions=None, caches=None):
-        """observations (B, T, obs_dim); prev_actions (B, T) int64 in 0..4; prev_rewards, prev_dones (B, T).
-        positions (T,) int64 (default 0..T-1); caches: one dict per block for incremental decoding.
-        Returns logits (B, T, 5)."""
+    def forward(self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, positions=None,
+                caches=None):
+        """observations (B, T, obs_dim); prev_actions (B, T) int64 in 0..4; prev_rewards, prev_dones (B, T);
+        prev_arrivals (B, T, 2), the scaled (x, y) the previous action led to, read only by a model with
+        `config.arrival`. positions (T,) int64 (default 0..T-1); caches: one dict per block for
+        incremental decoding. Returns logits (B, T, 5)."""
         B, T, _ = observations.shape
         if positions is None:
             positions = torch.arange(T, device=observations.device)
-        features = torch.cat([observations, F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
-                              prev_rewards[..., None], prev_dones[..., None]], dim=-1)  # (B, T, obs_dim + 7)
+        parts = [observations, F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
+                 prev_rewards[..., None], prev_dones[..., None]]
+        if self.config.arrival:
+            if prev_arrivals is None:
+                raise ValueError("this model was trained with --arrival-token: it needs prev_arrivals")
+            parts.append(prev_arrivals)
+        features = torch.cat(parts, dim=-1)  # (B, T, obs_dim + 7 [+ 2])
         x = self.drop(self.embed(features) + self.pos(positions))  # (B, T, E)
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
@@ -331,8 +374,10 @@ def evaluate_in_context(model: DecisionModel, tasks: np.ndarray, steps: int, siz
     generator = torch.Generator().manual_seed(seed)
     history = {"observations": torch.zeros(N, steps, config.obs_dim),
                "prev_actions": torch.full((N, steps), FIRST_PREV_ACTION),
-               "prev_rewards": torch.zeros(N, steps), "prev_dones": torch.zeros(N, steps)}
+               "prev_rewards": torch.zeros(N, steps), "prev_dones": torch.zeros(N, steps),
+               "prev_arrivals": torch.zeros(N, steps, 2)}
     history["prev_dones"][:, 0] = FIRST_PREV_DONE
+    history["prev_arrivals"][:, 0] = torch.as_tensor(observations[:, :2])  # the start cell
     returns, episode_return = [[] for _ in range(N)], np.zeros(N)
     for t in range(steps):
         history["observations"][:, t] = torch.as_tensor(observations)
@@ -340,17 +385,27 @@ def evaluate_in_context(model: DecisionModel, tasks: np.ndarray, steps: int, siz
         window = {k: v[:, lo:t + 1].to(device) for k, v in history.items()}
         logits = model(**window)[:, -1].float().cpu()
         actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
-        observations, rewards, terminated, truncated, _ = env.step(actions.numpy())
+        observations, rewards, terminated, truncated, infos = env.step(actions.numpy())
         if t + 1 < steps:
             history["prev_actions"][:, t + 1] = actions
             history["prev_rewards"][:, t + 1] = torch.as_tensor(rewards)
             history["prev_dones"][:, t + 1] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
+            history["prev_arrivals"][:, t + 1] = torch.as_tensor(arrivals(observations, terminated | truncated, infos))
         episode_return += rewards
         for i in np.flatnonzero(terminated | truncated):
             returns[i].append(episode_return[i])
             episode_return[i] = 0.0
     model.train()
     return [np.array(r) for r in returns]
+
+
+def arrivals(observations: np.ndarray, done: np.ndarray, infos: dict) -> np.ndarray:
+    """(N, 2) scaled cells the last actions led to: the new position, or at an episode's end the
+    position of gymnasium's final observation (the new one is the next episode's start)."""
+    cells = observations[:, :2].copy()
+    if done.any():
+        cells[done] = infos["final_obs"][done, :2]
+    return cells
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,7 +433,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def model_from_checkpoint(checkpoint: dict) -> DecisionModel:
-    model = DecisionModel(ModelConfig(**checkpoint["model_config"]))
+    model = DecisionModel(ModelConfig(**checkpoint["model_config"]))  # no "arrival" (older checkpoints): False
     model.load_state_dict(checkpoint["model"])
     return model
 
@@ -421,7 +476,8 @@ def main(args: Args) -> dict:
     torch.manual_seed(args.seed + rank)
 
     folder = os.path.join(args.data_dir, args.dataset)
-    runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.episode_stride, args.context)
+    runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.episode_stride, args.context,
+                              args.arrival_token)
     # hold out whole runs for validation; a single-run dataset (1xN) holds out its last steps instead
     order = np.random.default_rng(args.seed).permutation(len(runs))
     num_val = min(len(runs) - 1, int(math.ceil(args.val_fraction * len(runs)))) if args.val_fraction > 0 else 0
@@ -438,7 +494,7 @@ def main(args: Args) -> dict:
         max(len(r["actions"]) for r in val_runs) >= args.context else None
 
     config = ModelConfig(obs_dim=meta["obs_dim"], context=args.context, n_layer=args.n_layer, n_head=args.n_head,
-                         n_embd=args.n_embd, d_ff=args.d_ff, dropout=args.dropout)
+                         n_embd=args.n_embd, d_ff=args.d_ff, dropout=args.dropout, arrival=args.arrival_token)
     model = DecisionModel(config).to(device)
     optimizer = model.optimizer(args.lr, args.weight_decay, device)
     # what the windows are drawn from: a resume must not silently change it
@@ -450,7 +506,8 @@ def main(args: Args) -> dict:
     run_name = f"KeyDoor-{'Light' if args.light_obs else 'Dark'}-{meta['size']}x{meta['size']}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if os.path.exists(path):
         checkpoint = load_checkpoint(path, map_location=device)
-        if checkpoint["model_config"] != asdict(config) or checkpoint["data"] != data_info:
+        # checkpoints from before --arrival-token have no "arrival" in their config: they had none
+        if {"arrival": False, **checkpoint["model_config"]} != asdict(config) or checkpoint["data"] != data_info:
             raise ValueError(f"{path} holds a model of another shape or data ({checkpoint['model_config']}, "
                              f"{checkpoint['data']}); move it away or change --exp-name")
         model.load_state_dict(checkpoint["model"])

@@ -16,9 +16,10 @@ import keydoor_env as K
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light"):
+def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light", arrival=False):
     torch.manual_seed(0)
-    config = A.ModelConfig(obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0)
+    config = A.ModelConfig(obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0,
+                           arrival=arrival)
     model = A.DecisionModel(config)
     checkpoint = {"model": model.state_dict(), "optimizer": model.optimizer(1e-3, 0.1, torch.device("cpu")).state_dict(),
                   "update": 1, "args": {}, "model_config": A.asdict(config), "run_name": "test",
@@ -42,9 +43,11 @@ def test_window_starts():
     assert lengths.min() >= 1 and lengths.max() == 10 and (lengths[10:] >= 5).all()
 
 
-def test_kv_cache_gives_the_same_logits_as_full_recompute():
+@pytest.mark.parametrize("arrival", [False, True])
+def test_kv_cache_gives_the_same_logits_as_full_recompute(arrival):
     torch.manual_seed(0)
-    model = A.DecisionModel(A.ModelConfig(obs_dim=4, context=10, n_layer=2, n_head=2, n_embd=16, d_ff=32)).eval()
+    model = A.DecisionModel(A.ModelConfig(obs_dim=4, context=10, n_layer=2, n_head=2, n_embd=16, d_ff=32,
+                                          arrival=arrival)).eval()
     steps, N = 45, 3
     history = E.HistoryBuffer(N, steps, 4, torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
@@ -52,6 +55,7 @@ def test_kv_cache_gives_the_same_logits_as_full_recompute():
     history.prev_actions.copy_(torch.randint(0, 5, (N, steps), generator=g))
     history.prev_rewards.copy_(torch.randint(0, 2, (N, steps), generator=g).float())
     history.prev_dones.copy_(torch.randint(0, 2, (N, steps), generator=g).float())
+    history.prev_arrivals.copy_(torch.rand((N, steps, 2), generator=g))
     fast, slow = E.Policy(model, history, steps, False), E.Policy(model, history, steps, True)
     for t in range(steps):
         torch.testing.assert_close(fast.logits(t), slow.logits(t), rtol=1e-5, atol=1e-5)
@@ -70,9 +74,11 @@ def test_rollouts_agree_and_are_seeded():
     np.testing.assert_array_equal(sampled[0]["return"], sampled[1]["return"])
 
 
-def test_rollout_tokens_match_training_tokens():
+@pytest.mark.parametrize("arrival", [False, True])
+def test_rollout_tokens_match_training_tokens(arrival):
     """The tokens fed at evaluation are exactly those ad_train builds from the same trajectory's file."""
-    model = A.DecisionModel(A.ModelConfig(obs_dim=8, context=30, n_layer=1, n_head=2, n_embd=16, d_ff=16)).eval()
+    model = A.DecisionModel(A.ModelConfig(obs_dim=8, context=30, n_layer=1, n_head=2, n_embd=16, d_ff=16,
+                                          arrival=arrival)).eval()
     tasks = K.task_split(4)[1][:2]
     steps = 160
     result = E.rollout(model, tasks, steps, 4, seed=0, greedy=False, full_recompute=False, device=torch.device("cpu"))
@@ -89,8 +95,11 @@ def test_rollout_tokens_match_training_tokens():
             hist["truncations"].append(trunc)
             if term or trunc:
                 obs, _ = env.reset()
-        run = A.select_steps({k: np.array(v) for k, v in hist.items()}, 0, 1)
+        hist = {k: np.array(v) for k, v in hist.items()}
+        hist["arrivals"] = A.arrival_cells(hist, 4, "replay")
+        run = A.select_steps(hist, 0, 1)
         n = steps - 1
+        np.testing.assert_allclose(fed.prev_arrivals[i, :n].numpy() * 3, run["prev_arrivals"], atol=1e-6)
         np.testing.assert_array_equal(fed.observations[i, :n].numpy(), run["observations"])
         np.testing.assert_array_equal(fed.prev_actions[i, :n].numpy(), run["prev_actions"])
         np.testing.assert_array_equal(fed.prev_rewards[i, :n].numpy(), run["prev_rewards"])
@@ -113,8 +122,10 @@ def test_end_to_end(tmp_path, monkeypatch, capsys):
     write_checkpoint(ckpt)
     light = tmp_path / "data" / "checkpoints" / "light.pt"
     write_checkpoint(light, obs_dim=8)
-    rows = E.main(eval_args([ckpt, light], tmp_path, plot=True))
-    assert len(rows) == 2
+    arrival = tmp_path / "data" / "checkpoints" / "arrival.pt"
+    write_checkpoint(arrival, arrival=True)
+    rows = E.main(eval_args([ckpt, light, arrival], tmp_path, plot=True))
+    assert len(rows) == 3 and all(row["envs"] == 3 for row in rows)
     with np.load(tmp_path / "eval" / "m__envs3_steps120_seed1.npz", allow_pickle=False) as data:
         tasks, config = data["tasks"], json.loads(str(data["config"]))
         assert len(data["episode_return"]) == len(data["episode_env"]) == len(data["episode_end_step"]) > 0
@@ -122,7 +133,7 @@ def test_end_to_end(tmp_path, monkeypatch, capsys):
     test = {tuple(t) for t in K.task_split(5)[1]}
     assert tasks.shape == (3, 4) and {tuple(t) for t in tasks} <= test  # held-out tasks only
     assert config["split"] == "test" and config["context"] == 16
-    assert (tmp_path / "eval" / "m__light__envs3_steps120_seed1.png").exists()
+    assert (tmp_path / "eval" / "m__light__arrival__envs3_steps120_seed1.png").exists()
     out = capsys.readouterr().out
     assert "random policy" in out and "return, first 500 steps" in out
     again = E.main(eval_args([ckpt], tmp_path, out_dir=str(tmp_path / "eval2")))

@@ -17,10 +17,10 @@ import sac_collect as S
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def small_model(obs_dim=4, context=12, dropout=0.0):
+def small_model(obs_dim=4, context=12, dropout=0.0, arrival=False):
     torch.manual_seed(0)
     return A.DecisionModel(A.ModelConfig(obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32,
-                                         dropout=dropout)).eval()
+                                         dropout=dropout, arrival=arrival)).eval()
 
 
 def random_inputs(B, T, obs_dim=4, seed=0):
@@ -28,7 +28,8 @@ def random_inputs(B, T, obs_dim=4, seed=0):
     return {"observations": torch.rand((B, T, obs_dim), generator=g),
             "prev_actions": torch.randint(0, 5, (B, T), generator=g),
             "prev_rewards": torch.randint(0, 2, (B, T), generator=g).float(),
-            "prev_dones": torch.randint(0, 2, (B, T), generator=g).float()}
+            "prev_dones": torch.randint(0, 2, (B, T), generator=g).float(),
+            "prev_arrivals": torch.rand((B, T, 2), generator=g)}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,9 @@ def tiny_args(data_dir, **overrides):
     return A.Args(**flags)
 
 
-def test_causality():
-    model = small_model()
+@pytest.mark.parametrize("arrival", [False, True])
+def test_causality(arrival):
+    model = small_model(arrival=arrival)
     inputs = random_inputs(3, 12)
     logits = model(**inputs)
     for t in (0, 5, 10):
@@ -63,13 +65,21 @@ def test_causality():
         changed["prev_actions"][:, t + 1:] = (changed["prev_actions"][:, t + 1:] + 1) % 5
         changed["prev_rewards"][:, t + 1:] = 1 - changed["prev_rewards"][:, t + 1:]
         changed["prev_dones"][:, t + 1:] = 1 - changed["prev_dones"][:, t + 1:]
+        changed["prev_arrivals"][:, t + 1:] += 1.0
         other = model(**changed)
         torch.testing.assert_close(other[:, : t + 1], logits[:, : t + 1], rtol=0, atol=0)
         assert not torch.allclose(other[:, t + 1:], logits[:, t + 1:])
+    # the arrival cells are read by a model with the flag only
+    only_arrivals = dict(inputs, prev_arrivals=inputs["prev_arrivals"] + 1.0)
+    assert torch.equal(model(**only_arrivals), logits) != arrival
+    if arrival:
+        with pytest.raises(ValueError, match="needs prev_arrivals"):
+            model(**dict(inputs, prev_arrivals=None))
 
 
-def test_kv_cache_matches_full_recompute():
-    model = small_model(context=12)
+@pytest.mark.parametrize("arrival", [False, True])
+def test_kv_cache_matches_full_recompute(arrival):
+    model = small_model(context=12, arrival=arrival)
     inputs = random_inputs(2, 12)
     full = model(**inputs)
     caches = [{} for _ in model.blocks]
@@ -126,6 +136,33 @@ def test_light_to_dark_stripping_is_exact(sac_data):
                 obs, _ = env.reset()
 
 
+def test_arrival_cells_replay_the_env(sac_data):
+    """prev_arrivals[t + 1] is the cell the env moved the agent to at step t, the door's cell included."""
+    runs, meta = A.load_dataset(str(sac_data / "nx1-light"), light_obs=False, arrival=True)
+    names = sorted(os.listdir(sac_data / "nx1-light"))
+    doors_checked = 0
+    for run, name in zip(runs, names):
+        history, _ = K.load_history(str(sac_data / "nx1-light" / name))
+        env = K.KeyDoorEnv(size=4)
+        env.reset(options={"task": history["tasks"][0]})
+        assert tuple(run["prev_arrivals"][0]) == A.FIRST_PREV_ARRIVAL == tuple(env._pos)
+        for t in range(len(history["actions"]) - 1):
+            _, _, term, trunc, _ = env.step(int(history["actions"][t]))
+            assert tuple(run["prev_arrivals"][t + 1]) == tuple(env._pos), t
+            if term:
+                assert tuple(env._pos) == tuple(history["tasks"][t][2:])
+                doors_checked += 1
+            if term or trunc:
+                env.reset()
+    assert doors_checked > 0
+    # the sampler scales the cells as the observations' positions
+    sampler = A.WindowSampler(runs, 40, meta["obs_scale"], torch.device("cpu"))
+    inputs, _ = sampler.gather(torch.arange(40)[None])
+    np.testing.assert_allclose(inputs["prev_arrivals"][0].numpy() * 3, runs[0]["prev_arrivals"][:40])
+    assert "prev_arrivals" not in A.WindowSampler(A.load_dataset(str(sac_data / "nx1-light"), False)[0], 40,
+                                                  meta["obs_scale"], torch.device("cpu")).gather(torch.arange(40)[None])[0]
+
+
 def test_select_steps_and_previous_tokens():
     dones = np.zeros(200, dtype=bool)
     dones[[49, 99, 149, 199]] = True
@@ -138,6 +175,10 @@ def test_select_steps_and_previous_tokens():
     assert run["prev_actions"][1] == history["actions"][0] and not run["prev_dones"][1]
     assert run["prev_dones"][50] and run["prev_actions"][50] == history["actions"][49]
     assert run["actions"][50] == history["actions"][100]
+    arrivals = np.stack([np.arange(200) % 4, np.arange(200) % 3], axis=1).astype(np.uint8)
+    run = A.select_steps(dict(history, arrivals=arrivals), history_steps=150, episode_stride=2)
+    assert tuple(run["prev_arrivals"][0]) == A.FIRST_PREV_ARRIVAL
+    assert tuple(run["prev_arrivals"][1]) == tuple(arrivals[0]) and tuple(run["prev_arrivals"][50]) == tuple(arrivals[49])
 
 
 def test_select_steps_auto_keeps_the_learning_phase():
@@ -191,9 +232,39 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     # resuming onto other training windows is refused
     with pytest.raises(ValueError, match="another shape or data"):
         A.main(tiny_args(data, updates=50, history_steps=200))
-    # a checkpoint of another shape is refused
+    # a checkpoint of another shape is refused, the arrival token included
     with pytest.raises(ValueError, match="another shape"):
         A.main(tiny_args(data, updates=50, n_embd=32))
+    with pytest.raises(ValueError, match="another shape"):
+        A.main(tiny_args(data, updates=50, arrival_token=True))
+    # a checkpoint from before --arrival-token (no "arrival" in its config) still loads and resumes
+    checkpoint = A.load_checkpoint(result["checkpoint"])
+    del checkpoint["model_config"]["arrival"]
+    K.atomic_write(result["checkpoint"], lambda f: torch.save(checkpoint, f))
+    assert not A.model_from_checkpoint(A.load_checkpoint(result["checkpoint"])).config.arrival
+    assert A.load_checkpoint(A.main(tiny_args(data, updates=45))["checkpoint"])["update"] == 45
+
+
+def test_end_to_end_with_arrival_token(sac_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sac_data, tmp_path / "data")
+    result = A.main(tiny_args(tmp_path / "data", arrival_token=True, exp_name="ad-arrival"))
+    checkpoint = A.load_checkpoint(result["checkpoint"])
+    assert checkpoint["model_config"]["arrival"] and checkpoint["update"] == 30
+    assert "eval_return" in result  # the in-training evaluation fed it arrivals
+    model = A.model_from_checkpoint(checkpoint)
+    assert model.embed.in_features == 4 + K.NUM_ACTIONS + 2 + 2
+
+
+def test_arrival_token_refuses_data_off_the_grid(sac_data, tmp_path):
+    bad = tmp_path / "bad" / "nx1-light"
+    shutil.copytree(sac_data / "nx1-light", bad)
+    history, config = K.load_history(str(bad / "run_00002.npz"))
+    history["actions"] = (history["actions"] + 1) % K.NUM_ACTIONS  # actions that did not lead to the next cells
+    K.save_history(str(bad / "run_00002.npz"), history, config)
+    A.load_dataset(str(bad), light_obs=False)  # without the flag the cells are not needed
+    with pytest.raises(ValueError, match="run_00002.npz: observations do not follow the moves"):
+        A.main(tiny_args(tmp_path / "bad", arrival_token=True))
 
 
 def test_checkpoint_round_trip(tmp_path):
