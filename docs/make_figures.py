@@ -5,12 +5,14 @@
         --fig6-light light.npz --fig6-dark dark.npz --fig6-rl2 rl2.npz
 
     python docs/make_figures.py rl2 --run runs/KeyDoor-Dark-9x9__rl2__1__<time> --out docs/9x9/rl2_curve
+    python docs/make_figures.py keep --evals a.npz b.npz --window 250
 
 `sac` draws Figure 2 (source learning curves: mean over runs and the 10-90% band, in bins of
 `--bin` env steps). `ad` draws Figures 3 to 6 from the `.npz` files of `ad_eval.py` (and the one
 `rl2_train.py` writes for its held-out trials). `rl2` draws RL²'s learning
 curve (its held-out evaluations, read from the TensorBoard run). Each PNG comes with a CSV of the
-numbers it shows.
+numbers it shows. `keep` prints no figure but a table: how often a policy solves its task after a
+solved episode in the last `--window` steps, and after none (keeping a solution against finding one).
 Returns are averaged per env first, then across envs, as `ad_eval.py` prints them.
 """
 
@@ -324,6 +326,38 @@ def rl2(args: Rl2) -> None:
     print(f"wrote {args.out}.png and {args.out}.csv")
 
 
+@dataclass
+class Keep:
+    evals: Sequence[str]
+    """evaluation files of ad_eval.py (or rl2_train.py)"""
+    window: int = 250
+    """env steps before an episode's start in which a solved episode counts as recent"""
+
+
+def solved_after(run: dict, window: int) -> dict[str, tuple[int, int]]:
+    """(solved, episodes) over all envs, for episodes with a solved episode (return 2) ending in the
+    `window` env steps before their start ("recent success") and for the others ("no recent success")."""
+    counts = {"recent success": [0, 0], "no recent success": [0, 0]}
+    episodes = run["episodes"]
+    for i in range(run["num_envs"]):
+        returns, ends = episodes["return"][episodes["env"] == i], episodes["end_step"][episodes["env"] == i]
+        starts = np.concatenate([[0], ends[:-1]])  # an episode starts where the one before it ended
+        for j in range(len(returns)):
+            recent = ((returns[:j] == 2) & (ends[:j] > starts[j] - window)).any()
+            count = counts["recent success" if recent else "no recent success"]
+            count[0] += int(returns[j] == 2)
+            count[1] += 1
+    return {key: (solved, total) for key, (solved, total) in counts.items()}
+
+
+def keep(args: Keep) -> None:
+    print(f"{'evaluation':<60} {'solved after a recent success':>30} {'solved otherwise':>24}")
+    for path in args.evals:
+        counts = solved_after(load_eval(path), args.window)
+        cells = [f"{s / max(1, n):.2f} ({s:,}/{n:,})" for s, n in counts.values()]
+        print(f"{os.path.basename(path)[:60]:<60} {cells[0]:>30} {cells[1]:>24}")
+
+
 if __name__ == "__main__":
-    args = tyro.extras.subcommand_cli_from_dict({"sac": Sac, "ad": Ad, "rl2": Rl2})
-    {Sac: sac, Ad: ad, Rl2: rl2}[type(args)](args)
+    args = tyro.extras.subcommand_cli_from_dict({"sac": Sac, "ad": Ad, "rl2": Rl2, "keep": Keep})
+    {Sac: sac, Ad: ad, Rl2: rl2, Keep: keep}[type(args)](args)
