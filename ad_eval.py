@@ -31,7 +31,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 import keydoor_env as K
-from ad_train import FIRST_PREV_ACTION, FIRST_PREV_DONE, DecisionModel, arrivals, load_checkpoint, model_from_checkpoint
+from ad_train import (FIRST_PREV_ACTION, FIRST_PREV_DONE, DecisionModel, env_arrivals, load_checkpoint,
+                      model_from_checkpoint)
 
 
 @dataclass
@@ -94,7 +95,8 @@ class HistoryBuffer:
         self.prev_rewards = torch.zeros((num_envs, steps), device=device)
         self.prev_dones = torch.zeros((num_envs, steps), device=device)
         self.prev_dones[:, 0] = FIRST_PREV_DONE
-        self.prev_arrivals = torch.zeros((num_envs, steps, 2), device=device)  # read by --arrival-token models only
+        # read by --arrival-token models only; the first is FIRST_PREV_ARRIVAL, cell (0, 0), scaled: zeros
+        self.prev_arrivals = torch.zeros((num_envs, steps, 2), device=device)
 
     def window(self, lo: int, hi: int) -> dict[str, torch.Tensor]:
         return {"observations": self.observations[:, lo:hi], "prev_actions": self.prev_actions[:, lo:hi],
@@ -134,7 +136,6 @@ def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed
     env = K.KeyDoorVectorEnv(N, size=size, light=obs_dim == K.LIGHT_OBS_DIM, tasks=tasks, split="all")
     observations, _ = env.reset(seed=seed)
     history = HistoryBuffer(N, steps, obs_dim, device)
-    history.prev_arrivals[:, 0] = torch.as_tensor(observations[:, :2], device=device)  # the start cell
     policy = Policy(model, history, steps, full_recompute)
     generator = torch.Generator(device=device).manual_seed(seed)
     episode_return = np.zeros(N)
@@ -153,7 +154,7 @@ def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed
             history.prev_actions[:, t + 1] = actions
             history.prev_rewards[:, t + 1] = torch.as_tensor(rewards, device=device)
             history.prev_dones[:, t + 1] = torch.as_tensor(done, dtype=torch.float32, device=device)
-            history.prev_arrivals[:, t + 1] = torch.as_tensor(arrivals(observations, done, infos), device=device)
+            history.prev_arrivals[:, t + 1] = torch.as_tensor(env_arrivals(observations, done, infos), device=device)
         episode_return += rewards
         for i in np.flatnonzero(done):
             episodes["env"].append(i), episodes["return"].append(episode_return[i]), episodes["end_step"].append(t + 1)
@@ -308,7 +309,8 @@ def main(args: Args) -> list[dict]:
         out = os.path.join(args.out_dir, f"{name}__envs{args.num_envs}_steps{args.steps}_seed{args.seed}"
                                          f"{'_greedy' if args.greedy else ''}.npz")
         meta = {"checkpoint": path, "steps": args.steps, "seed": args.seed, "greedy": args.greedy, "size": size,
-                "obs": layout, "context": model.config.context, "full_recompute": args.full_recompute,
+                "obs": layout, "context": model.config.context, "arrival": model.config.arrival,
+                "full_recompute": args.full_recompute,
                 "split": "test" if args.num_envs <= len(K.task_split(size)[1]) else "test+train", "seconds": seconds}
         payload = {"tasks": tasks, "episode_env": episodes["env"], "episode_return": episodes["return"],
                    "episode_end_step": episodes["end_step"], "config": np.array(json.dumps(meta))}

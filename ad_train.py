@@ -125,6 +125,8 @@ def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_s
         dim = history["observations"].shape[1]
         if full_dim is None:
             full_dim, size = dim, config.get("size")
+        if size is None:
+            raise ValueError(f"{folder}: histories do not record their grid size")
         if dim != full_dim:
             raise ValueError(f"{folder}: {names[0]} has {full_dim} observation features, {name} has {dim}")
         if config.get("size") != size:
@@ -134,8 +136,6 @@ def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_s
         if arrival:
             history["arrivals"] = arrival_cells(history, size, f"{folder}/{name}")
         runs.append(select_steps(history, history_steps, episode_stride, min_steps))
-    if size is None:
-        raise ValueError(f"{folder}: histories do not record their grid size")
     obs_dim = K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
     scale = np.array([size - 1, size - 1, 1, K.EPISODE_STEPS] + [size - 1] * 4, dtype=np.float32)[:obs_dim]
     for run in runs:
@@ -150,15 +150,18 @@ def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_s
 
 def arrival_cells(history: dict, size: int, name: str) -> np.ndarray:
     """The cell (x, y) each action led to, uint8 (T, 2): the position moved by the action, clipped at
-    the border. Checked against the next observation wherever the episode goes on, so that data from
-    another dynamics fails here rather than teaching the model wrong cells."""
+    the border. Checked against the next observation wherever the episode goes on, and against the
+    task's door where the door ended it, so that data from another dynamics fails here rather than
+    teaching the model wrong cells."""
     cells = np.rint(history["observations"][:, :2] * (size - 1)).astype(np.int64)  # (T, 2)
-    arrivals = np.clip(cells + K.ACTION_DELTAS[history["actions"]], 0, size - 1)
+    moved = np.clip(cells + K.ACTION_DELTAS[history["actions"]], 0, size - 1)
     going_on = ~(history["terminations"] | history["truncations"])[:-1]
-    if not np.array_equal(arrivals[:-1][going_on], cells[1:][going_on]):
+    opened = history["terminations"]
+    if not (np.array_equal(moved[:-1][going_on], cells[1:][going_on])
+            and np.array_equal(moved[opened], history["tasks"][opened, 2:])):
         raise ValueError(f"{name}: observations do not follow the moves of the {size}x{size} grid, "
                          "so --arrival-token cannot compute the arrival cells")
-    return arrivals.astype(np.uint8)
+    return moved.astype(np.uint8)
 
 
 def decode_observations(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -322,7 +325,7 @@ class DecisionModel(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, positions=None,
+    def forward(self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, *, positions=None,
                 caches=None):
         """observations (B, T, obs_dim); prev_actions (B, T) int64 in 0..4; prev_rewards, prev_dones (B, T);
         prev_arrivals (B, T, 2), the scaled (x, y) the previous action led to, read only by a model with
@@ -375,9 +378,8 @@ def evaluate_in_context(model: DecisionModel, tasks: np.ndarray, steps: int, siz
     history = {"observations": torch.zeros(N, steps, config.obs_dim),
                "prev_actions": torch.full((N, steps), FIRST_PREV_ACTION),
                "prev_rewards": torch.zeros(N, steps), "prev_dones": torch.zeros(N, steps),
-               "prev_arrivals": torch.zeros(N, steps, 2)}
+               "prev_arrivals": torch.zeros(N, steps, 2)}  # the first: FIRST_PREV_ARRIVAL, cell (0, 0), scaled
     history["prev_dones"][:, 0] = FIRST_PREV_DONE
-    history["prev_arrivals"][:, 0] = torch.as_tensor(observations[:, :2])  # the start cell
     returns, episode_return = [[] for _ in range(N)], np.zeros(N)
     for t in range(steps):
         history["observations"][:, t] = torch.as_tensor(observations)
@@ -390,7 +392,7 @@ def evaluate_in_context(model: DecisionModel, tasks: np.ndarray, steps: int, siz
             history["prev_actions"][:, t + 1] = actions
             history["prev_rewards"][:, t + 1] = torch.as_tensor(rewards)
             history["prev_dones"][:, t + 1] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
-            history["prev_arrivals"][:, t + 1] = torch.as_tensor(arrivals(observations, terminated | truncated, infos))
+            history["prev_arrivals"][:, t + 1] = torch.as_tensor(env_arrivals(observations, terminated | truncated, infos))
         episode_return += rewards
         for i in np.flatnonzero(terminated | truncated):
             returns[i].append(episode_return[i])
@@ -399,7 +401,7 @@ def evaluate_in_context(model: DecisionModel, tasks: np.ndarray, steps: int, siz
     return [np.array(r) for r in returns]
 
 
-def arrivals(observations: np.ndarray, done: np.ndarray, infos: dict) -> np.ndarray:
+def env_arrivals(observations: np.ndarray, done: np.ndarray, infos: dict) -> np.ndarray:
     """(N, 2) scaled cells the last actions led to: the new position, or at an episode's end the
     position of gymnasium's final observation (the new one is the next episode's start)."""
     cells = observations[:, :2].copy()

@@ -331,12 +331,12 @@ class Keep:
     evals: Sequence[str]
     """evaluation files of ad_eval.py (or rl2_train.py)"""
     window: int = 250
-    """env steps before an episode's start in which a solved episode counts as recent"""
+    """a solved episode that ended fewer than this many env steps before an episode's start is recent"""
 
 
 def solved_after(run: dict, window: int) -> dict[str, tuple[int, int]]:
-    """(solved, episodes) over all envs, for episodes with a solved episode (return 2) ending in the
-    `window` env steps before their start ("recent success") and for the others ("no recent success")."""
+    """(solved, episodes) over all envs, for episodes with a solved episode (return 2) that ended fewer
+    than `window` env steps before their start ("recent success") and for the others ("no recent success")."""
     counts = {"recent success": [0, 0], "no recent success": [0, 0]}
     episodes = run["episodes"]
     for i in range(run["num_envs"]):
@@ -351,6 +351,8 @@ def solved_after(run: dict, window: int) -> dict[str, tuple[int, int]]:
 
 
 def keep(args: Keep) -> None:
+    if args.window < 1:
+        raise SystemExit(f"--window must be >= 1, got {args.window}")
     print(f"{'evaluation':<60} {'solved after a recent success':>30} {'solved otherwise':>24}")
     for path in args.evals:
         counts = solved_after(load_eval(path), args.window)

@@ -91,7 +91,7 @@ def test_solved_after_a_recent_success():
     episodes = {"env": np.array([0, 0, 0, 0, 0, 1]), "return": np.array([2.0, 1.0, 2.0, 0.0, 2.0, 2.0]),
                 "end_step": np.array([20, 70, 90, 300, 350, 30])}
     counts = M.solved_after({"episodes": episodes, "num_envs": 2}, window=60)
-    # recent success: episodes 2, 3 and 4 of env 0 (a success ended at most 60 steps before they started);
+    # recent success: the 2nd, 3rd and 4th episodes of env 0 (a success ended at most 60 steps before they started);
     # the last episode of env 0 starts at 300, 210 steps after the success that ended at 90
     assert counts == {"recent success": (1, 3), "no recent success": (3, 3)}
     assert M.solved_after({"episodes": episodes, "num_envs": 2}, window=0)["recent success"] == (0, 0)
