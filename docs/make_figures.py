@@ -5,14 +5,15 @@
         --fig6-light light.npz --fig6-dark dark.npz --fig6-rl2 rl2.npz
 
     python docs/make_figures.py rl2 --run runs/KeyDoor-Dark-9x9__rl2__1__<time> --out docs/9x9/rl2_curve
-    python docs/make_figures.py keep --evals a.npz b.npz --window 250
+    python docs/make_figures.py table --evals a.npz b.npz --window 250
 
 `sac` draws Figure 2 (source learning curves: mean over runs and the 10-90% band, in bins of
 `--bin` env steps). `ad` draws Figures 3 to 6 from the `.npz` files of `ad_eval.py` (and the one
 `rl2_train.py` writes for its held-out trials). `rl2` draws RL²'s learning
 curve (its held-out evaluations, read from the TensorBoard run). Each PNG comes with a CSV of the
-numbers it shows. `keep` prints no figure but a table: how often a policy solves its task after a
-solved episode in the last `--window` steps, and after none (keeping a solution against finding one).
+numbers it shows. `table` draws nothing: it prints, per evaluation file, the returns over the first
+500 steps, the best bin and the last steps, and how often the policy solves its task after a solved
+episode in the last `--window` steps and after none (keeping a solution against finding one).
 Returns are averaged per env first, then across envs, as `ad_eval.py` prints them.
 """
 
@@ -327,11 +328,15 @@ def rl2(args: Rl2) -> None:
 
 
 @dataclass
-class Keep:
+class Table:
     evals: Sequence[str]
     """evaluation files of ad_eval.py (or rl2_train.py)"""
     window: int = 250
     """a solved episode that ended fewer than this many env steps before an episode's start is recent"""
+    bin: int = 500
+    """env steps per bin of the "best bin" column (the bins of Figure 3)"""
+    final_steps: int = 2500
+    """the "last steps" column: episodes that ended in this many last env steps (as Figure 4)"""
 
 
 def solved_after(run: dict, window: int) -> dict[str, tuple[int, int]]:
@@ -350,16 +355,20 @@ def solved_after(run: dict, window: int) -> dict[str, tuple[int, int]]:
     return {key: (solved, total) for key, (solved, total) in counts.items()}
 
 
-def keep(args: Keep) -> None:
-    if args.window < 1:
-        raise SystemExit(f"--window must be >= 1, got {args.window}")
-    print(f"{'evaluation':<60} {'solved after a recent success':>30} {'solved otherwise':>24}")
+def table(args: Table) -> None:
+    if min(args.window, args.bin, args.final_steps) < 1:
+        raise SystemExit("--window, --bin and --final-steps must be >= 1")
+    print(f"{'evaluation':<56} {'first 500':>9} {'best bin':>9} {f'last {args.final_steps:,}':>11} "
+          f"{f'solved after a success in {args.window}':>30} {'solved otherwise':>22}")
     for path in args.evals:
-        counts = solved_after(load_eval(path), args.window)
-        cells = [f"{s / max(1, n):.2f} ({s:,}/{n:,})" for s, n in counts.values()]
-        print(f"{os.path.basename(path)[:60]:<60} {cells[0]:>30} {cells[1]:>24}")
+        run = load_eval(path)
+        first500 = np.nanmean(per_env_metrics(run["episodes"], run["num_envs"])["first500"])
+        best = binned_curve(run["episodes"], run["num_envs"], run["steps"], args.bin)[1].max()
+        cells = [f"{s / max(1, n):.2f} ({s:,}/{n:,})" for s, n in solved_after(run, args.window).values()]
+        print(f"{run['name'][:56]:<56} {first500:>9.2f} {best:>9.2f} {np.nanmean(final_returns(run, args.final_steps)):>11.2f} "
+              f"{cells[0]:>30} {cells[1]:>22}")
 
 
 if __name__ == "__main__":
-    args = tyro.extras.subcommand_cli_from_dict({"sac": Sac, "ad": Ad, "rl2": Rl2, "keep": Keep})
-    {Sac: sac, Ad: ad, Rl2: rl2, Keep: keep}[type(args)](args)
+    args = tyro.extras.subcommand_cli_from_dict({"sac": Sac, "ad": Ad, "rl2": Rl2, "table": Table})
+    {Sac: sac, Ad: ad, Rl2: rl2, Table: table}[type(args)](args)

@@ -24,7 +24,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_sac_and_ad_figures(tmp_path, monkeypatch):
+def test_sac_and_ad_figures(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     checkpoints = tmp_path / "data" / "checkpoints"
     for name, obs_dim, context in [("ad__nx1-light__dark__ctx16__1", 4, 16), ("ad__nx1-light__dark__ctx4__1", 4, 4),
@@ -72,6 +72,12 @@ def test_sac_and_ad_figures(tmp_path, monkeypatch):
     late = episodes["end_step"] > 600 - 2500  # --final-steps 2500 covers all 600 steps here
     per_env = [episodes["return"][late & (episodes["env"] == i)].mean() for i in range(3)]
     assert float(fig4[1]["final"]) == pytest.approx(np.mean(per_env), abs=1e-4)
+    capsys.readouterr()
+    M.table(M.Table(evals=[files["ad__nx1-light__dark__ctx16__1"]], bin=200))
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[0] == "ad__nx1-light__dark__ctx16__1" and float(row[1]) == pytest.approx(float(fig4[1]["first500"]), abs=0.006)
+    assert float(row[2]) == pytest.approx(max(float(r["mean_return"]) for r in fig3 if r["curve"].endswith("ctx 16")), abs=0.006)
+    assert float(row[3]) == pytest.approx(float(fig4[1]["final"]), abs=0.006)
     fig6 = read_csv(out / "fig6_light_rl2.csv")
     assert {row["figure"] for row in fig6} == {"6 left", "6 right"}
     assert sum(row["curve"] == "RL²" for row in fig6) == 3  # the episodes of its 3-episode trials
