@@ -14,7 +14,8 @@ without p the policy must work it out from the last position and action, and oft
 and then missed it in later episodes. p is the position in gymnasium's final observation at an
 episode's end, and o_t's position at every other step. On 9x9 it reached 1.83 over episodes 5-10
 in 400 iterations (34 min), against a plateau near 1.7 without it (README). It is off by default
-because RL² is AD's baseline: with the flag it sees a cell that AD's data never holds.
+because RL² is AD's baseline: with the flag it sees a cell that AD's default tokens lack
+(`ad_train.py --arrival-token` adds the same cell to AD's).
 
 Why PPO over whole trials: a trial is at most 500 steps, so the whole trial fits in the context,
 the value and the policy are trained on exactly the sequences the rollout produced (no truncated

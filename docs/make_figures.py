@@ -13,7 +13,8 @@
 curve (its held-out evaluations, read from the TensorBoard run). Each PNG comes with a CSV of the
 numbers it shows. `table` draws nothing: it prints, per evaluation file, the returns over the first
 500 steps, the best bin and the last steps, and how often the policy solves its task after a solved
-episode in the last `--window` steps and after none (keeping a solution against finding one).
+episode in the last `--window` steps and after none (keeping a solution against finding one), with
+a random policy on the first file's tasks as the last row.
 Returns are averaged per env first, then across envs, as `ad_eval.py` prints them.
 """
 
@@ -360,8 +361,11 @@ def table(args: Table) -> None:
         raise SystemExit("--window, --bin and --final-steps must be >= 1")
     print(f"{'evaluation':<56} {'first 500':>9} {'best bin':>9} {f'last {args.final_steps:,}':>11} "
           f"{f'solved after a success in {args.window}':>30} {'solved otherwise':>22}")
-    for path in args.evals:
-        run = load_eval(path)
+    runs = [load_eval(path) for path in args.evals]
+    first = runs[0]  # the floor: a random policy on the first file's tasks, as beside Figure 3
+    runs.append({"name": "random policy", "num_envs": first["num_envs"], "steps": first["steps"],
+                 "episodes": random_rollout(first["tasks"], first["steps"], first["meta"]["size"], first["meta"]["seed"])})
+    for run in runs:
         first500 = np.nanmean(per_env_metrics(run["episodes"], run["num_envs"])["first500"])
         best = binned_curve(run["episodes"], run["num_envs"], run["steps"], args.bin)[1].max()
         cells = [f"{s / max(1, n):.2f} ({s:,}/{n:,})" for s, n in solved_after(run, args.window).values()]
