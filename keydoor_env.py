@@ -24,13 +24,16 @@ import functools
 import hashlib
 import json
 import os
+import socket
 import sys
 import tempfile
+import time
 import zipfile
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -38,16 +41,19 @@ from gymnasium.vector.utils import batch_space
 EPISODE_STEPS = 50
 """Steps per episode before truncation (the report's 50; the t/50 observation feature uses it)."""
 NUM_ACTIONS = 5
-ACTION_NAMES = ("stay", "right", "left", "up", "down")
 ACTION_DELTAS = np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1]], dtype=np.int64)  # (5, 2): dx, dy
 DARK_OBS_DIM = 4
 LIGHT_OBS_DIM = 8
-TEST_FRACTION = 0.1
-"""Share of all valid tasks held out for evaluation, for every grid size."""
+HELD_OUT_FRACTION = 0.1
+"""Share of all valid tasks held out for evaluation (validation and test), for every grid size."""
+VALIDATION_TASKS = 20
+"""Held-out tasks in the fixed validation split (at most half the held-out tasks on tiny grids)."""
+SOLVED_RETURN, SOLVED_WINDOW = 1.8, 10
+"""A learner has solved its task once `SOLVED_WINDOW` consecutive episodes average `SOLVED_RETURN`."""
 
 
 # ----------------------------------------------------------------------------------------------
-# Tasks and the train/test split
+# Tasks and their splits: train, and the held-out tasks as validation and test
 # ----------------------------------------------------------------------------------------------
 def validate_size(size: int) -> int:
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 3:
@@ -82,61 +88,56 @@ def all_tasks(size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _split(size: int) -> tuple[np.ndarray, np.ndarray]:
+def _splits(size: int) -> dict[str, np.ndarray]:
     tasks = all_tasks(size)
     # Rank tasks by a cryptographic hash of (size, task): the same split on every machine, numpy
     # version and seed, and no spatial pattern (unlike "hold out one row").
     digests = [hashlib.sha256(f"keydoor:{size}:{k0},{k1},{d0},{d1}".encode()).hexdigest() for k0, k1, d0, d1 in tasks]
     order = np.argsort(np.array(digests), kind="stable")
-    num_test = max(1, int(round(TEST_FRACTION * len(tasks))))
-    test, train = np.sort(order[:num_test]), np.sort(order[num_test:])
-    train_tasks, test_tasks = tasks[train], tasks[test]
-    train_tasks.flags.writeable = False
-    test_tasks.flags.writeable = False
-    return train_tasks, test_tasks
+    num_held_out = max(2, int(round(HELD_OUT_FRACTION * len(tasks))))
+    held_out = tasks[np.sort(order[:num_held_out])]
+    # validation: the first tasks of a fixed shuffle of the held-out ones (the 20 tasks on which the
+    # project's settings were chosen); test: the rest, on which results are reported
+    shuffled = held_out[np.random.default_rng(1).permutation(len(held_out))]
+    num_validation = min(VALIDATION_TASKS, len(held_out) // 2)
+    splits = {"train": tasks[np.sort(order[num_held_out:])], "validation": shuffled[:num_validation],
+              "test": shuffled[num_validation:], "all": tasks}
+    for array in splits.values():
+        array.flags.writeable = False
+    return splits
 
 
-def task_split(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The deterministic `(train_tasks, test_tasks)` split of a grid, each (n, 4) int64, read-only.
+def task_split(size: int, split: str) -> np.ndarray:
+    """The tasks of one split of a grid, (n, 4) int64, read-only, the same on every machine.
 
-    About 10% of all valid tasks are held out for evaluation. Collection and training use train
-    tasks only; evaluation uses test tasks. Everything in the project calls this one function.
+    - "train": about 90% of all valid tasks; collection and training use only these.
+    - "validation": `VALIDATION_TASKS` held-out tasks (fewer on tiny grids) for choosing settings.
+    - "test": the other held-out tasks, for reporting results.
+    - "all": every valid task.
     """
-    return _split(validate_size(size))
+    splits = _splits(validate_size(size))
+    if split not in splits:
+        raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
+    return splits[split]
 
 
-def split_tasks(size: int, split: str) -> np.ndarray:
-    """Tasks of one split: "train", "test" or "all"."""
-    train, test = task_split(size)
-    if split == "train":
-        return train
+def eval_tasks(size: int, split: str, num: int, seed: int) -> np.ndarray:
+    """`num` evaluation tasks of the "validation" or "test" split, (num, 4). Validation tasks come in
+    their fixed order; test tasks are a seeded random choice. More than the split holds is an error."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"evaluation uses held-out tasks: split must be 'validation' or 'test', got {split!r}")
+    tasks = task_split(size, split)
+    if not 1 <= num <= len(tasks):
+        raise ValueError(f"{num} evaluation envs: the {split} split of the {size}x{size} grid holds {len(tasks)} tasks "
+                         f"(ask for 1..{len(tasks)})")
     if split == "test":
-        return test
-    if split == "all":
-        return all_tasks(size)
-    raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        tasks = tasks[np.random.default_rng(seed).permutation(len(tasks))]
+    return tasks[:num].copy()
 
 
-def eval_tasks(size: int, num: int, seed: int, allow_train_tasks: bool = False) -> np.ndarray:
-    """`num` evaluation tasks, (num, 4): a seeded random choice of held-out tasks (the first held-out
-    tasks in order would all share their key cell). More than the held-out split holds is an error
-    unless `allow_train_tasks` adds train tasks."""
-    train, test = task_split(size)
-    rng = np.random.default_rng(seed)
-    test = test[rng.permutation(len(test))]
-    if num <= len(test):
-        return test[:num]
-    if not allow_train_tasks:
-        raise ValueError(f"{num} evaluation envs exceed the {len(test)} held-out tasks of the {size}x{size} grid; "
-                         f"pass --allow-train-tasks to add train tasks")
-    return np.concatenate([test, train[rng.permutation(len(train))[: num - len(test)]]])
-
-
-def to_dark(observations: np.ndarray) -> np.ndarray:
-    """Drop the 4 Light features: a Light observation array becomes exactly the Dark one."""
-    if observations.shape[-1] not in (DARK_OBS_DIM, LIGHT_OBS_DIM):
-        raise ValueError(f"observations have {observations.shape[-1]} features, expected {DARK_OBS_DIM} or {LIGHT_OBS_DIM}")
-    return observations[..., :DARK_OBS_DIM]
+def obs_scale(size: int, obs_dim: int) -> np.ndarray:
+    """(obs_dim,) float32: observation = integer features / scale (cells, has_key, t, task cells)."""
+    return np.array([size - 1, size - 1, 1, EPISODE_STEPS] + [size - 1] * 4, dtype=np.float32)[:obs_dim]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ class KeyDoorEnv(gym.Env):
         light: append the key and door positions to the observation.
         task: a fixed task; None draws one from `split` at the first reset.
         resample: draw a new task from `split` at every reset (1xN); otherwise keep it (Nx1, evaluation).
-        split: the task pool for draws: "train" (default), "test" or "all".
+        split: the task pool for draws: "train" (default), "validation", "test" or "all".
         render_mode: None or "ansi".
 
     `reset(options={"task": t})` sets the task; in fixed mode it is kept for later resets.
@@ -163,7 +164,7 @@ class KeyDoorEnv(gym.Env):
         self.size = validate_size(size)
         self.light = bool(light)
         self.resample = bool(resample)
-        self.pool = split_tasks(self.size, split)
+        self.pool = task_split(self.size, split)
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.render_mode = render_mode
@@ -262,7 +263,7 @@ class KeyDoorVectorEnv(VectorEnv):
         self.num_envs = int(num_envs)
         self.size = validate_size(size)
         self.light = bool(light)
-        self.pool = split_tasks(self.size, split)
+        self.pool = task_split(self.size, split)
         self.resample = np.broadcast_to(np.asarray(resample, dtype=bool), (self.num_envs,)).copy()
         self.tasks = np.zeros((self.num_envs, 4), dtype=np.int64)
         self._has_task = np.zeros(self.num_envs, dtype=bool)
@@ -287,11 +288,6 @@ class KeyDoorVectorEnv(VectorEnv):
         self._obs_buf = np.zeros((self.num_envs, self.single_observation_space.shape[0]), dtype=np.float32)
         self._rngs: list[np.random.Generator] | None = None
         self._started = False
-
-    @property
-    def pos(self) -> np.ndarray:
-        """Agent positions, (N, 2) int64: x, y."""
-        return np.stack([self.cell // self.size, self.cell % self.size], axis=1)
 
     def _set_tasks(self, tasks: Any, mask: np.ndarray) -> None:
         tasks = np.asarray(tasks)
@@ -377,8 +373,63 @@ class KeyDoorVectorEnv(VectorEnv):
         return self._obs(), rewards, terminations, truncations, infos
 
 
+class TorchVectorEnv:
+    """The rules of `KeyDoorVectorEnv` as torch integer arithmetic on any device, for N envs with
+    fixed tasks (Nx1 collection, evaluation): on a GPU a step needs no round trip to the host.
+    Step for step it returns exactly what the numpy env returns (tests/test_env.py), with the
+    same SAME_STEP autoreset; `step` gives `(observations, rewards, terminations, truncations,
+    final_observations)` as tensors, the last being what `final_observations()` gives for numpy."""
+
+    def __init__(self, tasks: Any, size: int, light: bool, device: torch.device | str = "cpu"):
+        self.size, self.light, self.device = validate_size(size), bool(light), torch.device(device)
+        tasks = np.asarray(tasks)
+        if tasks.ndim != 2 or tasks.shape[1] != 4:
+            raise ValueError(f"tasks must have shape (N, 4), got {tasks.shape}")
+        self.tasks = np.stack([validate_task(task, self.size) for task in tasks])
+        self.num_envs = len(self.tasks)
+        numpy_env = KeyDoorVectorEnv(1, size=self.size)  # its tables, so that floats match bit for bit
+        as_tensor = lambda array: torch.as_tensor(array, device=self.device)
+        self._next_cell, self._cell_xy = as_tensor(numpy_env._next_cell), as_tensor(numpy_env._cell_xy)
+        self._time = as_tensor((np.arange(EPISODE_STEPS + 1) * (1.0 / EPISODE_STEPS)).astype(np.float32))
+        self._key_cell = as_tensor(self.tasks[:, 0] * self.size + self.tasks[:, 1])
+        self._door_cell = as_tensor(self.tasks[:, 2] * self.size + self.tasks[:, 3])
+        self._task_features = as_tensor((self.tasks / (self.size - 1)).astype(np.float32))  # (N, 4) Light columns
+        self.cell = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        self.has_key = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self.t = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+
+    def _obs(self) -> torch.Tensor:
+        parts = [self._cell_xy[self.cell], self.has_key.float()[:, None], self._time[self.t][:, None]]
+        return torch.cat(parts + [self._task_features] if self.light else parts, dim=1)  # (N, obs_dim)
+
+    def reset(self) -> torch.Tensor:
+        self.cell.zero_(), self.has_key.zero_(), self.t.zero_()
+        return self._obs()
+
+    def step(self, actions: torch.Tensor):
+        self.cell = self._next_cell[self.cell, actions]
+        got_key = (self.cell == self._key_cell) & ~self.has_key
+        terminations = (self.cell == self._door_cell) & self.has_key
+        self.has_key |= got_key
+        self.t += 1
+        truncations = (self.t >= EPISODE_STEPS) & ~terminations
+        final = self._obs()
+        done = terminations | truncations
+        self.cell.masked_fill_(done, 0), self.has_key.masked_fill_(done, False), self.t.masked_fill_(done, 0)
+        return self._obs(), (got_key | terminations).float(), terminations, truncations, final
+
+
+def final_observations(observations: np.ndarray, infos: dict) -> np.ndarray:
+    """(N, obs_dim) what each env showed right after its last action: the returned observation, or,
+    where an episode just ended, gymnasium's final observation (the returned one is the next start).
+    Its first two columns are the cell the action led to: at the door, the door's cell."""
+    if "final_obs" not in infos:
+        return observations
+    return np.where(infos["_final_obs"][:, None], infos["final_obs"], observations)
+
+
 # ----------------------------------------------------------------------------------------------
-# The `.npz` learning-history contract
+# The `.npz` learning-history contract, and safe files
 # ----------------------------------------------------------------------------------------------
 HISTORY_DTYPES = {
     "observations": np.float32,
@@ -388,16 +439,18 @@ HISTORY_DTYPES = {
     "truncations": np.bool_,
     "tasks": np.int64,
 }
+PART_PREFIX = ".tmp-"
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     """Write a file through `write(fileobj)` to a temp file in the same folder, then `os.replace`.
 
-    A kill at any moment leaves either the old file or the new one, never a half-written one.
+    A kill at any moment leaves either the old file or the new one, never a half-written one; the
+    temp file's name holds host and process, so that `remove_stale_parts` can tell a dead writer's.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{PART_PREFIX}{socket.gethostname()}-{os.getpid()}-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -413,16 +466,71 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
         raise
 
 
+def remove_stale_parts(folder: str, max_age_s: float = 3600.0) -> list[str]:
+    """Delete the temp files that killed writers left in `folder`: those of a process of this host
+    that no longer runs, and any older than `max_age_s` (a writer on another host sharing the folder).
+    Returns the removed paths."""
+    if not os.path.isdir(folder):
+        return []
+    host, removed = socket.gethostname(), []
+    for name in os.listdir(folder):
+        if not (name.startswith(PART_PREFIX) and name.endswith(".part")):
+            continue
+        path = os.path.join(folder, name)
+        fields = name[len(PART_PREFIX):].rsplit("-", 2)  # host, pid, mkstemp's random part
+        dead = len(fields) == 3 and fields[0] == host and fields[1].isdigit() and not _process_alive(int(fields[1]))
+        try:
+            if dead or time.time() - os.path.getmtime(path) > max_age_s:
+                os.remove(path)
+                removed.append(path)
+        except FileNotFoundError:
+            pass  # its writer finished or removed it meanwhile
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_writable(folder: str) -> str:
+    """Create `folder` if needed and prove that a file can be written there, before any work is done."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OSError(f"{folder}: cannot write there ({e.strerror or type(e).__name__})") from None
+    return folder
+
+
+def history_paths(folder: str) -> list[str]:
+    """The `.npz` histories of a dataset folder, sorted; a missing or empty folder is an error."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"dataset folder {folder} does not exist; collect it first (see README)")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".npz") and not n.startswith("."))
+    if not names:
+        raise ValueError(f"dataset folder {folder} holds no .npz histories")
+    return [os.path.join(folder, name) for name in names]
+
+
 def save_history(path: str, history: dict[str, np.ndarray], config: dict) -> None:
     """Check one learning history against the contract and write it atomically as `.npz`."""
     arrays = {key: np.asarray(history[key], dtype=dtype) for key, dtype in HISTORY_DTYPES.items()}
-    check_history(arrays, path)
+    check_history(arrays, path, config.get("size"))
     payload = dict(arrays, config=np.array(json.dumps(config, sort_keys=True)))
     atomic_write(path, lambda f: np.savez_compressed(f, **payload))
 
 
-def check_history(history: dict[str, np.ndarray], name: str) -> None:
-    """Raise ValueError naming `name` if the arrays break the `.npz` contract."""
+def check_history(history: dict[str, np.ndarray], name: str, size: int | None = None) -> None:
+    """Raise ValueError naming `name` if the arrays break the `.npz` contract (on a `size` grid, if given)."""
     missing = [key for key in HISTORY_DTYPES if key not in history]
     if missing:
         raise ValueError(f"{name}: missing arrays {missing}")
@@ -444,8 +552,11 @@ def check_history(history: dict[str, np.ndarray], name: str) -> None:
         raise ValueError(f"{name}: actions outside 0..{NUM_ACTIONS - 1}")
     if not np.isin(history["rewards"], (0.0, 1.0)).all():
         raise ValueError(f"{name}: rewards other than 0 and 1")
-    if obs.min() < 0 or obs.max() > 1 or history["tasks"].min() < 0:
-        raise ValueError(f"{name}: observations outside [0, 1] or negative task cells")
+    if not (np.isfinite(obs).all() and obs.min() >= 0 and obs.max() <= 1):  # NaN fails every comparison
+        raise ValueError(f"{name}: observations that are NaN or outside [0, 1]")
+    cells = history["tasks"]
+    if cells.min() < 0 or (size is not None and cells.max() > validate_size(size) - 1):
+        raise ValueError(f"{name}: task cells outside the {size}x{size} grid" if size else f"{name}: negative task cells")
 
 
 def load_history(path: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -463,10 +574,15 @@ def load_history(path: str) -> tuple[dict[str, np.ndarray], dict]:
         config = json.loads(str(arrays.pop("config")))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: config is not JSON ({e})") from None
-    check_history(arrays, path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: config is not a JSON object")
+    check_history(arrays, path, config.get("size"))
     return arrays, config
 
 
+# ----------------------------------------------------------------------------------------------
+# Episodes of a stream of steps
+# ----------------------------------------------------------------------------------------------
 def episode_returns(rewards: np.ndarray, dones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Returns of the completed episodes of one stream and the step index at which each ended."""
     ends = np.flatnonzero(dones)
@@ -475,19 +591,44 @@ def episode_returns(rewards: np.ndarray, dones: np.ndarray) -> tuple[np.ndarray,
     return cumulative[ends + 1] - cumulative[starts], ends
 
 
-def first_solved_step(rewards: np.ndarray, dones: np.ndarray, window: int = 10, threshold: float = 1.8) -> int | None:
-    """The env step (1-based) at which the mean of the last `window` episode returns of one stream
-    first reaches `threshold`, or None: when a learner "solves" its task."""
+def first_solved_step(rewards: np.ndarray, dones: np.ndarray) -> int | None:
+    """The env step (1-based) at which one stream has first solved its task (see `SOLVED_RETURN`), or None."""
     returns, ends = episode_returns(rewards, dones)
-    return first_reaching(returns, ends + 1, window, threshold)
+    return first_reaching(returns, ends + 1)
 
 
-def first_reaching(returns: np.ndarray, end_steps: np.ndarray, window: int = 10, threshold: float = 1.8) -> int | None:
-    """`end_steps` of the episode at which a moving average of `window` returns first reaches `threshold`."""
-    if len(returns) < window:
+def first_reaching(returns: np.ndarray, end_steps: np.ndarray) -> int | None:
+    """`end_steps` of the episode at which the mean of the last `SOLVED_WINDOW` returns first
+    reaches `SOLVED_RETURN`, or None."""
+    if len(returns) < SOLVED_WINDOW:
         return None
-    hits = np.flatnonzero(np.convolve(returns, np.ones(window) / window, mode="valid") >= threshold - 1e-9)
-    return int(end_steps[hits[0] + window - 1]) if len(hits) else None
+    moving = np.convolve(returns, np.ones(SOLVED_WINDOW) / SOLVED_WINDOW, mode="valid")
+    hits = np.flatnonzero(moving >= SOLVED_RETURN - 1e-9)
+    return int(end_steps[hits[0] + SOLVED_WINDOW - 1]) if len(hits) else None
+
+
+def stream_episodes(rewards: np.ndarray, dones: np.ndarray, lengths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The completed episodes of N streams, rewards and dones (N, T) (stream i uses its first
+    `lengths[i]` steps), as flat arrays: "env" (stream index), "return", "end_step" (1-based): the
+    layout of every evaluation file."""
+    episodes: dict[str, list] = {"env": [], "return": [], "end_step": []}
+    for i in range(len(rewards)):
+        steps = rewards.shape[1] if lengths is None else int(lengths[i])
+        returns, ends = episode_returns(rewards[i, :steps], dones[i, :steps])
+        episodes["env"].append(np.full(len(returns), i, dtype=np.int64))
+        episodes["return"].append(returns.astype(np.float32))
+        episodes["end_step"].append(ends.astype(np.int64) + 1)
+    return {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in episodes.items()}
+
+
+def early_return(episodes: dict[str, np.ndarray], num_envs: int, steps: int = 500) -> np.ndarray:
+    """(num_envs,) each env's mean return over the episodes that ended within its first `steps`
+    steps (NaN where none did): how well a policy does on a new task early on."""
+    early = episodes["end_step"] <= steps
+    sums = np.bincount(episodes["env"][early], weights=episodes["return"][early], minlength=num_envs)
+    counts = np.bincount(episodes["env"][early], minlength=num_envs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 # ----------------------------------------------------------------------------------------------

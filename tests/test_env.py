@@ -6,6 +6,7 @@ import os
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import keydoor_env as K
@@ -32,7 +33,7 @@ def test_start_observation_and_layout():
     assert obs.dtype == np.float32 and obs.shape == (8,)
     np.testing.assert_allclose(obs, [0, 0, 0, 0, 0.5, 0, 0.5, 0.5])
     dark, dobs = make(task=(2, 0, 2, 2), size=5, light=False)
-    np.testing.assert_array_equal(K.to_dark(obs), dobs)
+    np.testing.assert_array_equal(obs[:4], dobs)
 
 
 def test_moves_walls_and_stay():
@@ -107,7 +108,7 @@ def test_fixed_mode_keeps_task_and_resample_mode_draws():
     env = K.KeyDoorEnv(size=9, resample=True)
     seen = {tuple(env.reset(seed=s)[1]["task"]) for s in range(20)}
     assert len(seen) > 10
-    train = {tuple(t) for t in K.task_split(9)[0]}
+    train = {tuple(t) for t in K.task_split(9, "train")}
     assert seen <= train
 
 
@@ -171,44 +172,64 @@ def test_bad_actions():
 
 def test_bad_split_and_num_envs():
     with pytest.raises(ValueError, match="split"):
-        K.KeyDoorEnv(split="validation")
+        K.KeyDoorEnv(split="heldout")
     with pytest.raises(ValueError, match="num_envs"):
         K.KeyDoorVectorEnv(0)
 
 
-# ---------------------------------------------------------------- the split
+# ---------------------------------------------------------------- the splits
+def held_out(size):
+    return np.concatenate([K.task_split(size, "validation"), K.task_split(size, "test")])
+
+
 @pytest.mark.parametrize("size", [3, 4, 6, 9])
 def test_split_disjoint_deterministic_covering(size):
-    train, test = K.task_split(size)
+    train, validation, test = (K.task_split(size, s) for s in ("train", "validation", "test"))
     every = {tuple(t) for t in K.all_tasks(size)}
-    train_set, test_set = {tuple(t) for t in train}, {tuple(t) for t in test}
-    assert len(train_set) == len(train) and len(test_set) == len(test)
-    assert not train_set & test_set
-    assert train_set | test_set == every
+    sets = [{tuple(t) for t in split} for split in (train, validation, test)]
+    assert [len(s) for s in sets] == [len(train), len(validation), len(test)]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert sets[0] | sets[1] | sets[2] == every
     assert len(every) == (size * size - 1) * (size * size - 2)
-    assert len(test) == round(0.1 * len(every))
+    assert len(validation) + len(test) == round(0.1 * len(every))
+    assert len(validation) == min(20, (len(validation) + len(test)) // 2) and len(test) >= len(validation)
     for t in every:
         K.validate_task(np.array(t), size)
-    K._split.cache_clear()
-    train2, test2 = K.task_split(size)
-    np.testing.assert_array_equal(test, test2)
-    np.testing.assert_array_equal(train, train2)
+    K._splits.cache_clear()
+    for name, split in zip(("train", "validation", "test"), (train, validation, test)):
+        np.testing.assert_array_equal(split, K.task_split(size, name))
 
 
 def test_split_is_pinned():
-    # Guards the split against silent change: the same on every machine and numpy version.
-    _, test = K.task_split(9)
-    assert len(test) == 632
-    assert test[:3].tolist() == PINNED_9x9_FIRST_TEST_TASKS
+    # Guards the splits against silent change: the same on every machine and numpy version.
+    assert len(held_out(9)) == 632 and len(K.task_split(9, "validation")) == 20
+    first = sorted(map(tuple, held_out(9).tolist()))[:3]
+    assert [list(t) for t in first] == PINNED_9x9_FIRST_HELD_OUT_TASKS
+    assert K.task_split(9, "validation")[:3].tolist() == PINNED_9x9_FIRST_VALIDATION_TASKS
 
 
-PINNED_9x9_FIRST_TEST_TASKS = [[0, 1, 0, 8], [0, 1, 2, 4], [0, 1, 3, 0]]
+PINNED_9x9_FIRST_HELD_OUT_TASKS = [[0, 1, 0, 8], [0, 1, 2, 4], [0, 1, 3, 0]]
+PINNED_9x9_FIRST_VALIDATION_TASKS = [[3, 2, 1, 8], [0, 8, 8, 1], [1, 8, 1, 4]]
 
 
 def test_split_is_read_only():
-    train, _ = K.task_split(5)
     with pytest.raises(ValueError):
-        train[0, 0] = 1
+        K.task_split(5, "train")[0, 0] = 1
+
+
+def test_eval_tasks():
+    validation = K.eval_tasks(9, "validation", 20, seed=0)
+    np.testing.assert_array_equal(validation, K.task_split(9, "validation"))  # fixed, whatever the seed
+    np.testing.assert_array_equal(K.eval_tasks(9, "validation", 5, seed=3), validation[:5])
+    tasks = K.eval_tasks(9, "test", 100, seed=0)
+    test = {tuple(t) for t in K.task_split(9, "test")}
+    assert len({tuple(t) for t in tasks}) == 100 and {tuple(t) for t in tasks} <= test
+    np.testing.assert_array_equal(tasks, K.eval_tasks(9, "test", 100, seed=0))
+    assert not np.array_equal(tasks, K.eval_tasks(9, "test", 100, seed=1))
+    assert len(K.eval_tasks(9, "test", 612, seed=0)) == 612
+    for split, num in (("test", 613), ("validation", 21), ("test", 0), ("train", 5)):
+        with pytest.raises(ValueError, match="split|holds"):
+            K.eval_tasks(9, split, num, seed=0)
 
 
 # ---------------------------------------------------------------- the vector env
@@ -241,13 +262,13 @@ def test_vector_env_matches_single_envs(light):
 
 
 def test_vector_env_given_tasks_and_partial_reset():
-    tasks = K.task_split(5)[1][:3]
+    tasks = K.task_split(5, "test")[:3]
     venv = K.KeyDoorVectorEnv(3, size=5, tasks=tasks)
     venv.reset(seed=0)
     np.testing.assert_array_equal(venv.tasks, tasks)
     for _ in range(3):
         venv.step(np.full(3, UP))
-    new = K.task_split(5)[1][3:6]
+    new = K.task_split(5, "test")[3:6]
     obs, _ = venv.reset(options={"tasks": new, "reset_mask": np.array([True, False, False])})
     assert obs[0, 1] == 0 and obs[1, 1] == 0.75 and obs[0, 3] == 0 and obs[1, 3] == 3 / 50
     np.testing.assert_array_equal(venv.tasks, np.concatenate([new[:1], tasks[1:]]))
@@ -308,22 +329,110 @@ def test_history_round_trip(tmp_path):
 def test_history_value_checks(tmp_path):
     hist = random_history()
     for key, value, match in (("actions", 5, "actions outside"), ("actions", -1, "actions outside"),
-                              ("rewards", 0.5, "rewards other"), ("observations", 1.5, "observations outside")):
+                              ("rewards", 0.5, "rewards other"), ("observations", 1.5, "outside"),
+                              ("observations", np.nan, "NaN"), ("tasks", 4, "outside the 4x4 grid"),
+                              ("tasks", -1, "negative task")):
         bad = {k: v.copy() for k, v in hist.items()}
         bad[key][3] = value
         with pytest.raises(ValueError, match=match):
-            K.save_history(str(tmp_path / "bad.npz"), bad, {})
+            K.save_history(str(tmp_path / "bad.npz"), bad, {"size": 4} if key == "tasks" and value > 0 else {})
+    all_nan = dict(hist, observations=np.full_like(hist["observations"], np.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        K.save_history(str(tmp_path / "bad.npz"), all_nan, {"size": 4})
+    assert not os.path.exists(tmp_path / "bad.npz")
 
 
-def test_eval_tasks():
-    tasks = K.eval_tasks(9, 20, seed=0)
-    test = {tuple(t) for t in K.task_split(9)[1]}
-    assert len({tuple(t) for t in tasks}) == 20 and {tuple(t) for t in tasks} <= test
-    assert len({tuple(t[:2]) for t in tasks}) > 5  # a random choice, not the first tasks in order
-    np.testing.assert_array_equal(tasks, K.eval_tasks(9, 20, seed=0))
-    with pytest.raises(ValueError, match="--allow-train-tasks"):
-        K.eval_tasks(3, 7, seed=0)
-    assert len(K.eval_tasks(3, 7, seed=0, allow_train_tasks=True)) == 7
+def test_a_bad_file_is_named_when_loaded(tmp_path):
+    hist = random_history()
+    bad = dict(hist, observations=np.full_like(hist["observations"], np.nan))
+    np.savez(tmp_path / "run_00003.npz", **bad, config=np.array('{"size": 4}'))
+    with pytest.raises(ValueError, match="run_00003.npz.*NaN"):
+        K.load_history(str(tmp_path / "run_00003.npz"))
+
+
+def test_stale_parts_of_dead_writers_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = tmp_path / f".tmp-{host}-{int(dead.stdout)}-abc.part"
+    mine = tmp_path / f".tmp-{host}-{os.getpid()}-def.part"  # a live writer's: kept
+    old = tmp_path / ".tmp-otherhost-1-ghi.part"  # another host's, an hour old: removed
+    fresh = tmp_path / ".tmp-otherhost-2-jkl.part"  # another host's, recent: kept
+    for path in (stale, mine, old, fresh):
+        path.write_bytes(b"partial")
+    os.utime(old, (0, 0))
+    (tmp_path / "run_00000.npz").write_bytes(b"kept")
+    assert sorted(K.remove_stale_parts(str(tmp_path))) == sorted([str(stale), str(old)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, fresh.name, "run_00000.npz"])
+    assert K.remove_stale_parts(str(tmp_path / "missing")) == []
+
+
+def test_check_writable_and_history_paths(tmp_path):
+    assert K.check_writable(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
+    assert os.listdir(tmp_path / "a" / "b") == []
+    if os.geteuid() != 0:  # root writes anywhere
+        readonly = tmp_path / "ro"
+        readonly.mkdir(mode=0o500)
+        with pytest.raises(OSError, match="cannot write"):
+            K.check_writable(str(readonly))
+    (tmp_path / "a_file").write_bytes(b"")
+    with pytest.raises(OSError, match="cannot write"):
+        K.check_writable(str(tmp_path / "a_file" / "x"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        K.history_paths(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="no .npz"):
+        K.history_paths(str(tmp_path / "a"))
+    for name in ("run_00001.npz", "run_00000.npz", ".tmp-x.npz", "notes.txt"):
+        (tmp_path / "a" / name).write_bytes(b"")
+    assert [os.path.basename(p) for p in K.history_paths(str(tmp_path / "a"))] == ["run_00000.npz", "run_00001.npz"]
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_torch_env_equals_numpy_env_step_for_step(light):
+    tasks = K.task_split(5, "train")[::7][:32]
+    numpy_env = K.KeyDoorVectorEnv(len(tasks), size=5, light=light, tasks=tasks)
+    observations, _ = numpy_env.reset(seed=0)
+    torch_env = K.TorchVectorEnv(tasks, 5, light)
+    np.testing.assert_array_equal(torch_env.reset().numpy(), observations)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(600):
+        actions = rng.integers(0, 5, len(tasks))
+        observations, rewards, terminations, truncations, infos = numpy_env.step(actions)
+        outputs = torch_env.step(torch.as_tensor(actions))
+        expected = (observations, rewards, terminations, truncations, K.final_observations(observations, infos))
+        for got, want in zip(outputs, expected):
+            assert got.numpy().dtype == want.dtype
+            np.testing.assert_array_equal(got.numpy(), want)
+        ends += terminations.sum()
+    assert ends > 0  # the door was reached, so the reset path was compared too
+    with pytest.raises(ValueError, match="outside"):
+        K.TorchVectorEnv([[0, 9, 1, 1]], 5, light)
+
+
+def test_stream_episodes_and_early_return():
+    rewards = np.array([[0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0]], dtype=np.float32)
+    dones = np.array([[0, 0, 1, 0, 0, 1], [0, 0, 0, 0, 0, 0]], dtype=bool)
+    episodes = K.stream_episodes(rewards, dones)
+    assert episodes["env"].tolist() == [0, 0] and episodes["return"].tolist() == [2, 0]
+    assert episodes["end_step"].tolist() == [3, 6]
+    early = K.early_return(episodes, 2, steps=3)
+    assert early[0] == 2 and np.isnan(early[1])
+    short = K.stream_episodes(rewards, dones, lengths=np.array([3, 6]))
+    assert short["end_step"].tolist() == [3]
+
+
+def test_obs_scale_decodes_observations_exactly():
+    env = K.KeyDoorVectorEnv(4, size=7, light=True, tasks=K.task_split(7, "train")[:4])
+    observations, _ = env.reset(seed=0)
+    for _ in range(30):
+        observations, *_ = env.step(np.random.default_rng(0).integers(0, 5, 4))
+        codes = np.rint(observations * K.obs_scale(7, 8))
+        np.testing.assert_array_equal((torch.as_tensor(codes).float() / torch.as_tensor(K.obs_scale(7, 8))).numpy(),
+                                      observations)
 
 
 def test_history_errors(tmp_path):
