@@ -8,13 +8,16 @@
 One token per timestep embeds (o_t, a_{t-1}, r_{t-1}, d_{t-1}); the model predicts a_t at every
 position of a window of `--context` consecutive timesteps of one history. Windows cross episode
 boundaries, as the source agent's stream does. The checkpoint holds everything `ad_eval.py` needs
-to rebuild the model; rerunning the same command resumes from it.
+to rebuild the model; rerunning the same command resumes from it, bit for bit.
 
 `--arrival-token` adds p_{t-1} to each token, the cell the previous action led to. Why: the door
 ends the episode, so the door's cell is in no o_t (the next o_t is the start of the next episode),
 and the model must otherwise work it out from two tokens (the last position and the action). The
 histories need no extra field: on this grid with no walls the cell is the last position moved by
 the action, clipped at the border, and the loader checks that against every next observation.
+
+`rollout()` runs a model in context on new tasks, beside the model as nanoGPT keeps `generate()`:
+the in-training evaluation and `ad_eval.py` both call it.
 """
 
 from __future__ import annotations
@@ -49,8 +52,6 @@ class Args:
     """window length in timesteps (the model's context)"""
     history_steps: int = -1
     """windows from the first N steps of each history only; -1: twice the step where the run first averages 1.8; 0: all"""
-    episode_stride: int = 1
-    """keep every k-th episode of each history, so that a window spans more of the learning"""
     arrival_token: bool = False
     """add to each token the cell the previous action led to (the door's cell at an episode's end)"""
     n_layer: int = 4
@@ -64,43 +65,45 @@ class Args:
     dropout: float = 0.1
     """dropout in embeddings, attention output and feed-forward"""
     batch_size: int = 64
-    """windows per update (over all processes)"""
-    updates: int = 10_000
-    """gradient updates"""
+    """windows per iteration (over all processes)"""
+    iterations: int = 10_000
+    """training iterations, one gradient update each"""
     lr: float = 3e-4
     """peak learning rate"""
-    warmup_updates: int = 500
+    warmup_iterations: int = 500
     """linear warm-up of the learning rate, then cosine decay to 10%"""
     weight_decay: float = 0.1
     """AdamW weight decay, on matrices only"""
-    grad_clip: float = 1.0
+    max_grad_norm: float = 1.0
     """gradient norm clipping"""
     val_fraction: float = 0.05
-    """share of whole runs held out for the validation loss (at least one when there are several)"""
+    """share of whole runs held out for the validation loss (a single-run dataset holds out its last steps)"""
+    val_every: int = 250
+    """iterations between validation losses"""
     eval_every: int = 1000
-    """updates between in-context evaluations on held-out tasks (0: never)"""
+    """iterations between in-context evaluations on validation tasks (0: never)"""
     eval_envs: int = 4
-    """held-out tasks in the in-training evaluation"""
+    """validation tasks in the in-training evaluation"""
     eval_steps: int = 1000
     """env steps of the in-training evaluation"""
     log_every: int = 50
-    """updates between TensorBoard points"""
+    """iterations between TensorBoard points of the training loss"""
     save_every: int = 500
-    """updates between checkpoints"""
+    """iterations between checkpoints"""
     seed: int = 1
     """seed of python, numpy and torch"""
     exp_name: str = "ad"
     """experiment name, in the run and checkpoint names"""
     cuda: bool = True
-    """use CUDA when available"""
+    """use CUDA when available (under torchrun too)"""
     compile: bool = False
-    """torch.compile the model (CUDA)"""
+    """torch.compile the model (on CUDA with CUDA graphs: mode reduce-overhead)"""
     progress: bool = True
     """show a progress bar"""
 
 
 # ----------------------------------------------------------------------------------------------
-# Data: every history in memory once, in compact dtypes; windows by vectorised indexing
+# Data: every history in memory once, in compact dtypes, on the training device
 # ----------------------------------------------------------------------------------------------
 # The first token of a history has no previous step; it is built like the first token of any later
 # episode (previous action "stay", reward 0, done 1), so that no embedding is left untrained.
@@ -108,40 +111,33 @@ FIRST_PREV_ACTION, FIRST_PREV_DONE = 0, 1
 FIRST_PREV_ARRIVAL = (0, 0)  # a history starts at a reset, where the agent stands on cell (0, 0)
 
 
-def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, episode_stride: int = 1, min_steps: int = 1,
-                 arrival: bool = False):
+def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, min_steps: int = 1, arrival: bool = False):
     """Load every `.npz` history of `folder`. Returns `(runs, meta)`: per run a dict of compact arrays
     (`obs_codes` uint8 (T, D), `actions` uint8, `prev_actions` uint8, `prev_rewards` uint8,
-    `prev_dones` bool, with `arrival` also `prev_arrivals` uint8 (T, 2) grid cells, and `returns` of
-    its episodes), and `meta` (size, obs_dim, obs_scale)."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"dataset folder {folder} does not exist; collect it first (see README)")
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".npz") and not n.startswith("."))
-    if not names:
-        raise ValueError(f"dataset folder {folder} holds no .npz histories")
-    runs, size, full_dim = [], None, None
-    for name in names:
-        history, config = K.load_history(os.path.join(folder, name))
-        dim = history["observations"].shape[1]
-        if full_dim is None:
-            full_dim, size = dim, config.get("size")
-        if size is None:
-            raise ValueError(f"{folder}: histories do not record their grid size")
+    `prev_dones` bool, with `arrival` also `prev_arrivals` uint8 (T, 2) grid cells), and `meta`
+    (size, obs_dim, obs_scale)."""
+    runs, size, full_dim, first = [], None, None, None
+    for path in K.history_paths(folder):
+        history, history_config = K.load_history(path)
+        name, dim = os.path.basename(path), history["observations"].shape[1]
+        if first is None:
+            first, full_dim, size = name, dim, history_config.get("size")
+            if size is None:
+                raise ValueError(f"{path}: the history does not record its grid size")
         if dim != full_dim:
-            raise ValueError(f"{folder}: {names[0]} has {full_dim} observation features, {name} has {dim}")
-        if config.get("size") != size:
-            raise ValueError(f"{folder}: {names[0]} is a {size}x{size} grid, {name} is {config.get('size')}")
+            raise ValueError(f"{folder}: {first} has {full_dim} observation features, {name} has {dim}")
+        if history_config.get("size") != size:
+            raise ValueError(f"{folder}: {first} is a {size}x{size} grid, {name} is {history_config.get('size')}")
         if light_obs and dim != K.LIGHT_OBS_DIM:
-            raise ValueError(f"--light-obs needs Light data, but {folder} holds Dark observations")
+            raise ValueError(f"--light-obs needs Light data, but {path} holds Dark observations")
         if arrival:
-            history["arrivals"] = arrival_cells(history, size, f"{folder}/{name}")
-        runs.append(select_steps(history, history_steps, episode_stride, min_steps))
+            history["arrivals"] = arrival_cells(history, size, path)
+        runs.append(select_steps(history, history_steps, min_steps))
     obs_dim = K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
-    scale = np.array([size - 1, size - 1, 1, K.EPISODE_STEPS] + [size - 1] * 4, dtype=np.float32)[:obs_dim]
+    scale = K.obs_scale(size, obs_dim)
     for run in runs:
         observations = run.pop("observations")[:, :obs_dim]  # Light read Dark: drop the 4 task features
-        codes = np.rint(observations * scale)
-        run["obs_codes"] = codes.astype(np.uint8)
+        run["obs_codes"] = np.rint(observations * scale).astype(np.uint8)
         if not np.array_equal(decode_observations(torch.as_tensor(run["obs_codes"]), torch.as_tensor(scale)).numpy(),
                               observations):
             raise ValueError(f"{folder}: observations are not on the {size}x{size} grid of the contract")
@@ -166,43 +162,44 @@ def arrival_cells(history: dict, size: int, name: str) -> np.ndarray:
 
 def decode_observations(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """uint8 codes (..., D) -> float32 observations, exactly those of the environment."""
-    return (codes.float() / scale).float()
+    return codes.float() / scale
 
 
-def select_steps(history: dict, history_steps: int, episode_stride: int, min_steps: int = 1) -> dict:
+def select_steps(history: dict, history_steps: int, min_steps: int = 1) -> dict:
     """Keep the first `history_steps` steps (-1: twice the step at which the run first solved its
-    task, at least `min_steps`; 0: all) and every `episode_stride`-th episode; add the previous
-    action, reward and done of each kept step (the previous *kept* step's), and, when the history
-    holds "arrivals" (cells, (T, 2)), the previous arrival ("prev_arrivals"; for the first token,
-    the start cell)."""
-    steps = len(history["actions"])
-    keep = np.ones(steps, dtype=bool)
+    task, at least `min_steps`; 0: all); add the previous action, reward and done of each step and,
+    when the history holds "arrivals" (cells, (T, 2)), the previous arrival ("prev_arrivals"; for the
+    first token, the start cell)."""
     dones = history["terminations"] | history["truncations"]
     if history_steps < 0:  # concentrate windows on the learning phase of this run
         solved = K.first_solved_step(history["rewards"], dones)
-        history_steps = steps if solved is None else max(2 * solved, min_steps)
-    if history_steps > 0:
-        keep[history_steps:] = False
-    if episode_stride > 1:
-        episode = np.concatenate([[0], np.cumsum(dones)[:-1]])  # episode index of each step
-        keep &= episode % episode_stride == 0
+        history_steps = len(dones) if solved is None else max(2 * solved, min_steps)
+    keep = slice(None, history_steps or None)
     actions = history["actions"][keep].astype(np.uint8)
-    rewards = history["rewards"][keep]
-    kept_dones = dones[keep]
-    returns, _ = K.episode_returns(history["rewards"], dones)
     run = {"observations": history["observations"][keep], "actions": actions,
            "prev_actions": np.concatenate([[FIRST_PREV_ACTION], actions[:-1]]).astype(np.uint8),
-           "prev_rewards": np.concatenate([[0], rewards[:-1]]).astype(np.uint8),
-           "prev_dones": np.concatenate([[FIRST_PREV_DONE], kept_dones[:-1]]).astype(bool),
-           "returns": returns}
+           "prev_rewards": np.concatenate([[0], history["rewards"][keep][:-1]]).astype(np.uint8),
+           "prev_dones": np.concatenate([[FIRST_PREV_DONE], dones[keep][:-1]]).astype(bool)}
     if "arrivals" in history:
-        arrivals = history["arrivals"][keep]
-        run["prev_arrivals"] = np.concatenate([[FIRST_PREV_ARRIVAL], arrivals[:-1]]).astype(np.uint8)
+        run["prev_arrivals"] = np.concatenate([[FIRST_PREV_ARRIVAL], history["arrivals"][keep][:-1]]).astype(np.uint8)
     return run
 
 
+def split_runs(runs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole runs for the validation loss; a single-run dataset (1xN) holds out its last steps."""
+    if val_fraction <= 0:
+        return runs, []
+    if len(runs) == 1:
+        cut = int(len(runs[0]["actions"]) * (1 - val_fraction))
+        return [{k: v[:cut] for k, v in runs[0].items()}], [{k: v[cut:] for k, v in runs[0].items()}]
+    order = np.random.default_rng(seed).permutation(len(runs))
+    num_val = min(len(runs) - 1, int(math.ceil(val_fraction * len(runs))))
+    return [runs[i] for i in order[num_val:]], [runs[i] for i in order[:num_val]]
+
+
 class WindowSampler:
-    """All runs concatenated into flat tensors; a batch of windows is one gather."""
+    """All runs concatenated into flat tensors on the training device; a batch of windows is one
+    gather there (the host draws only the batch's start indices, so a CPU run is the same on CUDA)."""
 
     def __init__(self, runs: list[dict], context: int, obs_scale: list[float], device: torch.device):
         lengths = np.array([len(r["actions"]) for r in runs])
@@ -212,29 +209,29 @@ class WindowSampler:
         self.context, self.device = context, device
         self.offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)[:-1]])[usable])
         self.num_starts = torch.as_tensor(lengths[usable] - context + 1)  # window starts per run
-        cat = lambda key: torch.as_tensor(np.concatenate([r[key] for r in runs]))
+        cat = lambda key: torch.as_tensor(np.concatenate([r[key] for r in runs])).to(device)  # (tokens, ...)
         self.obs_codes, self.actions = cat("obs_codes"), cat("actions")
         self.prev_actions, self.prev_rewards, self.prev_dones = cat("prev_actions"), cat("prev_rewards"), cat("prev_dones")
         self.prev_arrivals = cat("prev_arrivals") if "prev_arrivals" in runs[0] else None  # (tokens, 2) cells
-        self.obs_scale = torch.tensor(obs_scale)
+        self.obs_scale = torch.tensor(obs_scale, device=device)
+        self.positions = torch.arange(context, device=device)
         self.tokens = int(lengths.sum())
 
     def sample(self, batch_size: int, generator: torch.Generator):
         """A batch of windows: (inputs dict of (B, C, ...) tensors, targets (B, C) int64), runs uniform."""
         run = torch.randint(len(self.offsets), (batch_size,), generator=generator)
         start = (torch.rand(batch_size, generator=generator) * self.num_starts[run]).long()
-        index = (self.offsets[run] + start)[:, None] + torch.arange(self.context)  # (B, C)
-        return self.gather(index)
+        return self.gather((self.offsets[run] + start).to(self.device)[:, None] + self.positions)
 
     def gather(self, index: torch.Tensor):
+        """Windows at token indices `index` (B, C) on the device."""
         inputs = {"observations": decode_observations(self.obs_codes[index], self.obs_scale),
                   "prev_actions": self.prev_actions[index].long(),
                   "prev_rewards": self.prev_rewards[index].float(),
                   "prev_dones": self.prev_dones[index].float()}
         if self.prev_arrivals is not None:  # cells scaled as the observation's positions
             inputs["prev_arrivals"] = self.prev_arrivals[index].float() / self.obs_scale[0]
-        return ({k: v.to(self.device, non_blocking=True) for k, v in inputs.items()},
-                self.actions[index].long().to(self.device, non_blocking=True))
+        return inputs, self.actions[index].long()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,14 +239,14 @@ class WindowSampler:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class ModelConfig:
-    obs_dim: int = 4
-    context: int = 200
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    d_ff: int = 768
-    dropout: float = 0.1
-    arrival: bool = False  # tokens carry p_{t-1}, the (x, y) the previous action led to
+    obs_dim: int
+    context: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    d_ff: int
+    dropout: float
+    arrival: bool  # tokens carry p_{t-1}, the (x, y) the previous action led to
 
 
 class SelfAttention(nn.Module):
@@ -277,13 +274,14 @@ class SelfAttention(nn.Module):
             cache["k"][:, :, cache["len"]:end], cache["v"][:, :, cache["len"]:end] = k, v
             k, v, cache["len"] = cache["k"][:, :, :end], cache["v"][:, :, :end], end
         past = k.shape[2] - T
+        dropout = self.dropout if self.training else 0.0
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         elif T == 1:  # one new token sees everything cached
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:  # new tokens see every cached token and the causal part of their own block
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.proj_dropout(self.proj(y.transpose(1, 2).reshape(B, T, E)))
 
 
@@ -315,15 +313,11 @@ class DecisionModel(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, K.NUM_ACTIONS)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
 
     def forward(self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, *, positions=None,
                 caches=None):
@@ -354,232 +348,80 @@ class DecisionModel(nn.Module):
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-def lr_at(update: int, args: Args) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if update < args.warmup_updates:
-        return args.lr * (update + 1) / args.warmup_updates
-    progress = min(1.0, (update - args.warmup_updates) / max(1, args.updates - args.warmup_updates))
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 # ----------------------------------------------------------------------------------------------
-# In-context evaluation (full recompute over the trimmed history; ad_eval.py has the fast path)
+# In-context rollout: the model acts on new tasks from its own history, with no gradient step
 # ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_in_context(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed: int,
-                        device: torch.device) -> list[np.ndarray]:
-    """Run the model on `tasks` (N, 4) for `steps` env steps, feeding it its own history trimmed at
-    its context. Returns the episode returns of each env."""
-    model.eval()
-    config, N = model.config, len(tasks)
-    env = K.KeyDoorVectorEnv(N, size=size, light=config.obs_dim == K.LIGHT_OBS_DIM, tasks=tasks, split="all")
-    observations, _ = env.reset(seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    history = {"observations": torch.zeros(N, steps, config.obs_dim),
-               "prev_actions": torch.full((N, steps), FIRST_PREV_ACTION),
-               "prev_rewards": torch.zeros(N, steps), "prev_dones": torch.zeros(N, steps),
-               "prev_arrivals": torch.zeros(N, steps, 2)}  # the first: FIRST_PREV_ARRIVAL, cell (0, 0), scaled
-    history["prev_dones"][:, 0] = FIRST_PREV_DONE
-    returns, episode_return = [[] for _ in range(N)], np.zeros(N)
+def window_starts(steps: int, context: int) -> np.ndarray:
+    """Start of the window on which the prediction at step t is made.
+
+    Position embeddings are learned, so a window cannot slide by one token on a KV cache. The window
+    grows from the start until it holds `context` tokens; the next token starts a new window of the
+    last context//2 tokens, refilled into the cache at positions 0..: from then on windows span
+    context//2 .. context tokens, at positions the model was trained on, for about two token
+    computations per step instead of `context`.
+    """
+    starts, start = np.zeros(steps, dtype=np.int64), 0
+    keep = max(1, context // 2)
     for t in range(steps):
-        history["observations"][:, t] = torch.as_tensor(observations)
-        lo = max(0, t + 1 - config.context)
-        window = {k: v[:, lo:t + 1].to(device) for k, v in history.items()}
-        logits = model(**window)[:, -1].float().cpu()
-        actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
-        observations, rewards, terminated, truncated, infos = env.step(actions.numpy())
+        if t - start + 1 > context:
+            start = t + 1 - keep
+        starts[t] = start
+    return starts
+
+
+@torch.no_grad()
+def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed: int, device: torch.device, *,
+            greedy: bool = False, full_recompute: bool = False, progress: bool = False, desc: str = "") -> dict:
+    """Run `model` in context on `tasks` (N, 4) for `steps` env steps each, the same task after every
+    reset, all envs in one batch on `device` (env included: no host round trip per step). Actions are
+    sampled (argmax with `greedy`) from a generator seeded with `seed`. `full_recompute` recomputes
+    every window from scratch (the reference for the KV cache). Returns "episodes" (flat arrays:
+    env, return, end_step) and "tokens", the (N, steps, ...) inputs the model was fed."""
+    was_training, config, N = model.training, model.config, len(tasks)
+    model.eval()
+    env = K.TorchVectorEnv(tasks, size, light=config.obs_dim == K.LIGHT_OBS_DIM, device=device)
+    tokens = {"observations": torch.zeros(N, steps, config.obs_dim, device=device),
+              "prev_actions": torch.full((N, steps), FIRST_PREV_ACTION, dtype=torch.long, device=device),
+              "prev_rewards": torch.zeros(N, steps, device=device),
+              "prev_dones": torch.zeros(N, steps, device=device),
+              "prev_arrivals": torch.zeros(N, steps, 2, device=device)}  # the first: cell (0, 0), scaled: zeros
+    tokens["prev_dones"][:, 0] = FIRST_PREV_DONE
+    rewards = torch.zeros(N, steps, device=device)
+    dones = torch.zeros(N, steps, dtype=torch.bool, device=device)
+    starts, positions = window_starts(steps, config.context), torch.arange(config.context, device=device)
+    window = lambda lo, hi: {key: value[:, lo:hi] for key, value in tokens.items()}
+    generator = torch.Generator(device=device).manual_seed(seed)
+    observations, caches = env.reset(), None
+    for t in tqdm(range(steps), disable=not progress, desc=desc, mininterval=1.0):
+        tokens["observations"][:, t] = observations
+        start = int(starts[t])
+        if full_recompute:
+            logits = model(**window(start, t + 1))[:, -1]
+        elif t == 0 or start != starts[t - 1]:  # a new window: refill the cache from its tokens
+            caches = [{} for _ in model.blocks]
+            logits = model(**window(start, t + 1), caches=caches)[:, -1]
+        else:
+            logits = model(**window(t, t + 1), positions=positions[t - start:t - start + 1], caches=caches)[:, -1]
+        logits = logits.float()
+        actions = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+        observations, rewards[:, t], terminations, truncations, final = env.step(actions)
+        dones[:, t] = terminations | truncations
         if t + 1 < steps:
-            history["prev_actions"][:, t + 1] = actions
-            history["prev_rewards"][:, t + 1] = torch.as_tensor(rewards)
-            history["prev_dones"][:, t + 1] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
-            history["prev_arrivals"][:, t + 1] = torch.as_tensor(env_arrivals(observations, terminated | truncated, infos))
-        episode_return += rewards
-        for i in np.flatnonzero(terminated | truncated):
-            returns[i].append(episode_return[i])
-            episode_return[i] = 0.0
-    model.train()
-    return [np.array(r) for r in returns]
-
-
-def env_arrivals(observations: np.ndarray, done: np.ndarray, infos: dict) -> np.ndarray:
-    """(N, 2) scaled cells the last actions led to: the new position, or at an episode's end the
-    position of gymnasium's final observation (the new one is the next episode's start)."""
-    cells = observations[:, :2].copy()
-    if done.any():
-        cells[done] = infos["final_obs"][done, :2]
-    return cells
+            tokens["prev_actions"][:, t + 1], tokens["prev_rewards"][:, t + 1] = actions, rewards[:, t]
+            tokens["prev_dones"][:, t + 1], tokens["prev_arrivals"][:, t + 1] = dones[:, t].float(), final[:, :2]
+    model.train(was_training)
+    return {"episodes": K.stream_episodes(rewards.cpu().numpy(), dones.cpu().numpy()), "tokens": tokens}
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
+# Training: schedule, validation, checkpoints, devices
 # ----------------------------------------------------------------------------------------------
-def checkpoint_path(args: Args) -> str:
-    obs = "light" if args.light_obs else "dark"
-    return os.path.join(args.data_dir, "checkpoints", f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}.pt")
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint written by this script; raise ValueError if it is not one."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    missing = {"model", "optimizer", "update", "args", "model_config", "data"} - set(checkpoint if isinstance(checkpoint, dict) else {})
-    if not missing:
-        missing = {"dataset", "size", "obs_dim"} - set(checkpoint["data"] if isinstance(checkpoint["data"], dict) else {})
-    if missing:
-        raise ValueError(f"{path}: not an ad_train.py checkpoint (missing {sorted(missing)})")
-    return checkpoint
-
-
-def model_from_checkpoint(checkpoint: dict) -> DecisionModel:
-    model = DecisionModel(ModelConfig(**checkpoint["model_config"]))  # no "arrival" (older checkpoints): False
-    model.load_state_dict(checkpoint["model"])
-    return model
-
-
-# ----------------------------------------------------------------------------------------------
-def validate(args: Args) -> None:
-    checks = [
-        (args.context >= 1, f"--context must be >= 1, got {args.context}"),
-        (args.updates >= 1 and args.batch_size >= 1, "--updates and --batch-size must be >= 1"),
-        (args.episode_stride >= 1, f"--episode-stride must be >= 1, got {args.episode_stride}"),
-        (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
-        (min(args.n_layer, args.n_head, args.n_embd, args.d_ff) >= 1, "--n-layer, --n-head, --n-embd and --d-ff must be >= 1"),
-        (args.n_head >= 1 and args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}"),
-        (min(args.log_every, args.save_every) >= 1, "--log-every and --save-every must be >= 1"),
-        (args.eval_every >= 0 and (args.eval_every == 0 or min(args.eval_envs, args.eval_steps) >= 1),
-         "--eval-every must be >= 0, and --eval-envs and --eval-steps >= 1 when it is on"),
-        (0 <= args.dropout < 1 and args.lr > 0, "--dropout must lie in [0, 1) and --lr be > 0"),
-        (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-
-
-def main(args: Args) -> dict:
-    validate(args)
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    if distributed:  # torchrun: one process per GPU, the same code path with a DDP wrapper
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if torch.cuda.is_available() else "cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-        device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    master = rank == 0
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)
-
-    folder = os.path.join(args.data_dir, args.dataset)
-    runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.episode_stride, args.context,
-                              args.arrival_token)
-    # hold out whole runs for validation; a single-run dataset (1xN) holds out its last steps instead
-    order = np.random.default_rng(args.seed).permutation(len(runs))
-    num_val = min(len(runs) - 1, int(math.ceil(args.val_fraction * len(runs)))) if args.val_fraction > 0 else 0
-    if num_val:
-        val_runs, train_runs = [runs[i] for i in order[:num_val]], [runs[i] for i in order[num_val:]]
-    elif args.val_fraction > 0:
-        cut = int(len(runs[0]["actions"]) * (1 - args.val_fraction))
-        train_runs = [{k: v[:cut] for k, v in runs[0].items() if k != "returns"}]
-        val_runs = [{k: v[cut:] for k, v in runs[0].items() if k != "returns"}]
-    else:
-        train_runs, val_runs = runs, []
-    train_data = WindowSampler(train_runs, args.context, meta["obs_scale"], device)
-    val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device) if val_runs and \
-        max(len(r["actions"]) for r in val_runs) >= args.context else None
-
-    config = ModelConfig(obs_dim=meta["obs_dim"], context=args.context, n_layer=args.n_layer, n_head=args.n_head,
-                         n_embd=args.n_embd, d_ff=args.d_ff, dropout=args.dropout, arrival=args.arrival_token)
-    model = DecisionModel(config).to(device)
-    optimizer = model.optimizer(args.lr, args.weight_decay, device)
-    # what the windows are drawn from: a resume must not silently change it
-    data_info = {"dataset": args.dataset, "size": meta["size"], "light_obs": args.light_obs, "obs_dim": meta["obs_dim"],
-                 "history_steps": args.history_steps, "episode_stride": args.episode_stride,
-                 "val_fraction": args.val_fraction}
-    path = checkpoint_path(args)
-    start_update = 0
-    run_name = f"KeyDoor-{'Light' if args.light_obs else 'Dark'}-{meta['size']}x{meta['size']}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    if os.path.exists(path):
-        checkpoint = load_checkpoint(path, map_location=device)
-        # checkpoints from before --arrival-token have no "arrival" in their config: they had none
-        if {"arrival": False, **checkpoint["model_config"]} != asdict(config) or checkpoint["data"] != data_info:
-            raise ValueError(f"{path} holds a model of another shape or data ({checkpoint['model_config']}, "
-                             f"{checkpoint['data']}); move it away or change --exp-name")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_update, run_name = checkpoint["update"], checkpoint["run_name"]
-        if master:
-            print(f"resuming {path} at update {start_update}")
-    raw_model = model
-    if args.compile and device.type == "cuda":
-        model = torch.compile(model)
-    if distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    writer = SummaryWriter(os.path.join("runs", run_name)) if master else None
-    if writer:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
-        print(f"{folder}: {len(runs)} runs, {train_data.tokens:,} training tokens; model "
-              f"{sum(p.numel() for p in raw_model.parameters()):,} parameters on {device}")
-
-    def save(update: int) -> None:
-        checkpoint = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "update": update,
-                      "args": asdict(args), "model_config": asdict(config), "data": data_info, "run_name": run_name}
-        K.atomic_write(path, lambda f: torch.save(checkpoint, f))
-
-    generator = torch.Generator().manual_seed(args.seed * 7919 + rank + start_update)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    local_batch = max(1, args.batch_size // world)
-    test_tasks = K.eval_tasks(meta["size"], args.eval_envs, args.seed, allow_train_tasks=True) if args.eval_every else None
-    last_time, last_update, stats = time.time(), start_update, {}
-    bar = tqdm(range(start_update, args.updates), initial=start_update, total=args.updates, disable=not (master and args.progress))
-    for update in bar:
-        lr = lr_at(update, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        inputs, targets = train_data.sample(local_batch, generator)
-        with autocast:
-            logits = model(**inputs)
-        loss = F.cross_entropy(logits.float().reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        optimizer.step()
-        done = update + 1
-        if writer and (done % args.log_every == 0 or done == args.updates):
-            accuracy = (logits.argmax(-1) == targets).float().mean().item()
-            elapsed = time.time() - last_time
-            writer.add_scalar("losses/train_loss", loss.item(), done)
-            writer.add_scalar("charts/action_accuracy", accuracy, done)
-            writer.add_scalar("charts/learning_rate", lr, done)
-            writer.add_scalar("charts/tokens_per_second", (done - last_update) * args.batch_size * args.context / elapsed, done)
-            if val_data is not None:
-                val_loss, val_accuracy = validation_loss(raw_model, val_data, args.batch_size, args.seed, autocast)
-                writer.add_scalar("losses/val_loss", val_loss, done)
-                writer.add_scalar("charts/val_action_accuracy", val_accuracy, done)
-                stats["val_loss"] = val_loss
-            stats.update(train_loss=loss.item(), accuracy=accuracy)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
-            last_time, last_update = time.time(), done
-        if writer and args.eval_every and (done % args.eval_every == 0 or done == args.updates):
-            returns = evaluate_in_context(raw_model, test_tasks, args.eval_steps, meta["size"], args.seed, device)
-            final = np.mean([r[-max(1, len(r) // 4):].mean() if len(r) else 0.0 for r in returns])
-            writer.add_scalar("eval/return", final, done)
-            stats["eval_return"] = float(final)
-        if master and (done % args.save_every == 0 or done == args.updates):
-            save(done)
-    if writer:
-        writer.close()
-    if distributed:
-        dist.destroy_process_group()
-    return {"checkpoint": path, **stats}
+def lr_at(iteration: int, args: Args) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if iteration < args.warmup_iterations:
+        return args.lr * (iteration + 1) / args.warmup_iterations
+    progress = min(1.0, (iteration - args.warmup_iterations) / max(1, args.iterations - args.warmup_iterations))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @torch.no_grad()
@@ -593,6 +435,190 @@ def validation_loss(model: DecisionModel, data: WindowSampler, batch_size: int, 
     accuracy = (logits.argmax(-1) == targets).float().mean().item()
     model.train()
     return loss, accuracy
+
+
+def checkpoint_path(args: Args) -> str:
+    obs = "light" if args.light_obs else "dark"
+    return os.path.join(args.data_dir, "checkpoints", f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}.pt")
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a checkpoint written by this script; raise ValueError if it is not one."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    fields = ("model", "optimizer", "iteration", "args", "model_config", "data", "run_name", "rng")
+    missing = set(fields) - set(checkpoint if isinstance(checkpoint, dict) else {})
+    if missing:
+        raise ValueError(f"{path}: not a checkpoint of this version of ad_train.py (missing {sorted(missing)})")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict) -> DecisionModel:
+    model = DecisionModel(ModelConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def rng_states(generator: torch.Generator, device: torch.device) -> dict:
+    """Every generator a training iteration draws from: the window sampler's, and the global ones dropout uses."""
+    return {"sampler": generator.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
+
+
+def setup_device(args: Args) -> tuple[torch.device, int, int]:
+    """(device, rank, world size). Under torchrun: one process per GPU (or CPU processes with gloo)."""
+    cuda = args.cuda and torch.cuda.is_available()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return torch.device("cuda" if cuda else "cpu"), 0, 1
+    dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return device, dist.get_rank(), dist.get_world_size()
+
+
+def validate(args: Args) -> None:
+    checks = [
+        (args.context >= 1, f"--context must be >= 1, got {args.context}"),
+        (args.iterations >= 1 and args.batch_size >= 1, "--iterations and --batch-size must be >= 1"),
+        (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
+        (min(args.n_layer, args.n_head, args.n_embd, args.d_ff) >= 1, "--n-layer, --n-head, --n-embd and --d-ff must be >= 1"),
+        (args.n_head >= 1 and args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}"),
+        (min(args.log_every, args.save_every, args.val_every) >= 1, "--log-every, --save-every and --val-every must be >= 1"),
+        (args.eval_every >= 0 and (args.eval_every == 0 or min(args.eval_envs, args.eval_steps) >= 1),
+         "--eval-every must be >= 0, and --eval-envs and --eval-steps >= 1 when it is on"),
+        (0 <= args.dropout < 1 and args.lr > 0, "--dropout must lie in [0, 1) and --lr be > 0"),
+        (args.warmup_iterations >= 1, f"--warmup-iterations must be >= 1, got {args.warmup_iterations}"),
+        (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def main(args: Args) -> dict:
+    validate(args)
+    device, rank, world = setup_device(args)
+    master = rank == 0
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+
+    # 1. inputs and outputs, every check before any work
+    path = checkpoint_path(args)
+    if master:
+        K.check_writable(os.path.dirname(path))
+        K.remove_stale_parts(os.path.dirname(path))
+    folder = os.path.join(args.data_dir, args.dataset)
+    runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.context, args.arrival_token)
+    eval_tasks = K.eval_tasks(meta["size"], "validation", args.eval_envs, args.seed) if args.eval_every else None
+    train_runs, val_runs = split_runs(runs, args.val_fraction, args.seed)
+    train_data = WindowSampler(train_runs, args.context, meta["obs_scale"], device)
+    val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device) if val_runs and \
+        max(len(r["actions"]) for r in val_runs) >= args.context else None
+
+    # 2. the model, and the checkpoint to resume from
+    model_config = ModelConfig(obs_dim=meta["obs_dim"], context=args.context, n_layer=args.n_layer, n_head=args.n_head,
+                               n_embd=args.n_embd, d_ff=args.d_ff, dropout=args.dropout, arrival=args.arrival_token)
+    model = DecisionModel(model_config).to(device)
+    optimizer = model.optimizer(args.lr, args.weight_decay, device)
+    # what the windows are drawn from: a resume must not silently change it
+    data_info = {"dataset": args.dataset, "size": meta["size"], "light_obs": args.light_obs, "obs_dim": meta["obs_dim"],
+                 "history_steps": args.history_steps, "val_fraction": args.val_fraction}
+    generator = torch.Generator().manual_seed(args.seed * 7919 + rank)
+    start = 0
+    run_name = f"KeyDoor-{'Light' if args.light_obs else 'Dark'}-{meta['size']}x{meta['size']}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if os.path.exists(path):
+        checkpoint = load_checkpoint(path, map_location=device)
+        if checkpoint["model_config"] != asdict(model_config) or checkpoint["data"] != data_info:
+            raise ValueError(f"{path} holds a model of another shape or data ({checkpoint['model_config']}, "
+                             f"{checkpoint['data']}); move it away or change --exp-name")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start, run_name = checkpoint["iteration"], checkpoint["run_name"]
+        if len(checkpoint["rng"]) == world:  # the generators as they were: the run goes on as if never stopped
+            states = checkpoint["rng"][rank]
+            generator.set_state(states["sampler"])
+            torch.set_rng_state(states["torch"])
+            if device.type == "cuda" and len(states["cuda"]):
+                torch.cuda.set_rng_state(states["cuda"], device)
+        else:
+            generator.manual_seed(args.seed * 7919 + rank + start)
+            print(f"rank {rank}: the checkpoint was written by {len(checkpoint['rng'])} processes: generators reseeded")
+        if master:
+            print(f"resuming {path} at iteration {start}")
+    raw_model = model
+    if args.compile:
+        model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save(iteration: int) -> None:
+        states = [rng_states(generator, device)]
+        if world > 1:  # every process's generators, so that each resumes where it stopped
+            states = [None] * world
+            dist.all_gather_object(states, {k: v.cpu() for k, v in rng_states(generator, device).items()})
+        if master:
+            checkpoint = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+                          "args": asdict(args), "model_config": asdict(model_config), "data": data_info,
+                          "run_name": run_name, "rng": states}
+            K.atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+    # 3. the training loop
+    writer = SummaryWriter(os.path.join("runs", run_name)) if master else None
+    if writer:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+        print(f"{folder}: {len(runs)} runs, {train_data.tokens:,} training tokens; model "
+              f"{sum(p.numel() for p in raw_model.parameters()):,} parameters on {device}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    local_batch = max(1, args.batch_size // world)
+    last_time, last_iteration, stats = time.time(), start, {}
+    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not (master and args.progress))
+    for iteration in bar:
+        lr = lr_at(iteration, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        inputs, targets = train_data.sample(local_batch, generator)
+        with autocast:
+            logits = model(**inputs)
+        loss = F.cross_entropy(logits.float().reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        completed, last = iteration + 1, iteration + 1 == args.iterations
+        if writer and (completed % args.log_every == 0 or last):  # .item() waits for the GPU: only here
+            accuracy = (logits.argmax(-1) == targets).float().mean().item()
+            elapsed = time.time() - last_time
+            writer.add_scalar("losses/train_loss", loss.item(), completed)
+            writer.add_scalar("charts/action_accuracy", accuracy, completed)
+            writer.add_scalar("charts/learning_rate", lr, completed)
+            writer.add_scalar("charts/SPS", (completed - last_iteration) / elapsed, completed)
+            writer.add_scalar("charts/tokens_per_second", (completed - last_iteration) * args.batch_size * args.context / elapsed, completed)
+            stats.update(train_loss=loss.item(), accuracy=accuracy)
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
+            last_time, last_iteration = time.time(), completed
+        if writer and val_data is not None and (completed % args.val_every == 0 or last):
+            stats["val_loss"], val_accuracy = validation_loss(raw_model, val_data, args.batch_size, args.seed, autocast)
+            writer.add_scalar("losses/val_loss", stats["val_loss"], completed)
+            writer.add_scalar("charts/val_action_accuracy", val_accuracy, completed)
+        if writer and args.eval_every and (completed % args.eval_every == 0 or last):
+            episodes = rollout(raw_model, eval_tasks, args.eval_steps, meta["size"], args.seed, device)["episodes"]
+            # per env, the mean of its last quarter of episodes; then over envs
+            returns = [episodes["return"][episodes["env"] == i] for i in range(len(eval_tasks))]
+            stats["eval_return"] = float(np.mean([r[-max(1, len(r) // 4):].mean() if len(r) else 0.0 for r in returns]))
+            writer.add_scalar("eval/return", stats["eval_return"], completed)
+        if completed % args.save_every == 0 or last:
+            save(completed)
+    if writer:
+        writer.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return {"checkpoint": path, **stats}
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light", a
                            arrival=arrival)
     model = A.DecisionModel(config)
     checkpoint = {"model": model.state_dict(), "optimizer": model.optimizer(1e-3, 0.1, torch.device("cpu")).state_dict(),
-                  "update": 1, "args": {}, "model_config": A.asdict(config), "run_name": "test",
+                  "iteration": 1, "args": {}, "model_config": A.asdict(config), "run_name": "test",
+                  "rng": [A.rng_states(torch.Generator(), torch.device("cpu"))],
                   "data": {"dataset": dataset, "size": size, "light_obs": obs_dim == 8, "obs_dim": obs_dim}}
     K.atomic_write(str(path), lambda f: torch.save(checkpoint, f))
     return model.eval()
@@ -36,7 +37,7 @@ def eval_args(checkpoints, tmp_path, **overrides):
 
 
 def test_window_starts():
-    starts = E.window_starts(40, 10)
+    starts = A.window_starts(40, 10)
     assert starts[:10].tolist() == [0] * 10
     assert starts[10] == 6  # the 11th token refills the cache with the last 5 tokens
     lengths = np.arange(40) - starts + 1
@@ -44,47 +45,44 @@ def test_window_starts():
 
 
 @pytest.mark.parametrize("arrival", [False, True])
-def test_kv_cache_gives_the_same_logits_as_full_recompute(arrival):
+def test_kv_cache_rollout_equals_full_recompute(arrival):
+    """The fast path (KV cache, refilled at every new window) and the reference (every window recomputed)
+    feed the same tokens and take the same actions, greedy and sampled, over many refills."""
     torch.manual_seed(0)
-    model = A.DecisionModel(A.ModelConfig(obs_dim=4, context=10, n_layer=2, n_head=2, n_embd=16, d_ff=32,
+    model = A.DecisionModel(A.ModelConfig(obs_dim=4, context=12, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0,
                                           arrival=arrival)).eval()
-    steps, N = 45, 3
-    history = E.HistoryBuffer(N, steps, 4, torch.device("cpu"))
-    g = torch.Generator().manual_seed(1)
-    history.observations.copy_(torch.rand((N, steps, 4), generator=g))
-    history.prev_actions.copy_(torch.randint(0, 5, (N, steps), generator=g))
-    history.prev_rewards.copy_(torch.randint(0, 2, (N, steps), generator=g).float())
-    history.prev_dones.copy_(torch.randint(0, 2, (N, steps), generator=g).float())
-    history.prev_arrivals.copy_(torch.rand((N, steps, 2), generator=g))
-    fast, slow = E.Policy(model, history, steps, False), E.Policy(model, history, steps, True)
-    for t in range(steps):
-        torch.testing.assert_close(fast.logits(t), slow.logits(t), rtol=1e-5, atol=1e-5)
+    tasks = K.task_split(5, "test")[:3]
+    for greedy in (True, False):
+        fast, slow = (A.rollout(model, tasks, 150, 5, 3, torch.device("cpu"), greedy=greedy, full_recompute=full)
+                      for full in (False, True))
+        for key in ("env", "return", "end_step"):
+            np.testing.assert_array_equal(fast["episodes"][key], slow["episodes"][key])
+        for key in fast["tokens"]:
+            torch.testing.assert_close(fast["tokens"][key], slow["tokens"][key], rtol=0, atol=0)
+    assert not model.training
 
 
-def test_rollouts_agree_and_are_seeded():
-    model = A.DecisionModel(A.ModelConfig(obs_dim=4, context=12, n_layer=1, n_head=2, n_embd=16, d_ff=16)).eval()
-    tasks = K.task_split(5)[1][:3]
-    runs = [E.rollout(model, tasks, 150, 5, seed=3, greedy=True, full_recompute=full, device=torch.device("cpu"))
-            for full in (False, True, False)]
-    for key in ("env", "return", "end_step"):
-        np.testing.assert_array_equal(runs[0][key], runs[1][key])
-        np.testing.assert_array_equal(runs[0][key], runs[2][key])
-    sampled = [E.rollout(model, tasks, 150, 5, seed=s, greedy=False, full_recompute=False, device=torch.device("cpu"))
-               for s in (3, 3)]
-    np.testing.assert_array_equal(sampled[0]["return"], sampled[1]["return"])
+def test_rollouts_are_seeded_and_keep_the_training_mode():
+    model = A.DecisionModel(A.ModelConfig(obs_dim=4, context=12, n_layer=1, n_head=2, n_embd=16, d_ff=16, dropout=0.1,
+                                          arrival=False)).train()
+    tasks = K.task_split(5, "test")[:3]
+    runs = [A.rollout(model, tasks, 150, 5, seed, torch.device("cpu"))["episodes"] for seed in (3, 3, 4)]
+    assert model.training  # dropout was off during the rollout, and training mode is restored
+    np.testing.assert_array_equal(runs[0]["return"], runs[1]["return"])
+    np.testing.assert_array_equal(runs[0]["end_step"], runs[1]["end_step"])
+    assert not np.array_equal(runs[0]["end_step"], runs[2]["end_step"])
 
 
 @pytest.mark.parametrize("arrival", [False, True])
 def test_rollout_tokens_match_training_tokens(arrival):
     """The tokens fed at evaluation are exactly those ad_train builds from the same trajectory's file."""
-    model = A.DecisionModel(A.ModelConfig(obs_dim=8, context=30, n_layer=1, n_head=2, n_embd=16, d_ff=16,
+    model = A.DecisionModel(A.ModelConfig(obs_dim=8, context=30, n_layer=1, n_head=2, n_embd=16, d_ff=16, dropout=0.0,
                                           arrival=arrival)).eval()
-    tasks = K.task_split(4)[1][:2]
+    tasks = K.task_split(4, "test")[:2]
     steps = 160
-    result = E.rollout(model, tasks, steps, 4, seed=0, greedy=False, full_recompute=False, device=torch.device("cpu"))
-    fed = result["history"]
+    fed = A.rollout(model, tasks, steps, 4, 0, torch.device("cpu"))["tokens"]
     for i in range(2):  # rebuild env i's trajectory as a history file would hold it
-        actions = np.append(fed.prev_actions[i, 1:].numpy(), 0)[: steps - 1]
+        actions = np.append(fed["prev_actions"][i, 1:].numpy(), 0)[: steps - 1]
         env = K.KeyDoorEnv(size=4, light=True, task=tasks[i])
         obs, _ = env.reset(seed=0)
         hist = {k: [] for k in K.HISTORY_DTYPES}
@@ -97,14 +95,14 @@ def test_rollout_tokens_match_training_tokens(arrival):
                 obs, _ = env.reset()
         hist = {k: np.array(v) for k, v in hist.items()}
         hist["arrivals"] = A.arrival_cells(hist, 4, "replay")
-        run = A.select_steps(hist, 0, 1)
+        run = A.select_steps(hist, 0)
         n = steps - 1
-        np.testing.assert_allclose(fed.prev_arrivals[i, :n].numpy() * 3, run["prev_arrivals"], atol=1e-6)
-        np.testing.assert_array_equal(fed.observations[i, :n].numpy(), run["observations"])
-        np.testing.assert_array_equal(fed.prev_actions[i, :n].numpy(), run["prev_actions"])
-        np.testing.assert_array_equal(fed.prev_rewards[i, :n].numpy(), run["prev_rewards"])
-        np.testing.assert_array_equal(fed.prev_dones[i, :n].numpy(), run["prev_dones"])
-    assert fed.prev_dones[:, 1:].sum() >= 2  # episode boundaries were crossed
+        np.testing.assert_allclose(fed["prev_arrivals"][i, :n].numpy() * 3, run["prev_arrivals"], atol=1e-6)
+        np.testing.assert_array_equal(fed["observations"][i, :n].numpy(), run["observations"])
+        np.testing.assert_array_equal(fed["prev_actions"][i, :n].numpy(), run["prev_actions"])
+        np.testing.assert_array_equal(fed["prev_rewards"][i, :n].numpy(), run["prev_rewards"])
+        np.testing.assert_array_equal(fed["prev_dones"][i, :n].numpy(), run["prev_dones"])
+    assert fed["prev_dones"][:, 1:].sum() >= 2  # episode boundaries were crossed
 
 
 def test_per_env_metrics_weight_envs_equally():
@@ -114,6 +112,21 @@ def test_per_env_metrics_weight_envs_equally():
     assert row["first500"] == pytest.approx(1.0)  # not 10/6 as a mean over episodes would say
     assert row["reached"] == 1 and row["median_steps_to_1.8"] == np.inf  # the median env never got there
     assert E.per_env_metrics(episodes, 2)["steps_to_1.8"].tolist() == [100, np.inf]
+
+
+def test_confidence_interval_is_students_t():
+    values = np.array([0.0, 1.0] * 10)  # 20 envs, sd 0.513
+    mean, half = E.mean_and_interval(values)
+    assert mean == 0.5 and half == pytest.approx(2.093 * values.std(ddof=1) / np.sqrt(20), rel=1e-3)
+    assert np.isnan(E.mean_and_interval(np.array([1.0]))[1])
+    assert E.mean_and_interval(np.array([1.0, np.nan, 3.0]))[0] == 2.0  # envs with no episode left out
+
+
+def test_binned_curve_weights_envs_equally():
+    episodes = {"env": np.array([0, 0, 0, 1]), "return": np.array([2.0, 2.0, 2.0, 0.0]),
+                "end_step": np.array([10, 20, 60, 50])}
+    steps, values = E.binned_curve(episodes, 2, 120, 50)
+    assert steps.tolist() == [50, 100] and values.tolist() == [1.0, 2.0]
 
 
 def test_end_to_end(tmp_path, monkeypatch, capsys):
@@ -126,35 +139,95 @@ def test_end_to_end(tmp_path, monkeypatch, capsys):
     write_checkpoint(arrival, arrival=True)
     rows = E.main(eval_args([ckpt, light, arrival], tmp_path, plot=True))
     assert len(rows) == 3 and all(row["envs"] == 3 for row in rows)
-    with np.load(tmp_path / "eval" / "m__envs3_steps120_seed1.npz", allow_pickle=False) as data:
-        tasks, config = data["tasks"], json.loads(str(data["config"]))
+    with np.load(tmp_path / "eval" / "m__test3_steps120_seed1.npz", allow_pickle=False) as data:
+        tasks, meta = data["tasks"], json.loads(str(data["meta"]))
         assert len(data["episode_return"]) == len(data["episode_env"]) == len(data["episode_end_step"]) > 0
         assert data["episode_end_step"].max() <= 120
-    test = {tuple(t) for t in K.task_split(5)[1]}
-    assert tasks.shape == (3, 4) and {tuple(t) for t in tasks} <= test  # held-out tasks only
-    assert config["split"] == "test" and config["context"] == 16
-    assert (tmp_path / "eval" / "m__light__arrival__envs3_steps120_seed1.png").exists()
+        random_episodes = {k: data[f"random_episode_{k}"] for k in ("env", "return", "end_step")}
+    test = {tuple(t) for t in K.task_split(5, "test")}
+    assert tasks.shape == (3, 4) and {tuple(t) for t in tasks} <= test  # test tasks only
+    assert meta["split"] == "test" and meta["context"] == 16 and meta["algorithm"] == "ad"
+    assert meta["model_config"]["n_embd"] == 16 and meta["checkpoint"] == str(ckpt)
+    for key, value in E.random_rollout(tasks, 120, 5, 1).items():
+        np.testing.assert_array_equal(random_episodes[key], value)
+    assert (tmp_path / "eval" / "arrival__test3_steps120_seed1__and_2_more.png").exists()
     out = capsys.readouterr().out
-    assert "random policy" in out and "return, first 500 steps" in out
+    assert "random policy" in out and "first 500 steps (95% CI)" in out and "source agents" not in out
     again = E.main(eval_args([ckpt], tmp_path, out_dir=str(tmp_path / "eval2")))
     assert again[0] == rows[0]  # seeded
+    assert E.main(eval_args([ckpt], tmp_path))[0] == rows[0]  # rerun: the same file, rewritten
+    # the validation split: the fixed 20 tasks, whatever the seed
+    E.main(eval_args([ckpt], tmp_path, split="validation", num_envs=20, steps=60, seed=5))
+    with np.load(tmp_path / "eval" / "m__validation20_steps60_seed5.npz", allow_pickle=False) as data:
+        np.testing.assert_array_equal(data["tasks"], K.task_split(5, "validation"))
 
 
-def test_bad_input(tmp_path):
+def test_default_out_dir_is_beside_the_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("data", "data9"):
+        write_checkpoint(tmp_path / folder / "checkpoints" / "x.pt")
+    E.main(eval_args([tmp_path / "data" / "checkpoints" / "x.pt", tmp_path / "data9" / "checkpoints" / "x.pt"],
+                     tmp_path, out_dir=None))
+    for folder in ("data", "data9"):
+        with np.load(tmp_path / folder / "eval" / "x__test3_steps120_seed1.npz", allow_pickle=False) as data:
+            assert json.loads(str(data["meta"]))["checkpoint"] == str(tmp_path / folder / "checkpoints" / "x.pt")
+
+
+def test_eval_files_of_different_checkpoints_never_share_a_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = tmp_path / "data" / "checkpoints" / "x.pt", tmp_path / "data9" / "checkpoints" / "x.pt"
+    write_checkpoint(first)
+    write_checkpoint(second, context=20)
+    with pytest.raises(ValueError, match="would both write"):  # before any rollout
+        E.main(eval_args([first, second], tmp_path))
+    assert not (tmp_path / "eval").exists()
+    E.main(eval_args([first], tmp_path))
+    written = (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes()
+    with pytest.raises(ValueError, match="holds the evaluation of"):
+        E.main(eval_args([second], tmp_path))
+    assert (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes() == written  # nothing lost
+
+
+def test_bad_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError):
         E.main(eval_args([tmp_path / "missing.pt"], tmp_path))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         E.main(eval_args([tmp_path / "junk.pt"], tmp_path))
-    ckpt = tmp_path / "m.pt"
+    torch.save({"model": {}, "update": 3}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="not a checkpoint of this version"):
+        E.main(eval_args([tmp_path / "old.pt"], tmp_path))
+    ckpt = tmp_path / "data" / "checkpoints" / "m.pt"
     write_checkpoint(ckpt, size=4)
-    with pytest.raises(ValueError, match="trained on dark observations"):
-        E.main(eval_args([ckpt], tmp_path, env_obs="light"))
-    held_out = len(K.task_split(4)[1])
-    with pytest.raises(ValueError, match="--allow-train-tasks"):
-        E.main(eval_args([ckpt], tmp_path, num_envs=held_out + 1))
-    rows = E.main(eval_args([ckpt], tmp_path, num_envs=held_out + 1, allow_train_tasks=True, steps=60))
-    assert rows[0]["envs"] == held_out + 1
+    test_tasks = len(K.task_split(4, "test"))
+    with pytest.raises(ValueError, match=f"holds {test_tasks} tasks"):
+        E.main(eval_args([ckpt], tmp_path, num_envs=test_tasks + 1))
+    with pytest.raises(ValueError, match=">= 1"):
+        E.main(eval_args([ckpt], tmp_path, steps=0))
+    # a corrupt source history is reported before any rollout, and nothing is written
+    source = tmp_path / "data" / "nx1-light"
+    source.mkdir(parents=True)
+    (source / "run_00000.npz").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="run_00000.npz: not a readable"):
+        E.main(eval_args([ckpt], tmp_path))
+    assert not (tmp_path / "eval").exists()
+    # an output folder that cannot be written is reported before any rollout
+    (tmp_path / "a_file").write_bytes(b"")
+    with pytest.raises(OSError, match="cannot write"):
+        E.main(eval_args([ckpt], tmp_path, source_runs=0, out_dir=str(tmp_path / "a_file" / "eval")))
+
+
+def test_stale_parts_are_removed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "m.pt"
+    write_checkpoint(ckpt)
+    (tmp_path / "eval").mkdir()
+    stale = tmp_path / "eval" / ".tmp-otherhost-1-x.part"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (0, 0))
+    E.main(eval_args([ckpt], tmp_path, steps=60))
+    assert not stale.exists()
 
 
 def test_cli_error_is_one_line(tmp_path):

@@ -47,8 +47,8 @@ def sac_data(tmp_path_factory):
 
 
 def tiny_args(data_dir, **overrides):
-    flags = dict(data_dir=str(data_dir), context=40, updates=30, batch_size=8, n_layer=1, n_head=2, n_embd=16, d_ff=32,
-                 warmup_updates=5, log_every=10, save_every=10, eval_every=15, eval_envs=2, eval_steps=60,
+    flags = dict(data_dir=str(data_dir), context=40, iterations=30, batch_size=8, n_layer=1, n_head=2, n_embd=16, d_ff=32,
+                 warmup_iterations=5, log_every=10, val_every=10, save_every=10, eval_every=15, eval_envs=2, eval_steps=60,
                  progress=False, cuda=False)
     flags.update(overrides)
     return A.Args(**flags)
@@ -92,7 +92,7 @@ def test_kv_cache_matches_full_recompute(arrival):
 def synthetic_dataset(folder, runs=3, steps=400):
     """Histories of a scripted agent whose action is a function of its observation: learnable."""
     for run in range(runs):
-        env = K.KeyDoorVectorEnv(1, size=5, light=True, tasks=K.task_split(5)[0][run:run + 1])
+        env = K.KeyDoorVectorEnv(1, size=5, light=True, tasks=K.task_split(5, "train")[run:run + 1])
         obs, _ = env.reset(seed=run)
         hist = {k: [] for k in K.HISTORY_DTYPES}
         for _ in range(steps):
@@ -108,9 +108,9 @@ def synthetic_dataset(folder, runs=3, steps=400):
 def test_loss_drops_on_synthetic_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     synthetic_dataset(tmp_path / "data" / "nx1-light")
-    first = A.main(tiny_args(tmp_path / "data", updates=10, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34,
+    first = A.main(tiny_args(tmp_path / "data", iterations=10, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34,
                              exp_name="a"))
-    last = A.main(tiny_args(tmp_path / "data", updates=150, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34,
+    last = A.main(tiny_args(tmp_path / "data", iterations=150, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34,
                             exp_name="b", n_embd=32, dropout=0.0))
     assert last["val_loss"] < 0.75 * first["val_loss"], (first, last)
     assert last["accuracy"] > 0.6
@@ -169,14 +169,14 @@ def test_select_steps_and_previous_tokens():
     history = {"observations": np.zeros((200, 4), np.float32), "actions": np.arange(200) % 5,
                "rewards": (np.arange(200) % 7 == 0).astype(np.float32), "terminations": np.zeros(200, bool),
                "truncations": dones}
-    run = A.select_steps(history, history_steps=150, episode_stride=2)
-    assert len(run["actions"]) == 100  # episodes 0 and 2 of the first 150 steps
+    run = A.select_steps(history, history_steps=150)
+    assert len(run["actions"]) == 150 and len(A.select_steps(history, 0)["actions"]) == 200
     assert run["prev_actions"][0] == A.FIRST_PREV_ACTION and run["prev_dones"][0] == A.FIRST_PREV_DONE
     assert run["prev_actions"][1] == history["actions"][0] and not run["prev_dones"][1]
     assert run["prev_dones"][50] and run["prev_actions"][50] == history["actions"][49]
-    assert run["actions"][50] == history["actions"][100]
+    assert run["prev_rewards"][8] == history["rewards"][7] == 1
     arrivals = np.stack([np.arange(1, 201) % 4, np.arange(1, 201) % 3], axis=1).astype(np.uint8)  # never (0, 0) first
-    run = A.select_steps(dict(history, arrivals=arrivals), history_steps=150, episode_stride=2)
+    run = A.select_steps(dict(history, arrivals=arrivals), history_steps=150)
     assert tuple(run["prev_arrivals"][0]) == A.FIRST_PREV_ARRIVAL
     assert tuple(run["prev_arrivals"][1]) == tuple(arrivals[0]) and tuple(run["prev_arrivals"][50]) == tuple(arrivals[49])
 
@@ -193,11 +193,11 @@ def test_select_steps_auto_keeps_the_learning_phase():
                "rewards": rewards, "terminations": np.zeros(len(rewards), bool), "truncations": dones}
     solved = K.first_solved_step(rewards, dones)
     assert solved == 29 * 50  # the 10-episode average first reaches 1.8 at the end of episode 29
-    assert len(A.select_steps(history, -1, 1)["actions"]) == 2 * solved
-    assert len(A.select_steps(history, -1, 1, min_steps=3500)["actions"]) == 3500
-    assert len(A.select_steps(history, -1, 1, min_steps=9000)["actions"]) == 4000  # capped by the history
+    assert len(A.select_steps(history, -1)["actions"]) == 2 * solved
+    assert len(A.select_steps(history, -1, min_steps=3500)["actions"]) == 3500
+    assert len(A.select_steps(history, -1, min_steps=9000)["actions"]) == 4000  # capped by the history
     never = dict(history, rewards=np.zeros_like(rewards))
-    assert len(A.select_steps(never, -1, 1)["actions"]) == len(rewards)
+    assert len(A.select_steps(never, -1)["actions"]) == len(rewards)
 
 
 def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
@@ -206,16 +206,17 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     shutil.copytree(sac_data, data)
     result = A.main(tiny_args(data))
     checkpoint = A.load_checkpoint(result["checkpoint"])
-    assert checkpoint["update"] == 30 and checkpoint["data"]["obs_dim"] == 4 and checkpoint["data"]["size"] == 4
+    assert checkpoint["iteration"] == 30 and checkpoint["data"]["obs_dim"] == 4 and checkpoint["data"]["size"] == 4
     assert checkpoint["args"]["context"] == 40
     (run_dir,) = [r for r, _, files in os.walk(tmp_path / "runs") if any("tfevents" in f for f in files)]
     events = EventAccumulator(run_dir)
     events.Reload()
     tags = set(events.Tags()["scalars"])
     for tag in ("losses/train_loss", "losses/val_loss", "charts/action_accuracy", "charts/learning_rate",
-                "charts/tokens_per_second", "eval/return"):
+                "charts/tokens_per_second", "charts/SPS", "eval/return"):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("eval/return")] == [15, 30]
+    assert [e.step for e in events.Scalars("losses/val_loss")] == [10, 20, 30]
 
     # the checkpoint rebuilds the model alone, with identical outputs
     model = A.model_from_checkpoint(checkpoint).eval()
@@ -223,26 +224,80 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     inputs = random_inputs(2, 40)
     torch.testing.assert_close(model(**inputs), again(**inputs), rtol=0, atol=0)
 
-    # rerunning with more updates resumes from update 30
+    # rerunning with more iterations resumes from iteration 30
     capsys.readouterr()
-    resumed = A.main(tiny_args(data, updates=40))
+    resumed = A.main(tiny_args(data, iterations=40))
     out = capsys.readouterr().out
-    assert "resuming" in out and "at update 30" in out
-    assert A.load_checkpoint(resumed["checkpoint"])["update"] == 40
+    assert "resuming" in out and "at iteration 30" in out
+    assert A.load_checkpoint(resumed["checkpoint"])["iteration"] == 40
     # resuming onto other training windows is refused
     with pytest.raises(ValueError, match="another shape or data"):
-        A.main(tiny_args(data, updates=50, history_steps=200))
+        A.main(tiny_args(data, iterations=50, history_steps=200))
     # a checkpoint of another shape is refused, the arrival token included
     with pytest.raises(ValueError, match="another shape"):
-        A.main(tiny_args(data, updates=50, n_embd=32))
+        A.main(tiny_args(data, iterations=50, n_embd=32))
     with pytest.raises(ValueError, match="another shape"):
-        A.main(tiny_args(data, updates=50, arrival_token=True))
-    # a checkpoint from before --arrival-token (no "arrival" in its config) still loads and resumes
-    checkpoint = A.load_checkpoint(result["checkpoint"])
-    del checkpoint["model_config"]["arrival"]
-    K.atomic_write(result["checkpoint"], lambda f: torch.save(checkpoint, f))
-    assert not A.model_from_checkpoint(A.load_checkpoint(result["checkpoint"])).config.arrival
-    assert A.load_checkpoint(A.main(tiny_args(data, updates=45))["checkpoint"])["update"] == 45
+        A.main(tiny_args(data, iterations=50, arrival_token=True))
+
+
+def test_resume_after_a_kill_is_bit_identical(sac_data, tmp_path, monkeypatch):
+    """A run killed after its checkpoint at iteration 20 and rerun ends exactly where an uninterrupted
+    run ends, dropout included: the sampler's and torch's generators are saved and restored."""
+    monkeypatch.chdir(tmp_path)
+    flags = dict(iterations=40, save_every=20, eval_every=0, dropout=0.1)
+    for folder in ("a", "b"):
+        shutil.copytree(sac_data / "nx1-light", tmp_path / folder / "nx1-light")
+    whole = A.load_checkpoint(A.main(tiny_args(tmp_path / "a", **flags))["checkpoint"])
+    sample, calls = A.WindowSampler.sample, []
+
+    def killed_after_the_checkpoint(self, *args):
+        calls.append(1)
+        if len(calls) == 25:  # iteration 25, after the checkpoint of iteration 20
+            raise KeyboardInterrupt
+        return sample(self, *args)
+
+    monkeypatch.setattr(A.WindowSampler, "sample", killed_after_the_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        A.main(tiny_args(tmp_path / "b", **flags))
+    monkeypatch.setattr(A.WindowSampler, "sample", sample)
+    path = str(tmp_path / "b" / "checkpoints" / "ad__nx1-light__dark__ctx40__1.pt")
+    assert A.load_checkpoint(path)["iteration"] == 20
+    torch.manual_seed(12345)  # whatever the global generator holds, the resumed run restores its own
+    resumed = A.load_checkpoint(A.main(tiny_args(tmp_path / "b", **flags))["checkpoint"])
+    assert resumed["iteration"] == 40
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_outputs_checked_before_work_and_stale_parts_removed(sac_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sac_data / "nx1-light", tmp_path / "d" / "nx1-light")
+    (tmp_path / "d" / "checkpoints").write_bytes(b"")  # a file where the folder should be
+    with pytest.raises(OSError, match="cannot write"):
+        A.main(tiny_args(tmp_path / "d"))
+    os.remove(tmp_path / "d" / "checkpoints")
+    (tmp_path / "d" / "checkpoints").mkdir()
+    stale = tmp_path / "d" / "checkpoints" / ".tmp-otherhost-1-x.part"
+    stale.write_bytes(b"half a checkpoint")
+    os.utime(stale, (0, 0))
+    A.main(tiny_args(tmp_path / "d", iterations=2, eval_every=0))
+    assert os.listdir(tmp_path / "d" / "checkpoints") == ["ad__nx1-light__dark__ctx40__1.pt"]
+    with pytest.raises(ValueError, match="21 evaluation envs: the validation split"):  # more eval envs than validation tasks
+        A.main(tiny_args(tmp_path / "d", eval_envs=21, iterations=4))
+
+
+def test_sampler_draws_what_the_old_host_gather_drew(sac_data):
+    """The windows are gathered on the device, but the host draws only start indices: the same windows."""
+    runs, meta = A.load_dataset(str(sac_data / "nx1-light"), light_obs=False)
+    sampler = A.WindowSampler(runs, 40, meta["obs_scale"], torch.device("cpu"))
+    inputs, targets = sampler.sample(6, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    run = torch.randint(len(sampler.offsets), (6,), generator=g)
+    start = (torch.rand(6, generator=g) * sampler.num_starts[run]).long()
+    index = (sampler.offsets[run] + start)[:, None] + torch.arange(40)
+    tokens = np.concatenate([r["actions"] for r in runs])
+    np.testing.assert_array_equal(targets.numpy(), tokens[index.numpy()])
+    assert inputs["observations"].shape == (6, 40, 4) and inputs["observations"].dtype == torch.float32
 
 
 def test_end_to_end_with_arrival_token(sac_data, tmp_path, monkeypatch):
@@ -250,7 +305,7 @@ def test_end_to_end_with_arrival_token(sac_data, tmp_path, monkeypatch):
     shutil.copytree(sac_data, tmp_path / "data")
     result = A.main(tiny_args(tmp_path / "data", arrival_token=True, exp_name="ad-arrival"))
     checkpoint = A.load_checkpoint(result["checkpoint"])
-    assert checkpoint["model_config"]["arrival"] and checkpoint["update"] == 30
+    assert checkpoint["model_config"]["arrival"] and checkpoint["iteration"] == 30
     assert "eval_return" in result  # the in-training evaluation ran the model (it raises without arrivals)
     model = A.model_from_checkpoint(checkpoint)
     assert model.embed.in_features == 4 + K.NUM_ACTIONS + 2 + 2
@@ -271,9 +326,9 @@ def test_checkpoint_round_trip(tmp_path):
     model = small_model()
     path = str(tmp_path / "m.pt")
     optimizer = model.optimizer(1e-3, 0.1, torch.device("cpu"))
-    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "update": 3, "args": {},
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": 3, "args": {},
                   "model_config": A.asdict(model.config), "data": {"dataset": "d", "size": 5, "obs_dim": 4},
-                  "run_name": "x"}
+                  "run_name": "x", "rng": [A.rng_states(torch.Generator(), torch.device("cpu"))]}
     K.atomic_write(path, lambda f: torch.save(checkpoint, f))
     rebuilt = A.model_from_checkpoint(A.load_checkpoint(path)).eval()
     inputs = random_inputs(2, 12)
@@ -314,7 +369,7 @@ def test_bad_input(sac_data, tmp_path):
         dark.mkdir(parents=True)
         K.save_history(str(dark / "run_00000.npz"), history, config)
         A.main(tiny_args(tmp_path / "dark", light_obs=True))
-    with pytest.raises(ValueError, match="not an ad_train.py checkpoint"):
+    with pytest.raises(ValueError, match="not a checkpoint of this version of ad_train.py"):
         torch.save({"model": {}}, tmp_path / "x.pt")
         A.load_checkpoint(str(tmp_path / "x.pt"))
 
@@ -328,7 +383,7 @@ def test_cli_error_is_one_line(tmp_path):
 
 def test_cli_smoke(sac_data, tmp_path):
     shutil.copytree(sac_data, tmp_path / "data")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "ad_train.py"), "--context", "20", "--updates", "4",
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "ad_train.py"), "--context", "20", "--iterations", "4",
                              "--n-embd", "16", "--n-head", "2", "--d-ff", "16", "--n-layer", "1", "--eval-steps", "30",
                              "--eval-every", "4", "--no-progress", "--no-cuda"],
                             capture_output=True, text=True, cwd=tmp_path)
@@ -343,10 +398,10 @@ def test_torchrun_data_parallel_on_cpu(sac_data, tmp_path):
         pytest.skip("torchrun is not on PATH")
     shutil.copytree(sac_data, tmp_path / "data")
     result = subprocess.run([torchrun, "--nproc-per-node", "2", os.path.join(ROOT, "ad_train.py"), "--context", "20",
-                             "--updates", "4", "--batch-size", "4", "--n-embd", "16", "--n-head", "2", "--d-ff", "16",
+                             "--iterations", "4", "--batch-size", "4", "--n-embd", "16", "--n-head", "2", "--d-ff", "16",
                              "--n-layer", "1", "--eval-every", "0", "--no-progress", "--no-cuda"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     checkpoint = A.load_checkpoint(str(tmp_path / "data" / "checkpoints" / "ad__nx1-light__dark__ctx20__1.pt"))
-    assert checkpoint["update"] == 4
+    assert checkpoint["iteration"] == 4
     assert result.stdout.count("training tokens") == 1  # only rank 0 logs
