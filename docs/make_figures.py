@@ -1,24 +1,28 @@
-"""Figures of the README, made from real runs: learning histories and evaluation files.
+"""Figures of the README, drawn only from files the scripts wrote for them. Run from the repo root:
 
-    python docs/make_figures.py sac --nx1 data/nx1-light --onexn-light data/1xn-light --onexn-dark data/1xn-dark
-    python docs/make_figures.py ad --fig3 long.npz ctx10.npz --fig4 ctx*.npz --fig5 bc*.npz \
+    python -m docs.make_figures sac --nx1 data/nx1-light --onexn-light data/1xn-light --onexn-dark data/1xn-dark
+    python -m docs.make_figures ad --fig3 long.npz ctx10.npz --fig4 ctx*.npz --fig5 bc*.npz \
         --fig6-light light.npz --fig6-dark dark.npz --fig6-rl2 rl2.npz
+    python -m docs.make_figures rl2 --curve data/eval/rl2__9x9__1__curve.csv --out docs/9x9/rl2_curve
+    python -m docs.make_figures table --evals a.npz b.npz --window 250
 
-    python docs/make_figures.py rl2 --run runs/KeyDoor-Dark-9x9__rl2__1__<time> --out docs/9x9/rl2_curve
-    python docs/make_figures.py table --evals a.npz b.npz --window 250
+`sac` draws Figure 2 (source learning curves from sac_collect.py's histories: mean over runs and
+the 10-90% band, in bins of `--bin` env steps). `ad` draws Figures 3 to 6 from evaluation files
+(ad_eval.py's, and rl2_train.py's held-out trials in the same layout). `rl2` draws RL²'s learning
+curve from the `<stem>__curve.csv` that rl2_train.py writes at every in-training evaluation. Each
+PNG comes with a CSV of the numbers it shows. `table` draws nothing: it prints, per evaluation
+file, the returns over the first 500 steps, the best bin and the last steps, and how often the
+policy solves its task after a solved episode in the last `--window` steps and after none (keeping
+a solution against finding one), with the first file's uniform-random policy as the last row.
 
-`sac` draws Figure 2 (source learning curves: mean over runs and the 10-90% band, in bins of
-`--bin` env steps). `ad` draws Figures 3 to 6 from the `.npz` files of `ad_eval.py` (and the one
-`rl2_train.py` writes for its held-out trials). `rl2` draws RL²'s learning
-curve (its held-out evaluations, read from the TensorBoard run). Each PNG comes with a CSV of the
-numbers it shows. `table` draws nothing: it prints, per evaluation file, the returns over the first
-500 steps, the best bin and the last steps, and how often the policy solves its task after a solved
-episode in the last `--window` steps and after none (keeping a solution against finding one), with
-a random policy on the first file's tasks as the last row.
-Returns are averaged per env first, then across envs, as `ad_eval.py` prints them.
+An evaluation file holds `tasks` (N, 4), the episodes of the policy (`episode_env`,
+`episode_return`, `episode_end_step`, flat), those of a uniform-random policy on the same tasks and
+steps (`random_episode_*`) and `meta`, a JSON string of the settings. Returns are averaged per env
+first, then across envs, as `ad_eval.py` prints them.
 """
 
 import csv
+import io
 import json
 import os
 import sys
@@ -28,11 +32,161 @@ from typing import Optional, Sequence
 import numpy as np
 import tyro
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import keydoor_env as K  # noqa: E402
-from ad_eval import binned_curve, per_env_metrics, random_rollout, source_episodes  # noqa: E402
+import keydoor_env as K
+
+EVAL_ARRAYS = ("tasks", "episode_env", "episode_return", "episode_end_step",
+               "random_episode_env", "random_episode_return", "random_episode_end_step")
+META_KEYS = ("algorithm", "checkpoint", "model_config", "split", "num_envs", "steps", "seed", "size", "obs")
 
 
+# ----------------------------------------------------------------------------------------------
+# Inputs: evaluation files, checked whole before anything is drawn
+# ----------------------------------------------------------------------------------------------
+def check_episodes(path: str, what: str, episodes: dict, num_envs: int, steps: int) -> None:
+    lengths = {len(v) for v in episodes.values()}
+    if len(lengths) != 1 or any(v.ndim != 1 for v in episodes.values()):
+        raise ValueError(f"{path}: {what} episode arrays are not flat arrays of one length")
+    if len(episodes["env"]) and not (0 <= episodes["env"].min() and episodes["env"].max() < num_envs):
+        raise ValueError(f"{path}: {what} episodes name envs outside 0..{num_envs - 1}")
+    if len(episodes["end_step"]) and not (1 <= episodes["end_step"].min() and episodes["end_step"].max() <= steps):
+        raise ValueError(f"{path}: {what} episodes end outside steps 1..{steps}")
+    if not np.isfinite(episodes["return"]).all():
+        raise ValueError(f"{path}: {what} episode returns hold NaN or inf")
+
+
+def load_eval(path: str) -> dict:
+    """An evaluation file of ad_eval.py or rl2_train.py: episodes, random-policy episodes, tasks,
+    meta and a label; anything missing or inconsistent is a ValueError naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such evaluation file; run ad_eval.py (or rl2_train.py) first")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [key for key in EVAL_ARRAYS + ("meta",) if key not in f.files]
+            arrays = {key: f[key] for key in EVAL_ARRAYS if key in f.files}
+            meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+    except Exception as e:  # a truncated zip, a damaged member or bad JSON: all say the same to a reader
+        raise ValueError(f"{path}: not a readable evaluation file ({type(e).__name__}: {e})") from None
+    if missing:
+        raise ValueError(f"{path}: not an evaluation file in the current layout (no {', '.join(missing)}); "
+                         f"rerun ad_eval.py or rl2_train.py")
+    if not isinstance(meta, dict) or [key for key in META_KEYS if key not in meta]:
+        raise ValueError(f"{path}: meta lacks {[key for key in META_KEYS if key not in meta]}")
+    if meta["algorithm"] not in ("ad", "rl2") or (meta["algorithm"] == "ad" and "context" not in meta):
+        raise ValueError(f"{path}: meta's algorithm must be 'ad' (with a context) or 'rl2', got {meta['algorithm']!r}")
+    tasks, num_envs, steps = arrays["tasks"], int(meta["num_envs"]), int(meta["steps"])
+    if tasks.shape != (num_envs, 4):
+        raise ValueError(f"{path}: tasks have shape {tasks.shape}, meta says {num_envs} envs")
+    runs = {}
+    for prefix in ("", "random_"):
+        runs[prefix] = {key: arrays[f"{prefix}episode_{key}"] for key in ("env", "return", "end_step")}
+        check_episodes(path, prefix.rstrip("_") or "the policy's", runs[prefix], num_envs, steps)
+    name = os.path.splitext(os.path.basename(meta["checkpoint"]))[0]
+    if meta["algorithm"] == "rl2":
+        label = "RL²"
+    else:  # ad_train.py names runs <exp_name> on <dataset>
+        what = f"{meta['exp_name']} on {meta['dataset']}, {meta['obs']} obs" if "exp_name" in meta and "dataset" in meta else name
+        label = f"{what}, ctx {meta['context']}"
+    random = {"name": "random policy", "label": "random policy", "episodes": runs["random_"], "num_envs": num_envs,
+              "steps": steps}
+    return {"episodes": runs[""], "random": random, "tasks": tasks, "num_envs": num_envs, "steps": steps, "meta": meta,
+            "label": label, "name": name}
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics: per env first, then across envs (as ad_eval.py computes them)
+# ----------------------------------------------------------------------------------------------
+def binned_curve(episodes: dict, num_envs: int, steps: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin of `width` env steps: mean over envs of each env's mean episode return in the bin."""
+    edges = np.arange(0, steps + width, width)
+    centers, values = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (episodes["end_step"] > lo) & (episodes["end_step"] <= hi)
+        per_env = [episodes["return"][in_bin & (episodes["env"] == i)].mean() for i in range(num_envs)
+                   if (in_bin & (episodes["env"] == i)).any()]
+        if per_env:
+            centers.append(hi), values.append(np.mean(per_env))
+    return np.array(centers), np.array(values)
+
+
+def first_500(episodes: dict, num_envs: int) -> np.ndarray:
+    """Per env, the mean return of the episodes that ended within the first 500 steps (NaN if none)."""
+    values = np.full(num_envs, np.nan)
+    for i in range(num_envs):
+        mask = episodes["env"] == i
+        returns, ends = episodes["return"][mask], episodes["end_step"][mask]
+        if len(returns) == 0:
+            continue
+        early = returns[ends <= 500]
+        values[i] = early.mean() if len(early) else np.nan
+    return values
+
+
+def final_returns(run: dict, steps: int) -> np.ndarray:
+    """Per env, the mean return of the episodes that ended in the last `steps` env steps (NaN if none)."""
+    episodes, late = run["episodes"], run["episodes"]["end_step"] > run["steps"] - steps
+    return np.array([episodes["return"][late & (episodes["env"] == i)].mean() if (late & (episodes["env"] == i)).any()
+                     else np.nan for i in range(run["num_envs"])])
+
+
+def solved_after(run: dict, window: int) -> dict[str, tuple[int, int]]:
+    """(solved, episodes) over all envs, for episodes with a solved episode (return 2) that ended fewer
+    than `window` env steps before their start ("recent success") and for the others ("no recent success")."""
+    counts = {"recent success": [0, 0], "no recent success": [0, 0]}
+    episodes = run["episodes"]
+    for i in range(run["num_envs"]):
+        returns, ends = episodes["return"][episodes["env"] == i], episodes["end_step"][episodes["env"] == i]
+        starts = np.concatenate([[0], ends[:-1]])  # an episode starts where the one before it ended
+        for j in range(len(returns)):
+            recent = ((returns[:j] == 2) & (ends[:j] > starts[j] - window)).any()
+            count = counts["recent success" if recent else "no recent success"]
+            count[0] += int(returns[j] == 2)
+            count[1] += 1
+    return {key: (solved, total) for key, (solved, total) in counts.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def prepare_output(folder: str) -> None:
+    K.check_writable(folder)
+    K.remove_stale_parts(folder)
+
+
+def save_figure(fig, out: str, rows: list[dict]) -> None:
+    """`out`.png and `out`.csv (the rows' keys, the union in first-seen order, are its columns)."""
+    plt = pyplot()
+    fig.tight_layout()
+    K.atomic_write(out + ".png", lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    K.atomic_write(out + ".csv", lambda f: f.write(text.getvalue().encode()))
+
+
+def style(ax, xlabel: str, title: str, legend_size: int, ylabel: bool = True, **legend) -> None:
+    """The axes every figure shares: returns from 0 to 2, a title and a legend."""
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel("episode return")
+    ax.set_ylim(-0.05, 2.05)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=legend_size, **legend)
+
+
+# ----------------------------------------------------------------------------------------------
+# sac: Figure 2, from the source histories
+# ----------------------------------------------------------------------------------------------
 @dataclass
 class Sac:
     nx1: str = "data/nx1-light"
@@ -60,24 +214,22 @@ def binned_returns(path: str, width: int) -> tuple[np.ndarray, np.ndarray]:
 def curves(folder: str, width: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
     if not os.path.isdir(folder):
         return None
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".npz"))
-    runs = [binned_returns(os.path.join(folder, n), width) for n in names]
+    runs = [binned_returns(path, width) for path in K.history_paths(folder)]
     steps = runs[0][0]
     return steps, np.stack([r[1][: len(steps)] for r in runs])  # (runs, bins)
 
 
 def sac(args: Sac) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if args.bin < 1:
+        raise ValueError(f"--bin must be >= 1, got {args.bin}")
+    prepare_output(os.path.dirname(args.out) or ".")
     panels = [("Nx1 (one fixed task per run)", args.nx1), ("1xN Light", args.onexn_light),
               ("1xN Dark", args.onexn_dark)]
+    results = [curves(folder, args.bin) for _, folder in panels]  # every history read before drawing
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
     rows = []
-    for ax, (title, folder) in zip(axes, panels):
-        result = curves(folder, args.bin)
+    for ax, (title, _), result in zip(axes, panels, results):
         if result is None:
             ax.set_title(f"{title}: no data")
             continue
@@ -96,20 +248,9 @@ def sac(args: Sac) -> None:
     print(f"wrote {args.out}.png and {args.out}.csv")
 
 
-def save_figure(fig, out: str, rows: list[dict]) -> None:
-    """`out`.png and `out`.csv (the rows' keys, the union in first-seen order, are its columns)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    fig.savefig(out + ".png", dpi=110)
-    plt.close(fig)
-    with open(out + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
+# ----------------------------------------------------------------------------------------------
+# ad: Figures 3 to 6, from evaluation files
+# ----------------------------------------------------------------------------------------------
 @dataclass
 class Ad:
     fig3: Sequence[str] = ()
@@ -134,40 +275,18 @@ class Ad:
     """where the PNG and CSV files go"""
 
 
-def load_eval(path: str) -> dict:
-    """An ad_eval.py (or rl2_train.py) evaluation file: episodes, tasks and a label from its settings."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such evaluation file; run ad_eval.py first")
-    with np.load(path, allow_pickle=False) as f:
-        meta = json.loads(str(f["config"]))
-        episodes = {"env": f["episode_env"], "return": f["episode_return"], "end_step": f["episode_end_step"]}
-        tasks = f["tasks"]
-    name = os.path.splitext(os.path.basename(meta["checkpoint"]))[0]
-    if meta.get("algorithm") == "rl2-ppo":
-        label, steps = "RL²", int(episodes["end_step"].max())
-    else:
-        parts = name.split("__")  # ad_train.py names checkpoints <exp>__<dataset>__<dark|light>__ctx<C>__<seed>
-        what = f"{parts[0]} on {parts[1]}, {parts[2]} obs" if len(parts) >= 3 else name
-        label, steps = f"{what}, ctx {meta['context']}", meta["steps"]
-    return {"episodes": episodes, "tasks": tasks, "num_envs": len(tasks), "steps": steps, "meta": meta,
-            "label": label, "name": name}
-
-
-def final_returns(run: dict, steps: int) -> np.ndarray:
-    """Per env, the mean return of the episodes that ended in the last `steps` env steps (NaN if none)."""
-    episodes, late = run["episodes"], run["episodes"]["end_step"] > run["steps"] - steps
-    return np.array([episodes["return"][late & (episodes["env"] == i)].mean() if (late & (episodes["env"] == i)).any()
-                     else np.nan for i in range(run["num_envs"])])
-
-
-def style(ax, xlabel: str, title: str, legend_size: int, ylabel: bool = True, **legend) -> None:
-    """The axes every figure shares: returns from 0 to 2, a title and a legend."""
-    ax.set_xlabel(xlabel)
-    if ylabel:
-        ax.set_ylabel("episode return")
-    ax.set_ylim(-0.05, 2.05)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=legend_size, **legend)
+def source_episodes(folder: str, runs: int, steps: int) -> Optional[dict]:
+    """The source agents' own learning curves: their first `steps` steps, one env per history."""
+    names = K.history_paths(folder)[:runs]
+    episodes = {"env": [], "return": [], "end_step": []}
+    for i, path in enumerate(names):
+        history, _ = K.load_history(path)
+        dones = (history["terminations"] | history["truncations"])[:steps]
+        returns, ends = K.episode_returns(history["rewards"][:steps], dones)
+        episodes["env"] += [i] * len(returns)
+        episodes["return"] += returns.tolist()
+        episodes["end_step"] += (ends + 1).tolist()
+    return {k: np.array(v) for k, v in episodes.items()}
 
 
 def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -177,11 +296,20 @@ def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarr
 
 
 def ad(args: Ad) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if not (args.fig3 or args.fig4 or args.fig5 or args.fig6_dark and (args.fig6_light or args.fig6_rl2)):
+        raise ValueError("nothing to draw: give --fig3, --fig4, --fig5 or --fig6-dark with --fig6-light/--fig6-rl2")
+    if min(args.bin, args.final_steps) < 1:
+        raise ValueError("--bin and --final-steps must be >= 1")
+    # every input read and checked, and the output folder proven writable, before anything is drawn
+    paths = [*args.fig3, *args.fig4, *args.fig5, args.fig6_light, args.fig6_dark, args.fig6_rl2]
+    runs = {path: load_eval(path) for path in paths if path}
+    source = None
+    if args.fig3 and args.source:
+        first = runs[args.fig3[0]]
+        source = {"episodes": source_episodes(args.source, 20, first["steps"]), "steps": first["steps"]}
+        source["num_envs"] = int(source["episodes"]["env"].max()) + 1
+    prepare_output(args.out_dir)
+    plt = pyplot()
     written = []
 
     def save(fig, name: str, rows: list[dict]) -> None:
@@ -189,38 +317,31 @@ def ad(args: Ad) -> None:
         written.append(name)
 
     if args.fig3:  # returns over the whole evaluation, with the random policy and the source agents
-        runs = [load_eval(p) for p in args.fig3]
-        first = runs[0]
+        first = runs[args.fig3[0]]
         fig, ax = plt.subplots(figsize=(7, 3.8))
         rows = []
-        for run in runs:
+        for run in (runs[p] for p in args.fig3):
             steps, values, r = curve_rows("3", run["label"], run, args.bin)
             ax.plot(steps, values, lw=2, label=run["label"])
             rows += r
-        baseline = {"num_envs": first["num_envs"], "steps": first["steps"],
-                    "episodes": random_rollout(first["tasks"], first["steps"], first["meta"]["size"], first["meta"]["seed"])}
-        steps, values, r = curve_rows("3", "random policy", baseline, args.bin)
+        steps, values, r = curve_rows("3", "random policy", first["random"], args.bin)
         ax.plot(steps, values, color="gray", ls=":", label="random policy")
         rows += r
-        source = source_episodes(args.source, 20, first["steps"]) if args.source else None
         if source is not None:
-            envs = int(source["env"].max()) + 1
-            run = {"episodes": source, "num_envs": envs, "steps": first["steps"]}
-            steps, values, r = curve_rows("3", f"source SAC ({envs} runs, own tasks)", run, args.bin)
-            ax.plot(steps, values, color="black", ls="--", label=f"source SAC ({envs} runs, own tasks)")
+            label = f"source SAC ({source['num_envs']} runs, own tasks)"
+            steps, values, r = curve_rows("3", label, source, args.bin)
+            ax.plot(steps, values, color="black", ls="--", label=label)
             rows += r
         style(ax, "env steps on each held-out task", f"In-context learning on {first['num_envs']} held-out Dark tasks "
               f"({first['meta']['size']}x{first['meta']['size']})", 7, loc="lower right")
         save(fig, "fig3_ad_dark", rows)
 
     if args.fig4:  # final return against context length
-        runs = sorted((load_eval(p) for p in args.fig4), key=lambda run: run["meta"]["context"])
         rows = []
-        for run in runs:
-            metrics = per_env_metrics(run["episodes"], run["num_envs"])
+        for run in sorted((runs[p] for p in args.fig4), key=lambda run: run["meta"]["context"]):
             final = final_returns(run, args.final_steps)
             rows.append({"figure": "4", "context": run["meta"]["context"], "curve": run["label"],
-                         "first500": round(float(np.nanmean(metrics["first500"])), 4),
+                         "first500": round(float(np.nanmean(first_500(run["episodes"], run["num_envs"]))), 4),
                          "final": round(float(np.nanmean(final)), 4),
                          "final_sem": round(float(np.nanstd(final) / np.sqrt(np.isfinite(final).sum())), 4)})
         fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -236,8 +357,7 @@ def ad(args: Ad) -> None:
     if args.fig5:  # BC on 1xN data
         fig, ax = plt.subplots(figsize=(7, 3.8))
         rows = []
-        for path in args.fig5:
-            run = load_eval(path)
+        for run in (runs[p] for p in args.fig5):
             steps, values, r = curve_rows("5", run["label"], run, args.bin)
             ax.plot(steps, values, lw=2, label=run["label"])
             rows += r
@@ -245,89 +365,95 @@ def ad(args: Ad) -> None:
         save(fig, "fig5_bc", rows)
 
     if args.fig6_dark and (args.fig6_light or args.fig6_rl2):
-        dark = load_eval(args.fig6_dark)
+        dark = runs[args.fig6_dark]
         panels = [p for p in ("light", "rl2") if getattr(args, f"fig6_{p}")]
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
         axes = {panel: ax for panel, ax in zip(panels, axes[0])}
         rows = []
         if args.fig6_light:  # left: AD on Light data against Dark data, whole evaluation
-            for run in (load_eval(args.fig6_light), dark):
+            for run in (runs[args.fig6_light], dark):
                 steps, values, r = curve_rows("6 left", run["label"], run, args.bin)
                 axes["light"].plot(steps, values, lw=2, label=run["label"])
                 rows += r
             style(axes["light"], "env steps on each held-out task", "AD: Light data against Dark data", 7)
         if args.fig6_rl2:  # right: the first 10 episodes of RL² and AD, on the same held-out tasks
-            for run in (load_eval(args.fig6_rl2), dark):
+            for run in (runs[args.fig6_rl2], dark):
                 by_index = np.full((run["num_envs"], 10), np.nan)
                 for i in range(run["num_envs"]):
                     returns = run["episodes"]["return"][run["episodes"]["env"] == i][:10]
                     by_index[i, : len(returns)] = returns
                 by_index = by_index[:, ~np.isnan(by_index).all(0)]  # a trial may hold fewer than 10 episodes
                 mean = np.nanmean(by_index, axis=0)
-                first500 = float(np.nanmean(per_env_metrics(run["episodes"], run["num_envs"])["first500"]))
-                axes["rl2"].plot(np.arange(1, len(mean) + 1), mean, marker="o", label=f"{run['label']} (first 500 steps: {first500:.2f})")
+                early = float(np.nanmean(first_500(run["episodes"], run["num_envs"])))
+                axes["rl2"].plot(np.arange(1, len(mean) + 1), mean, marker="o", label=f"{run['label']} (first 500 steps: {early:.2f})")
                 rows += [{"figure": "6 right", "curve": run["label"], "episode": k + 1, "mean_return": round(float(v), 4),
-                          "first500": round(first500, 4)} for k, v in enumerate(mean)]
+                          "first500": round(early, 4)} for k, v in enumerate(mean)]
             style(axes["rl2"], "episode on the held-out task", "RL² against AD: the first 10 episodes", 7,
                   ylabel=not args.fig6_light)
         save(fig, "fig6_light_rl2", rows)
     for name in written:
         print(f"wrote {os.path.join(args.out_dir, name)}.png and .csv")
-    if not written:
-        raise SystemExit("nothing to draw: give --fig3, --fig4, --fig5 or --fig6-dark with --fig6-light/--fig6-rl2")
 
 
+# ----------------------------------------------------------------------------------------------
+# rl2: RL²'s learning curve, from rl2_train.py's <stem>__curve.csv
+# ----------------------------------------------------------------------------------------------
 @dataclass
 class Rl2:
-    run: str
-    """a TensorBoard run folder of rl2_train.py (runs/KeyDoor-Dark-...__rl2__...)"""
+    curve: str
+    """the learning-curve CSV of rl2_train.py (<data_dir>/eval/<stem>__curve.csv)"""
     out: str = "docs/9x9/rl2_curve"
     """output path without extension (.png and .csv are written)"""
-    bar: float = 1.8
+    bar: float = K.SOLVED_RETURN
     """the return drawn as a dashed line"""
     title: str = "RL² on held-out tasks"
-    """the figure's title (the grid size is appended)"""
+    """the figure's title"""
 
 
-RL2_CURVES = {"eval/episode_1_return": "episode 1", "eval/return_episodes_5_to_10": "episodes 5-10 (mean)",
-              "eval/return_first_500": "first 500 steps"}
+RL2_CURVES = {"episode_1": "episode 1", "episodes_5_to_10": "episodes 5-10 (mean)", "first_500": "first 500 steps"}
+RL2_COLUMNS = ("iteration", "episodes", *RL2_CURVES)
+
+
+def load_curve(path: str) -> list[dict]:
+    """The rows of a learning-curve CSV, by iteration: ints for iteration and episodes, floats
+    (NaN where empty) for the rest."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such learning-curve file; rl2_train.py writes <data_dir>/eval/<stem>__curve.csv")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in RL2_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a learning curve of rl2_train.py (no column {', '.join(missing)})")
+        try:
+            rows = [{key: (int(value) if key in ("iteration", "episodes") else float(value) if value else np.nan)
+                     for key, value in row.items()} for row in reader]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: line {reader.line_num}: not a number ({e})") from None
+    if not rows:
+        raise ValueError(f"{path}: no evaluations yet")
+    return sorted(rows, key=lambda row: row["iteration"])
 
 
 def rl2(args: Rl2) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not os.path.isdir(args.run):
-        raise SystemExit(f"{args.run}: no such TensorBoard run folder")
-    events = EventAccumulator(args.run, size_guidance={"scalars": 0})
-    events.Reload()
-    tags = events.Tags()["scalars"]
-    if not all(tag in tags for tag in RL2_CURVES) or "charts/SPS" not in tags:
-        raise SystemExit(f"{args.run}: no held-out evaluations of rl2_train.py in this run")
-    hyper = events.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
-    params = dict(line.strip("|").split("|")[:2] for line in hyper.splitlines()[2:])
-    per_iteration = int(params["num_envs"]) * int(params["episodes_per_trial"])  # the x axis counts trial episodes
-    started = events.Scalars("charts/SPS")[0].wall_time
+    rows = load_curve(args.curve)
+    prepare_output(os.path.dirname(args.out) or ".")
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    rows: dict[int, dict] = {}
-    for tag, label in RL2_CURVES.items():
-        scalars = events.Scalars(tag)
-        iterations = np.array([s.step // per_iteration for s in scalars])
-        ax.plot(iterations, [s.value for s in scalars], marker=".", lw=1.5, label=label)
-        for s, iteration in zip(scalars, iterations):
-            # minutes: wall-clock since the first logged iteration (for a resumed run, the pauses count too)
-            row = rows.setdefault(int(iteration), {"iteration": int(iteration),
-                                                   "minutes": round((s.wall_time - started) / 60, 1)})
-            row[label] = round(s.value, 4)
+    iterations = [row["iteration"] for row in rows]
+    for column, label in RL2_CURVES.items():
+        ax.plot(iterations, [row[column] for row in rows], marker=".", lw=1.5, label=label)
     ax.axhline(args.bar, color="gray", ls="--", lw=1)
-    style(ax, "PPO iteration", f"{args.title} ({params['size']}x{params['size']})", 8)
-    save_figure(fig, args.out, [rows[k] for k in sorted(rows)])
+    style(ax, "PPO iteration", args.title, 8)
+    # "minutes" (wall-clock since the run began) is kept where the curve file records it
+    out = [{"iteration": row["iteration"], **({"minutes": row["minutes"]} if "minutes" in row else {}),
+            **{label: round(row[column], 4) for column, label in RL2_CURVES.items()}} for row in rows]
+    save_figure(fig, args.out, out)
     print(f"wrote {args.out}.png and {args.out}.csv")
 
 
+# ----------------------------------------------------------------------------------------------
+# table: returns and keeping a solution against finding one, per evaluation file
+# ----------------------------------------------------------------------------------------------
 @dataclass
 class Table:
     evals: Sequence[str]
@@ -340,39 +466,34 @@ class Table:
     """the "last steps" column: episodes that ended in this many last env steps (as Figure 4)"""
 
 
-def solved_after(run: dict, window: int) -> dict[str, tuple[int, int]]:
-    """(solved, episodes) over all envs, for episodes with a solved episode (return 2) that ended fewer
-    than `window` env steps before their start ("recent success") and for the others ("no recent success")."""
-    counts = {"recent success": [0, 0], "no recent success": [0, 0]}
-    episodes = run["episodes"]
-    for i in range(run["num_envs"]):
-        returns, ends = episodes["return"][episodes["env"] == i], episodes["end_step"][episodes["env"] == i]
-        starts = np.concatenate([[0], ends[:-1]])  # an episode starts where the one before it ended
-        for j in range(len(returns)):
-            recent = ((returns[:j] == 2) & (ends[:j] > starts[j] - window)).any()
-            count = counts["recent success" if recent else "no recent success"]
-            count[0] += int(returns[j] == 2)
-            count[1] += 1
-    return {key: (solved, total) for key, (solved, total) in counts.items()}
-
-
 def table(args: Table) -> None:
     if min(args.window, args.bin, args.final_steps) < 1:
-        raise SystemExit("--window, --bin and --final-steps must be >= 1")
+        raise ValueError("--window, --bin and --final-steps must be >= 1")
+    if not args.evals:
+        raise ValueError("--evals needs at least one evaluation file")
+    runs = [load_eval(path) for path in args.evals]
+    runs.append(runs[0]["random"])  # the floor: the random policy of the first file, as beside Figure 3
     print(f"{'evaluation':<56} {'first 500':>9} {'best bin':>9} {f'last {args.final_steps:,}':>11} "
           f"{f'solved after a success in {args.window}':>30} {'solved otherwise':>22}")
-    runs = [load_eval(path) for path in args.evals]
-    first = runs[0]  # the floor: a random policy on the first file's tasks, as beside Figure 3
-    runs.append({"name": "random policy", "num_envs": first["num_envs"], "steps": first["steps"],
-                 "episodes": random_rollout(first["tasks"], first["steps"], first["meta"]["size"], first["meta"]["seed"])})
     for run in runs:
-        first500 = np.nanmean(per_env_metrics(run["episodes"], run["num_envs"])["first500"])
+        early = np.nanmean(first_500(run["episodes"], run["num_envs"]))
         best = binned_curve(run["episodes"], run["num_envs"], run["steps"], args.bin)[1].max()
         cells = [f"{s / max(1, n):.2f} ({s:,}/{n:,})" for s, n in solved_after(run, args.window).values()]
-        print(f"{run['name'][:56]:<56} {first500:>9.2f} {best:>9.2f} {np.nanmean(final_returns(run, args.final_steps)):>11.2f} "
+        print(f"{run['name'][:56]:<56} {early:>9.2f} {best:>9.2f} {np.nanmean(final_returns(run, args.final_steps)):>11.2f} "
               f"{cells[0]:>30} {cells[1]:>22}")
 
 
+COMMANDS = {"sac": (Sac, sac), "ad": (Ad, ad), "rl2": (Rl2, rl2), "table": (Table, table)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = tyro.extras.subcommand_cli_from_dict({name: kind for name, (kind, _) in COMMANDS.items()}, args=argv)
+    try:
+        next(run for kind, run in COMMANDS.values() if isinstance(args, kind))(args)
+    except (ValueError, OSError) as e:  # bad input: one line, not a traceback
+        print(f"make_figures: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    args = tyro.extras.subcommand_cli_from_dict({"sac": Sac, "ad": Ad, "rl2": Rl2, "table": Table})
-    {Sac: sac, Ad: ad, Rl2: rl2, Table: table}[type(args)](args)
+    main()

@@ -1,22 +1,22 @@
-"""docs/make_figures.py: every figure is drawn from evaluation files written by the real scripts."""
+"""docs/make_figures.py: figures, CSVs and the table drawn from small evaluation files built here in
+the layout ad_eval.py and rl2_train.py write, checked against numbers computed by hand."""
 
+import ast
 import csv
+import json
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-import ad_eval as E
 import keydoor_env as K
-import rl2_train as R
-from test_ad_eval import eval_args, write_checkpoint
-from test_rl2_train import tiny
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs"))
-import make_figures as M  # noqa: E402
+from docs import make_figures as M
 
 pytest.importorskip("matplotlib")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.join(ROOT, "docs", "make_figures.py")
 
 
 def read_csv(path):
@@ -24,72 +24,128 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_sac_and_ad_figures(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    checkpoints = tmp_path / "data" / "checkpoints"
-    for name, obs_dim, context in [("ad__nx1-light__dark__ctx16__1", 4, 16), ("ad__nx1-light__dark__ctx4__1", 4, 4),
-                                   ("ad__nx1-light__light__ctx16__1", 8, 16)]:
-        write_checkpoint(checkpoints / f"{name}.pt", obs_dim=obs_dim, context=context, size=4)
-    E.main(eval_args(sorted(checkpoints.glob("*.pt")), tmp_path, num_envs=3, steps=600))
-    files = {p.name.split("__envs")[0]: str(p) for p in (tmp_path / "eval").glob("*.npz")}
-    rl2 = R.main(tiny(tmp_path, iterations=1))["eval"]
-    # source histories for Figure 2 and beside Figure 3, in the contract
-    folder = tmp_path / "data" / "nx1-light"
-    env = K.KeyDoorVectorEnv(1, size=4)
-    for run in range(2):
-        rng = np.random.default_rng(run)
-        observations, _ = env.reset(seed=run)
-        history = {k: [] for k in ("observations", "actions", "rewards", "terminations", "truncations", "tasks")}
-        for _ in range(300):
-            action = rng.integers(5, size=1)
-            history["observations"].append(observations[0]), history["actions"].append(action[0])
-            history["tasks"].append(env.tasks[0].copy())
-            observations, reward, terminated, truncated, _ = env.step(action)
-            history["rewards"].append(reward[0]), history["terminations"].append(terminated[0])
-            history["truncations"].append(truncated[0])
-        arrays = {k: np.array(v) for k, v in history.items()}
-        arrays["rewards"] = arrays["rewards"].astype(np.float32)
-        K.save_history(str(folder / f"run_{run:05d}.npz"), arrays, {"size": 4, "style": "nx1", "light": False})
+def episodes_of(per_env):
+    """Flat episode arrays from {env: [(end_step, return), ...]}, in the files' order (by end step)."""
+    rows = sorted((end, env, ret) for env, eps in per_env.items() for end, ret in eps)
+    return (np.array([r[1] for r in rows], dtype=np.int64), np.array([r[2] for r in rows], dtype=np.float32),
+            np.array([r[0] for r in rows], dtype=np.int64))
+
+
+def write_eval(path, per_env, random_per_env, steps, algorithm="ad", num_envs=2, size=5, **extra):
+    """An evaluation file in the current layout, built directly with numpy."""
+    env, ret, end = episodes_of(per_env)
+    r_env, r_ret, r_end = episodes_of(random_per_env)
+    tasks = K.task_split(size, "validation")[:num_envs]
+    meta = {"algorithm": algorithm, "checkpoint": f"data/checkpoints/{os.path.basename(str(path))[:-4]}.pt",
+            "model_config": {"obs_dim": 4, "context": extra.get("context", 500)}, "split": "validation",
+            "num_envs": num_envs, "steps": steps, "seed": 1, "size": size, "obs": "dark", **extra}
+    np.savez_compressed(path, tasks=tasks, episode_env=env, episode_return=ret, episode_end_step=end,
+                        random_episode_env=r_env, random_episode_return=r_ret, random_episode_end_step=r_end,
+                        meta=np.array(json.dumps(meta)))
+    return str(path)
+
+
+def ad_meta(exp, context):
+    return {"context": context, "arrival": False, "greedy": False, "exp_name": exp, "dataset": "nx1-light"}
+
+
+# env 0: ten episodes in the first 500 steps (return 2), then one episode of return 0 ending at 1000;
+# env 1: one episode of return 0 ending at 500, then ten of return 1. Per env first, then across envs:
+# bin (0, 500]: (2 + 0) / 2 = 1.0 (pooled over episodes it would be 20/11); bin (500, 1000]: (0 + 1) / 2.
+LONG = {0: [(50 * k, 2.0) for k in range(1, 11)] + [(1000, 0.0)], 1: [(500, 0.0)] + [(500 + 50 * k, 1.0) for k in range(1, 11)]}
+SHORT = {0: [(250, 1.0), (1000, 1.0)], 1: [(600, 2.0), (900, 0.0)]}  # no episode of env 1 in the first 500 steps
+RANDOM = {0: [(400, 0.0), (800, 1.0)], 1: [(300, 1.0), (700, 1.0)]}
+RL2 = {0: [(50 * k, 1.0) for k in range(1, 11)], 1: [(100, 2.0), (200, 0.0)]}  # env 1's trial: 2 episodes
+RANDOM_TRIAL = {0: [(250, 1.0)], 1: [(400, 0.0)]}  # within RL²'s 500 steps
+
+
+@pytest.fixture
+def evals(tmp_path):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    return {"long": write_eval(folder / "ad__nx1-light__dark__ctx16__1.npz", LONG, RANDOM, 1000, **ad_meta("ad", 16)),
+            "short": write_eval(folder / "ad__nx1-light__dark__ctx4__1.npz", SHORT, RANDOM, 1000, **ad_meta("ad", 4)),
+            "light": write_eval(folder / "ad__nx1-light__light__ctx16__1.npz", SHORT, RANDOM, 1000,
+                                **{**ad_meta("ad", 16), "obs": "light"}),
+            "rl2": write_eval(folder / "rl2__5x5__1__envs2_trial_seed1.npz", RL2, RANDOM_TRIAL, 500, algorithm="rl2",
+                              episodes_per_trial=10, iteration=3)}
+
+
+def write_sources(folder, runs):
+    """Source histories in the contract: run r has episodes of 100 steps, every second one solved (1 + 1)."""
+    folder.mkdir(parents=True)
+    for r in range(runs):
+        steps = 400 + 100 * r
+        rewards = np.zeros(steps, dtype=np.float32)
+        truncations = np.zeros(steps, dtype=bool)
+        truncations[99::100] = True
+        for end in range(199, steps, 200):  # key then door in episodes 2, 4, ...
+            rewards[end - 10], rewards[end] = 1, 1
+        history = {"observations": np.zeros((steps, 4), np.float32), "actions": np.zeros(steps, np.int64),
+                   "rewards": rewards, "terminations": np.zeros(steps, bool), "truncations": truncations,
+                   "tasks": np.tile(K.task_split(5, "train")[0], (steps, 1))}
+        K.save_history(str(folder / f"run_{r:05d}.npz"), history, {"size": 5, "style": "nx1", "light": False})
+
+
+def test_figure_2_from_source_histories(tmp_path):
+    write_sources(tmp_path / "nx1", 2)
+    out = tmp_path / "fig" / "fig2_sac"
+    M.sac(M.Sac(nx1=str(tmp_path / "nx1"), onexn_light=str(tmp_path / "missing"), onexn_dark=str(tmp_path / "nx1"),
+                bin=200, out=str(out)))
+    rows = [(r["panel"], int(r["step"]), float(r["mean_return"]), int(r["runs"])) for r in read_csv(f"{out}.csv")]
+    # bins of 200 steps hold episodes 0 and 2 in every run: 1.0; the bins of the shortest run only (run 1's 3rd is cut)
+    assert rows == [(panel, step, 1.0, 2) for panel in ("Nx1 (one fixed task per run)", "1xN Dark") for step in (200, 400)]
+    assert os.path.getsize(f"{out}.png") > 0
+
+
+def test_figures_3_to_6_against_hand_computed_values(tmp_path, evals):
+    write_sources(tmp_path / "src", 2)
     out = tmp_path / "figures"
-    M.sac(M.Sac(nx1=str(folder), onexn_light=str(tmp_path / "missing"), onexn_dark=str(folder), bin=100,
-                out=str(out / "fig2_sac")))
-    assert (out / "fig2_sac.png").exists() and len(read_csv(out / "fig2_sac.csv")) == 2 * 3  # 2 panels x 3 bins
-    M.ad(M.Ad(fig3=[files["ad__nx1-light__dark__ctx16__1"], files["ad__nx1-light__dark__ctx4__1"]],
-              fig4=[files["ad__nx1-light__dark__ctx16__1"], files["ad__nx1-light__dark__ctx4__1"]],
-              fig5=[files["ad__nx1-light__dark__ctx4__1"]], fig6_light=files["ad__nx1-light__light__ctx16__1"],
-              fig6_dark=files["ad__nx1-light__dark__ctx16__1"], fig6_rl2=rl2, source=str(folder), bin=200,
-              out_dir=str(out)))
+    M.ad(M.Ad(fig3=[evals["long"], evals["short"]], fig4=[evals["long"], evals["short"]], fig5=[evals["short"]],
+              fig6_light=evals["light"], fig6_dark=evals["long"], fig6_rl2=evals["rl2"], source=str(tmp_path / "src"),
+              bin=500, final_steps=500, out_dir=str(out)))
     for name in ("fig3_ad_dark", "fig4_context", "fig5_bc", "fig6_light_rl2"):
-        assert (out / f"{name}.png").exists()
-    fig3 = read_csv(out / "fig3_ad_dark.csv")
-    assert {row["curve"] for row in fig3} == {"ad on nx1-light, dark obs, ctx 16", "ad on nx1-light, dark obs, ctx 4",
-                                              "random policy", "source SAC (2 runs, own tasks)"}
+        assert (out / f"{name}.png").stat().st_size > 0
+    fig3 = {(r["curve"], int(r["env_step"])): float(r["mean_return"]) for r in read_csv(out / "fig3_ad_dark.csv")}
+    assert fig3[("ad on nx1-light, dark obs, ctx 16", 500)] == 1.0  # per env first: (2 + 0) / 2
+    assert fig3[("ad on nx1-light, dark obs, ctx 16", 1000)] == 0.5
+    assert fig3[("ad on nx1-light, dark obs, ctx 4", 500)] == 1.0  # env 1 has no episode in the bin: env 0 alone
+    assert fig3[("ad on nx1-light, dark obs, ctx 4", 1000)] == 1.0  # (1 + (2 + 0) / 2) / 2
+    assert fig3[("random policy", 500)] == 0.5 and fig3[("random policy", 1000)] == 1.0  # the first file's random episodes
+    # source runs on their own tasks, first 1,000 steps: episodes of 100 steps, 0 and 2 in turn (run 1 ends at 500)
+    assert fig3[("source SAC (2 runs, own tasks)", 500)] == pytest.approx((0 + 2 + 0 + 2) / 4 * 0.5 + (0 + 2 + 0 + 2 + 0) / 5 * 0.5)
+    assert ("source SAC (2 runs, own tasks)", 1000) not in fig3
     fig4 = read_csv(out / "fig4_context.csv")
-    assert [int(row["context"]) for row in fig4] == [4, 16]  # sorted by context
-    with np.load(files["ad__nx1-light__dark__ctx16__1"], allow_pickle=False) as f:  # the numbers are ad_eval's
-        episodes = {"env": f["episode_env"], "return": f["episode_return"], "end_step": f["episode_end_step"]}
-    assert float(fig4[1]["first500"]) == pytest.approx(E.summary_row("x", episodes, 3)["first500"], abs=1e-4)
-    late = episodes["end_step"] > 600 - 2500  # --final-steps 2500 covers all 600 steps here
-    per_env = [episodes["return"][late & (episodes["env"] == i)].mean() for i in range(3)]
-    assert float(fig4[1]["final"]) == pytest.approx(np.mean(per_env), abs=1e-4)
-    capsys.readouterr()
-    M.table(M.Table(evals=[files["ad__nx1-light__dark__ctx16__1"]], bin=200))
-    row = capsys.readouterr().out.splitlines()[1].split()
-    assert row[0] == "ad__nx1-light__dark__ctx16__1" and float(row[1]) == pytest.approx(float(fig4[1]["first500"]), abs=0.006)
-    assert float(row[2]) == pytest.approx(max(float(r["mean_return"]) for r in fig3 if r["curve"].endswith("ctx 16")), abs=0.006)
-    assert float(row[3]) == pytest.approx(float(fig4[1]["final"]), abs=0.006)
+    assert [int(r["context"]) for r in fig4] == [4, 16]  # sorted by context
+    # context 16: first 500 steps: env 0 mean 2, env 1 mean 0 -> 1.0; last 500 steps: env 0 0, env 1 1 -> 0.5, s.e. 0.5/sqrt(2)
+    assert float(fig4[1]["first500"]) == 1.0 and float(fig4[1]["final"]) == 0.5
+    assert float(fig4[1]["final_sem"]) == pytest.approx(round(0.5 / np.sqrt(2), 4))
+    assert float(fig4[0]["first500"]) == 1.0 and float(fig4[0]["final"]) == 1.0  # ctx 4: env 1 has no early episode
+    assert {r["curve"] for r in read_csv(out / "fig5_bc.csv")} == {"ad on nx1-light, dark obs, ctx 4"}
     fig6 = read_csv(out / "fig6_light_rl2.csv")
-    assert {row["figure"] for row in fig6} == {"6 left", "6 right"}
-    assert sum(row["curve"] == "RL²" for row in fig6) == 3  # the episodes of its 3-episode trials
-    # RL²'s learning curve, from its TensorBoard run: the held-out evaluation at its last iteration
-    M.rl2(M.Rl2(run=str(next((tmp_path / "runs").glob("*__rl2__*"))), out=str(out / "rl2_curve")))
-    curve = read_csv(out / "rl2_curve.csv")
-    with np.load(rl2, allow_pickle=False) as f:
-        by_episode = f["by_episode"]
-    assert [int(row["iteration"]) for row in curve] == [1]
-    assert float(curve[0]["episode 1"]) == pytest.approx(by_episode[0], abs=1e-4)
-    assert float(curve[0]["episodes 5-10 (mean)"]) == pytest.approx(by_episode[4:].mean() if len(by_episode) > 4 else np.nan,
-                                                                    abs=1e-4, nan_ok=True)
+    left = {(r["curve"], int(r["env_step"])) for r in fig6 if r["figure"] == "6 left"}
+    assert ("ad on nx1-light, light obs, ctx 16", 500) in left and ("ad on nx1-light, dark obs, ctx 16", 1000) in left
+    rl2 = [r for r in fig6 if r["figure"] == "6 right" and r["curve"] == "RL²"]
+    # episode 1: (1 + 2) / 2, episode 2: (1 + 0) / 2, episodes 3-10: env 0 alone (env 1's trial ended)
+    assert [float(r["mean_return"]) for r in rl2] == [1.5, 0.5] + [1.0] * 8
+    assert float(rl2[0]["first500"]) == pytest.approx(round((1.0 + 1.0) / 2, 4))
+    ad = [r for r in fig6 if r["figure"] == "6 right" and r["curve"] != "RL²"]
+    assert [float(r["mean_return"]) for r in ad[:2]] == [1.0, 1.5]  # by episode index: (2 + 0) / 2, (2 + 1) / 2
+
+
+def test_table_rows_and_the_random_row_from_the_file(evals, capsys):
+    M.table(M.Table(evals=[evals["long"], evals["short"]], window=60, bin=500, final_steps=500))
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert list(rows) == ["ad__nx1-light__dark__ctx16__1", "ad__nx1-light__dark__ctx4__1", "random"]
+    first500, best, last = (float(x) for x in rows["ad__nx1-light__dark__ctx16__1"][1:4])
+    assert (first500, best, last) == (1.0, 1.0, 0.5)
+    # env 0 of LONG: episodes 2 to 11 start where a solved episode ended: 10 with a recent success, 9 solved (the
+    # 11th fails); its first episode and all 11 of env 1 have none: 1 of 12 solved.
+    assert rows["ad__nx1-light__dark__ctx16__1"][4:6] == ["0.90", "(9/10)"]
+    assert rows["ad__nx1-light__dark__ctx16__1"][6:8] == ["0.08", "(1/12)"]
+    # random row: the random episodes of the first file (RANDOM): first 500 (0 + 1) / 2, bins 0.5 and 1.0, last 1.0
+    assert [float(x) for x in rows["random"][2:5]] == [0.5, 1.0, 1.0]
 
 
 def test_solved_after_a_recent_success():
@@ -103,8 +159,76 @@ def test_solved_after_a_recent_success():
     assert M.solved_after({"episodes": episodes, "num_envs": 2}, window=0)["recent success"] == (0, 0)
 
 
-def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such evaluation file"):
-        M.ad(M.Ad(fig3=[str(tmp_path / "nope.npz")], out_dir=str(tmp_path)))
-    with pytest.raises(SystemExit, match="no such TensorBoard run folder"):
-        M.rl2(M.Rl2(run=str(tmp_path / "nope")))
+def test_rl2_learning_curve_from_the_curve_csv(tmp_path):
+    columns = ["iteration", "episodes", "first_500", "episodes_5_to_10"] + [f"episode_{k}" for k in range(1, 11)]
+    path = tmp_path / "rl2__5x5__1__curve.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerow([50, 50 * 640, 0.61, 1.23456, 0.3] + [1.0] * 9)
+        writer.writerow([25, 25 * 640, 0.4, "", 0.2] + [""] * 9)  # out of order, a curve not measured
+    M.rl2(M.Rl2(curve=str(path), out=str(tmp_path / "fig" / "rl2_curve")))
+    rows = read_csv(tmp_path / "fig" / "rl2_curve.csv")
+    assert list(rows[0]) == ["iteration", "episode 1", "episodes 5-10 (mean)", "first 500 steps"]
+    assert [r["iteration"] for r in rows] == ["25", "50"]
+    assert rows[1]["episodes 5-10 (mean)"] == "1.2346" and rows[1]["episode 1"] == "0.3" and rows[0]["episodes 5-10 (mean)"] == "nan"
+    assert (tmp_path / "fig" / "rl2_curve.png").stat().st_size > 0
+
+
+def test_the_committed_rl2_curves_regenerate(tmp_path):
+    for stem, name in [("rl2__9x9__1", "rl2_curve"), ("rl2-arrival__9x9__1", "rl2_arrival_curve")]:
+        M.rl2(M.Rl2(curve=os.path.join(ROOT, "docs", "9x9", f"{stem}__curve.csv"), out=str(tmp_path / name)))
+        with open(tmp_path / f"{name}.csv", "rb") as new, open(os.path.join(ROOT, "docs", "9x9", f"{name}.csv"), "rb") as old:
+            assert new.read() == old.read()
+
+
+def test_bad_inputs_are_clear_errors_before_any_output(tmp_path, evals):
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="nope.npz: no such evaluation file"):
+        M.ad(M.Ad(fig3=[evals["long"], str(tmp_path / "nope.npz")], out_dir=str(out)))
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip at all")
+    with open(evals["long"], "rb") as f:
+        (tmp_path / "truncated.npz").write_bytes(f.read()[:300])
+    for name in ("garbage.npz", "truncated.npz"):
+        with pytest.raises(ValueError, match=f"{name}: not a readable evaluation file"):
+            M.table(M.Table(evals=[str(tmp_path / name)]))
+    old = tmp_path / "old_layout.npz"  # before meta and the random episodes: "config"
+    np.savez(old, tasks=np.zeros((2, 4), np.int64), episode_env=np.zeros(1, np.int64), episode_return=np.zeros(1),
+             episode_end_step=np.ones(1, np.int64), config=np.array("{}"))
+    with pytest.raises(ValueError, match="old_layout.npz: not an evaluation file in the current layout"):
+        M.table(M.Table(evals=[str(old)]))
+    bad = write_eval(tmp_path / "bad_env.npz", {0: [(10, 1.0)], 5: [(20, 1.0)]}, RANDOM, 1000, **ad_meta("ad", 4))
+    with pytest.raises(ValueError, match="bad_env.npz: the policy's episodes name envs outside 0..1"):
+        M.ad(M.Ad(fig5=[bad], out_dir=str(out)))
+    late = write_eval(tmp_path / "late.npz", LONG, {0: [(2000, 1.0)]}, 1000, **ad_meta("ad", 4))
+    with pytest.raises(ValueError, match="late.npz: random episodes end outside steps 1..1000"):
+        M.ad(M.Ad(fig5=[late], out_dir=str(out)))
+    with pytest.raises(ValueError, match="nothing to draw"):
+        M.ad(M.Ad(fig6_dark=evals["long"], out_dir=str(out)))
+    assert not out.exists()  # every error came before any output
+    with pytest.raises(FileNotFoundError, match="no such learning-curve file"):
+        M.rl2(M.Rl2(curve=str(tmp_path / "nope.csv")))
+    (tmp_path / "tb.csv").write_text("iteration,minutes,episode 1\n25,1.0,0.5\n")
+    with pytest.raises(ValueError, match="tb.csv: not a learning curve of rl2_train.py"):
+        M.rl2(M.Rl2(curve=str(tmp_path / "tb.csv")))
+
+
+def test_command_line_runs_as_a_module_and_errors_are_one_line(tmp_path, evals):
+    run = subprocess.run([sys.executable, "-m", "docs.make_figures", "table", "--evals", evals["long"]],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1].startswith("random policy")
+    run = subprocess.run([sys.executable, "-m", "docs.make_figures", "table", "--evals", str(tmp_path / "nope.npz")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no such evaluation file" in run.stderr
+
+
+def test_no_sys_path_change_and_no_import_of_other_scripts():
+    tree = ast.parse(open(SOURCE).read())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"ad_eval", "ad_train", "rl2_train", "sac_collect"}
+    assert "sys.path" not in open(SOURCE).read()
+    code = "import sys, docs.make_figures; print(sorted(m for m in ('ad_eval', 'ad_train', 'rl2_train', 'sac_collect') if m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
