@@ -234,7 +234,8 @@ def main(args: Args) -> list[dict]:
         key = (size, tasks.tobytes())
         if key not in random_cache:
             random_cache[key] = random_rollout(tasks, args.steps, size, args.seed)
-        meta = {"algorithm": "ad", "checkpoint": job["path"], "model_config": checkpoint["model_config"],
+        meta = {"algorithm": "ad", "checkpoint": job["path"], "exp_name": checkpoint["args"]["exp_name"],
+                "dataset": checkpoint["data"]["dataset"], "model_config": checkpoint["model_config"],
                 "data": checkpoint["data"], "iteration": checkpoint["iteration"], "split": args.split,
                 "num_envs": args.num_envs, "steps": args.steps, "seed": args.seed, "greedy": args.greedy,
                 "size": size, "obs": "light" if checkpoint["data"]["obs_dim"] == K.LIGHT_OBS_DIM else "dark",

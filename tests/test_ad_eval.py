@@ -22,7 +22,7 @@ def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light", a
                            arrival=arrival)
     model = A.DecisionModel(config)
     checkpoint = {"model": model.state_dict(), "optimizer": model.optimizer(1e-3, 0.1, torch.device("cpu")).state_dict(),
-                  "iteration": 1, "args": {}, "model_config": A.asdict(config), "run_name": "test",
+                  "iteration": 1, "args": {"exp_name": "ad"}, "model_config": A.asdict(config), "run_name": "test",
                   "rng": [A.rng_states(torch.Generator(), torch.device("cpu"))],
                   "data": {"dataset": dataset, "size": size, "light_obs": obs_dim == 8, "obs_dim": obs_dim}}
     K.atomic_write(str(path), lambda f: torch.save(checkpoint, f))
@@ -148,6 +148,7 @@ def test_end_to_end(tmp_path, monkeypatch, capsys):
     assert tasks.shape == (3, 4) and {tuple(t) for t in tasks} <= test  # test tasks only
     assert meta["split"] == "test" and meta["context"] == 16 and meta["algorithm"] == "ad"
     assert meta["model_config"]["n_embd"] == 16 and meta["checkpoint"] == str(ckpt)
+    assert meta["exp_name"] == "ad" and meta["dataset"] == "nx1-light" and meta["iteration"] == 1
     for key, value in E.random_rollout(tasks, 120, 5, 1).items():
         np.testing.assert_array_equal(random_episodes[key], value)
     assert (tmp_path / "eval" / "arrival__test3_steps120_seed1__and_2_more.png").exists()
