@@ -1,0 +1,277 @@
+"""One command for a machine with one GPU: the speed of each GPU path against its goal, then the
+report's 9x9 pipeline (collect, train AD at several contexts, evaluate on held-out test tasks, draw
+the figures) into one folder, within a time budget.
+
+    python benchmarks/gpu_check.py                    # one H100/H200: about 9 minutes, into data/gpu_check/
+    python benchmarks/gpu_check.py --smoke            # the same code paths, tiny, on the CPU (a test runs it)
+
+Every stage calls the project's scripts through their `main(args)`, exactly as their command lines
+do, from inside the output folder (so TensorBoard's runs/ lands there too). The speeds are measured
+as the README's GPU table states them:
+- SAC: agent-steps per second of `sac_collect.py` over the whole collection, and the time projected
+  for 800 runs x 50,000 steps (goal: 2 minutes);
+- AD training: updates per second of the training iteration at batch 64, context 500, default model
+  (goal: 250), and the bf16 model FLOP utilisation at batch 256 against a bf16 matrix multiply
+  measured on the same GPU;
+- evaluation: the seconds `ad_eval.py` takes for every test task x 17,500 steps at context 500
+  (goal: 60 s for the 632 held-out tasks of 9x9).
+The results land in <out>/report.md and <out>/summary.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live in the repo root
+import ad_eval as E  # noqa: E402
+import ad_train as A  # noqa: E402
+import docs.make_figures as M  # noqa: E402
+import keydoor_env as K  # noqa: E402
+import sac_collect as S  # noqa: E402
+
+
+@dataclass
+class Args:
+    out: str = "data/gpu_check"
+    """output folder: datasets, checkpoints, evaluation files, figures, TensorBoard runs, report"""
+    smoke: bool = False
+    """run every stage tiny on the CPU (seconds): the same code paths, no meaningful numbers"""
+    budget_s: float = 540.0
+    """wall-clock budget of the whole check; AD's training length is fitted to what is left"""
+    contexts: Optional[tuple[int, ...]] = None
+    """AD contexts trained and evaluated, the first with the most training time (default: 500 50 10; smoke: 40 20 10)"""
+    arrival_token: bool = True
+    """train AD with the arrival cell in its tokens (the project's best-known 9x9 setting)"""
+    seed: int = 1
+    """seed of every stage"""
+
+
+@dataclass
+class Scale:
+    """Sizes of one check: the GPU scale, or the smoke scale of the same code paths."""
+
+    size: int = 9
+    runs: int = 800
+    steps: int = 8_000
+    model: tuple = (4, 4, 128, 768)  # n_layer, n_head, n_embd, d_ff: ad_train's defaults
+    contexts: tuple = (500, 50, 10)
+    batches: tuple = (64, 256)  # training batch (ad_train's default), and the batch of the MFU measurement
+    iterations: tuple = (1_000, 6_000)  # fewest and most iterations of the longest context
+    speed_context: int = 500
+    speed_iterations: int = 50
+    eval_envs: int = 612  # every test task of 9x9 (the other 20 held-out tasks are the validation set)
+    eval_steps: int = 17_500
+
+
+SMOKE = Scale(size=5, runs=16, steps=1_200, model=(1, 2, 16, 32), contexts=(40, 20, 10), batches=(8, 16),
+              iterations=(4, 8), speed_context=40, speed_iterations=3, eval_envs=6, eval_steps=200)
+
+
+@contextlib.contextmanager
+def inside(folder: str):
+    """Run a stage from inside the output folder: its runs/ (TensorBoard) goes there too."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+
+
+def timed(function, *args):
+    started = time.time()
+    result = function(*args)
+    return result, time.time() - started
+
+
+def matmul_peak(device: torch.device) -> float:
+    """FLOP/s of a large bf16 matrix multiply on the GPU (float32 on the CPU): the MFU's denominator."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (512, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    count, started = 10, time.time()
+    for _ in range(count):
+        a @ b
+    synchronize(device)
+    return 2 * n**3 * count / (time.time() - started)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def training_speed(runs: list[dict], meta: dict, scale: Scale, batch: int, compile: bool, device: torch.device) -> dict:
+    """Updates per second of ad_train's iteration (windows gathered on the device, bf16 autocast on
+    CUDA, fused AdamW, clipping), at the default model size and `scale.speed_context`."""
+    n_layer, n_head, n_embd, d_ff = scale.model
+    config = A.ModelConfig(obs_dim=meta["obs_dim"], context=scale.speed_context, n_layer=n_layer, n_head=n_head,
+                           n_embd=n_embd, d_ff=d_ff, dropout=0.1, arrival=False)
+    model = A.DecisionModel(config).to(device)
+    optimizer = model.optimizer(3e-4, 0.1, device)
+    step_model = torch.compile(model, mode="reduce-overhead") if compile else model
+    sampler = A.WindowSampler(runs, scale.speed_context, meta["obs_scale"], device)
+    generator = torch.Generator().manual_seed(0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def iteration():
+        inputs, targets = sampler.sample(batch, generator)
+        with autocast:
+            logits = step_model(**inputs)
+        loss = F.cross_entropy(logits.float().reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    for _ in range(3 if not compile else 10):  # warm-up (and compilation)
+        iteration()
+    synchronize(device)
+    started = time.time()
+    for _ in range(scale.speed_iterations):
+        iteration()
+    synchronize(device)
+    per_second = scale.speed_iterations / (time.time() - started)
+    params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("pos."))
+    flops_per_token = 6 * params + 6 * n_layer * n_embd * scale.speed_context  # nanoGPT's estimate, causal half
+    return {"batch": batch, "compile": compile, "updates_per_s": per_second,
+            "model_flops_per_s": per_second * batch * scale.speed_context * flops_per_token}
+
+
+def main(args: Args) -> dict:
+    scale = SMOKE if args.smoke else Scale()
+    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    if not args.smoke and device.type != "cuda":
+        raise ValueError("no CUDA device: this check is for one GPU; --smoke runs its code paths on the CPU")
+    contexts = args.contexts or scale.contexts
+    if not contexts or min(contexts) < 1 or max(contexts) > scale.steps:
+        raise ValueError(f"--contexts must lie in 1..{scale.steps} (the histories' length), got {contexts}")
+    K.check_writable(args.out)
+    out = os.path.abspath(args.out)
+    data = os.path.join(out, "data")
+    started, stages, speeds, results = time.time(), {}, {}, []
+    print(f"gpu_check: {'smoke scale on the CPU' if args.smoke else torch.cuda.get_device_name()} -> {out}")
+
+    # 1. collect the Nx1 dataset (Light, read Dark by AD), timing the SAC population
+    with inside(out):
+        collect = S.Args(style="nx1", light=True, size=scale.size, num_runs=scale.runs, steps=scale.steps,
+                         group_size=scale.runs, seed=args.seed, data_dir=data, progress=False)
+        summary, stages["collect"] = timed(S.main, collect)
+    rate = scale.runs * scale.steps / stages["collect"]
+    speeds["sac"] = {"agent_steps_per_s": rate, "projected_800x50k_s": 800 * 50_000 / rate, "goal_s": 120}
+    print(f"collect: {stages['collect']:.0f} s, {rate:,.0f} agent-steps/s; {summary}")
+
+    # 2. training speed of the default model at context 500: batch 64 (eager and compiled), batch 256 for MFU
+    runs, meta = A.load_dataset(os.path.join(data, "nx1-light"), light_obs=False, min_steps=scale.speed_context)
+    peak = matmul_peak(device)
+    t0 = time.time()
+    batch, mfu_batch = scale.batches
+    measured, compiled = [training_speed(runs, meta, scale, batch, False, device)], device.type == "cuda"
+    if compiled:  # CUDA graphs through torch.compile; if they fail here, the pipeline trains eagerly
+        try:
+            measured += [training_speed(runs, meta, scale, size, True, device) for size in (batch, mfu_batch)]
+        except Exception as e:  # noqa: BLE001  (any compiler error: report it and go on)
+            compiled, speeds["compile_error"] = False, f"{type(e).__name__}: {e}"[:500]
+            print(f"training: torch.compile failed, eager from here on ({speeds['compile_error'][:200]})")
+    if not compiled and device.type == "cuda":
+        measured.append(training_speed(runs, meta, scale, mfu_batch, False, device))
+    for row in measured:
+        row["mfu"] = row["model_flops_per_s"] / peak
+    stages["training_speed"] = time.time() - t0
+    speeds["train"] = {"rows": measured, "peak_flops": peak, "goal_updates_per_s_at_64": 250}
+    best = max((row for row in measured if row["batch"] == batch), key=lambda row: row["updates_per_s"])
+    for row in measured:
+        print(f"training: batch {row['batch']}, {'compiled' if row['compile'] else 'eager'}: "
+              f"{row['updates_per_s']:.0f} updates/s, MFU {100 * row['mfu']:.1f}%")
+
+    # 3. train AD at each context: the longest gets the most of the time left
+    n_layer, n_head, n_embd, d_ff = scale.model
+    left = args.budget_s - (time.time() - started)
+    checkpoints = []
+    for i, context in enumerate(contexts):
+        share = 0.25 if i == 0 else 0.06  # of the time left; the rest is evaluation and figures
+        iterations = int(np.clip(share * left * best["updates_per_s"], *scale.iterations))
+        train = A.Args(context=context, iterations=iterations, batch_size=batch, warmup_iterations=min(300, iterations), lr=6e-4,
+                       n_layer=n_layer, n_head=n_head, n_embd=n_embd, d_ff=d_ff, arrival_token=args.arrival_token,
+                       eval_every=0, save_every=iterations, val_every=max(1, iterations // 4),
+                       log_every=max(1, iterations // 20), compile=compiled, data_dir=data,
+                       seed=args.seed, exp_name="ad-gpu", progress=False, cuda=device.type == "cuda")
+        with inside(out):
+            result, stages[f"train_ctx{context}"] = timed(A.main, train)
+        checkpoints.append(result["checkpoint"])
+        print(f"train ctx {context}: {iterations} iterations in {stages[f'train_ctx{context}']:.0f} s, "
+              f"val loss {result.get('val_loss', float('nan')):.3f}")
+
+    # 4. evaluate every model on the test tasks, 17,500 steps each, timing the longest context
+    for context, checkpoint in zip(contexts, checkpoints):
+        evaluate = E.Args(checkpoints=(checkpoint,), split="test", num_envs=scale.eval_envs, steps=scale.eval_steps,
+                          seed=args.seed, source_runs=20, progress=False, cuda=device.type == "cuda")
+        with inside(out):
+            (row,), stages[f"eval_ctx{context}"] = timed(E.main, evaluate)
+        stem = os.path.splitext(os.path.basename(checkpoint))[0]
+        eval_file = os.path.join(data, "eval", f"{stem}__test{scale.eval_envs}_steps{scale.eval_steps}_seed{args.seed}.npz")
+        results.append({"context": context, "eval_file": eval_file, **row})
+    speeds["eval"] = {"seconds": stages[f"eval_ctx{contexts[0]}"], "tasks": scale.eval_envs,
+                      "steps": scale.eval_steps, "context": contexts[0], "goal_s_for_632": 60}
+
+    # 5. figures: the source population (Figure 2) and AD over contexts (Figures 3 and 4), with a table
+    evals = [result["eval_file"] for result in results]
+    with inside(out):
+        M.sac(M.Sac(nx1=os.path.join(data, "nx1-light"), onexn_light="", onexn_dark="", bin=max(50, scale.steps // 40),
+                    out=os.path.join(out, "fig2_sac")))
+        M.ad(M.Ad(fig3=[evals[0], evals[-1]], fig4=evals, source=os.path.join(data, "nx1-light"), out_dir=out))
+        M.table(M.Table(evals=evals))
+    stages["total"] = time.time() - started
+    report = write_report(args, scale, speeds, stages, results, out)
+    print(report)
+    return {"speeds": speeds, "stages": stages, "results": results}
+
+
+def write_report(args: Args, scale: Scale, speeds: dict, stages: dict, results: list[dict], out: str) -> str:
+    """report.md (what a person reads) and summary.json (the same numbers for a program)."""
+    def verdict(ok: bool) -> str:
+        return "meets the goal" if ok else "misses the goal"
+
+    sac, train, evaluation = speeds["sac"], speeds["train"], speeds["eval"]
+    eval_632 = evaluation["seconds"] * 632 / evaluation["tasks"]
+    best = max(row["updates_per_s"] for row in train["rows"] if row["batch"] == scale.batches[0])
+    lines = [f"# gpu_check ({'smoke, CPU' if args.smoke else torch.cuda.get_device_name()}), {scale.size}x{scale.size}",
+             "", "| speed | measured | goal | |", "|---|---|---|---|",
+             f"| SAC, {scale.runs} runs x {scale.steps:,} steps | {sac['agent_steps_per_s']:,.0f} agent-steps/s; "
+             f"800 x 50k projected {sac['projected_800x50k_s']:.0f} s | {sac['goal_s']} s | "
+             f"{verdict(sac['projected_800x50k_s'] <= sac['goal_s'])} |",
+             f"| AD training, batch {scale.batches[0]}, context {scale.speed_context} | {best:.0f} updates/s | "
+             f"{train['goal_updates_per_s_at_64']} | {verdict(best >= train['goal_updates_per_s_at_64'])} |"]
+    lines += [f"| AD training, batch {row['batch']}, {'compiled' if row['compile'] else 'eager'} | "
+              f"{row['updates_per_s']:.0f} updates/s, MFU {100 * row['mfu']:.1f}% | | |" for row in train["rows"]]
+    lines += [f"| evaluation, {evaluation['tasks']} tasks x {evaluation['steps']:,} steps, context {evaluation['context']} | "
+              f"{evaluation['seconds']:.0f} s ({eval_632:.0f} s scaled to 632 tasks) | {evaluation['goal_s_for_632']} s | "
+              f"{verdict(eval_632 <= evaluation['goal_s_for_632'])} |",
+              "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in stages.items()]
+    lines += ["", f"| AD context | first 500 steps | last 5 episodes | envs reaching MA(10) 1.8 | "
+              f"(test tasks, 95% CI over tasks) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['context']} | {r['first500']:.2f} ± {r['first500_ci']:.2f} | {r['last5']:.2f} ± {r['last5_ci']:.2f} "
+              f"| {r['reached']}/{r['envs']} | |" for r in results]
+    report = "\n".join(lines) + "\n"
+    K.atomic_write(os.path.join(out, "report.md"), lambda f: f.write(report.encode()))
+    summary = {"args": asdict(args), "scale": asdict(scale), "speeds": speeds, "stages": stages, "results": results}
+    K.atomic_write(os.path.join(out, "summary.json"), lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    return report
+
+
+if __name__ == "__main__":
+    K.run_cli(main, Args)
