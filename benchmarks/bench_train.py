@@ -29,7 +29,7 @@ class Args:
     context: int = 50
     """window length"""
     batch_size: int = 64
-    """windows per update"""
+    """windows per iteration"""
     n_layer: int = 4
     """blocks"""
     n_head: int = 4
@@ -38,8 +38,8 @@ class Args:
     """width"""
     d_ff: int = 768
     """feed-forward width"""
-    updates: int = 20
-    """timed updates"""
+    iterations: int = 20
+    """timed training iterations"""
 
 
 def matmul_peak(seconds: float = 2.0, n: int = 1024) -> float:
@@ -58,7 +58,7 @@ def main(args: Args) -> float:
     peak = matmul_peak()
     torch.manual_seed(0)
     config = A.ModelConfig(obs_dim=4, context=args.context, n_layer=args.n_layer, n_head=args.n_head,
-                           n_embd=args.n_embd, d_ff=args.d_ff, dropout=0.1)
+                           n_embd=args.n_embd, d_ff=args.d_ff, dropout=0.1, arrival=False)
     model = A.DecisionModel(config)
     optimizer = model.optimizer(3e-4, 0.1, torch.device("cpu"))
     B, T = args.batch_size, args.context
@@ -76,15 +76,15 @@ def main(args: Args) -> float:
     for _ in range(3):
         update()
     start = time.perf_counter()
-    for _ in range(args.updates):
+    for _ in range(args.iterations):
         update()
-    tokens_per_second = args.updates * B * T / (time.perf_counter() - start)
+    tokens_per_second = args.iterations * B * T / (time.perf_counter() - start)
     params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("pos."))
     flops_per_token = 6 * params + 6 * args.n_layer * args.n_embd * args.context
     mfu = tokens_per_second * flops_per_token / peak
     print(f"model {params:,} parameters, context {T}, batch {B}, {torch.get_num_threads()} threads")
     print(f"matmul peak:       {peak / 1e9:8.1f} GFLOP/s (float32, 1024^3)")
-    print(f"training:          {tokens_per_second:8,.0f} tokens/s, {args.updates * 1.0 / (args.updates * B * T / tokens_per_second):.2f} updates/s")
+    print(f"training:          {tokens_per_second:8,.0f} tokens/s, {tokens_per_second / (B * T):.2f} iterations/s")
     print(f"model FLOPs:       {tokens_per_second * flops_per_token / 1e9:8.1f} GFLOP/s")
     print(f"MFU: {100 * mfu:.1f}% of the matmul peak (goal: >= 40%)")
     return mfu
