@@ -2,35 +2,32 @@
 
     python rl2_train.py                          # 9x9, 64 trials in parallel, writes data/rl2/
     python rl2_train.py --iterations 50 --size 5 # a quick look on a small grid
+    python rl2_train.py --eval-split test --eval-envs 100   # a finished run: evaluate it on 100 test tasks
 
 A trial is `--episodes-per-trial` (10) consecutive episodes on one task, drawn anew from the train
 split for every trial. The policy sees the trial so far as tokens (o_t, a_{t-1}, r_{t-1}, d_{t-1}),
 the same tokens as AD, and maximises the return of the whole trial: to do well it must explore in
-the first episodes and exploit what it found in the later ones.
+the first episodes and exploit what it found in the later ones. Why PPO over whole trials: a trial
+(at most 500 steps) fits in the context, so the value and the policy are trained on exactly the
+sequences the rollout produced (a KV cache steps all trials together), and the clipped objective is
+stable with a Transformer trunk.
 
-`--arrival-token` adds p_{t-1} to each token, the cell the previous action led to. Why: the door
-ends the episode, so the door's cell is in no o_t (the next o_t is the start of the next episode);
-without p the policy must work it out from the last position and action, and often found the door
-and then missed it in later episodes. p is the position in gymnasium's final observation at an
-episode's end, and o_t's position at every other step. On 9x9 it reached 1.83 over episodes 5-10
-in 400 iterations (34 min), against a plateau near 1.7 without it (README). It is off by default
-because RL² is AD's baseline: with the flag it sees a cell that AD's default tokens lack
-(`ad_train.py --arrival-token` adds the same cell to AD's).
+`--arrival-token` adds p_{t-1} to each token, the cell the previous action led to (gymnasium's final
+observation at an episode's end). Why: the door ends the episode, so the door's cell is in no o_t;
+without p the policy often found the door and then missed it in later episodes (9x9: 1.83 over episodes
+5-10 after 400 iterations, against a plateau near 1.7). Off by default: RL² is AD's baseline.
 
-Why PPO over whole trials: a trial is at most 500 steps, so the whole trial fits in the context,
-the value and the policy are trained on exactly the sequences the rollout produced (no truncated
-memory), and the clipped objective is stable with a Transformer trunk. Rollouts step all trials
-together through the vector env with a KV cache (one token per step).
-
-The meta-learner's own experience is the report's fifth dataset: every iteration appends each
-env's trials to `data/rl2/`, one `.npz` history per env and chunk of iterations, in the contract
-of keydoor_env.py, so that `ad_train.py --dataset rl2` can read it.
+Files (stem = <exp_name>__<size>x<size>__<seed>): `data/rl2/<stem>__run_<env>_it<first iteration>.npz`,
+its experience, the fifth dataset (`ad_train.py --dataset rl2`); `data/checkpoints/<stem>.pt`, from which
+a rerun resumes bit for bit; `data/eval/<stem>__curve.csv`, the learning curve (a row per evaluation);
+`data/eval/<stem>__<split><N>_trial_seed<seed>.npz`, the final held-out trials and a random policy's, in
+ad_eval.py's layout. Settings are chosen on the 20 validation tasks, results reported on test tasks. A
+run that has reached `--iterations` only evaluates its checkpoint on the split asked for.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -87,14 +84,16 @@ class Args:
     """add to each token the cell the previous action led to (the door's cell at an episode's end)"""
     eval_every: int = 25
     """iterations between evaluations on held-out tasks (0: only at the end)"""
+    eval_split: str = "validation"
+    """held-out tasks to evaluate on: validation (20 fixed tasks, for choosing settings) or test (for reporting)"""
     eval_envs: int = 20
-    """held-out tasks per evaluation"""
+    """held-out tasks per evaluation (at most what the split holds)"""
     save_every: int = 10
     """iterations between checkpoints (and dataset chunks)"""
     data_dir: str = "data"
-    """the shared folder: data/rl2/ and data/checkpoints/"""
+    """the shared folder: data/rl2/, data/checkpoints/ and data/eval/"""
     seed: int = 1
-    """seed of python, numpy, torch and the task draws"""
+    """seed of python, numpy, torch, the task draws and the choice of test tasks"""
     exp_name: str = "rl2"
     """experiment name, in the run and checkpoint names"""
     cuda: bool = True
@@ -103,18 +102,16 @@ class Args:
     """show a progress bar"""
 
 
-# ----------------------------------------------------------------------------------------------
-# The model: the same pre-norm causal Transformer as ad_train.py, with a policy and a value head
-# ----------------------------------------------------------------------------------------------
+# --- The model: the same pre-norm causal Transformer as ad_train.py, with a policy and a value head
 @dataclass
 class ModelConfig:
-    obs_dim: int = 4
-    context: int = 500
-    n_layer: int = 3
-    n_head: int = 4
-    n_embd: int = 64
-    d_ff: int = 256
-    arrival: bool = False  # tokens carry p_{t-1}, the (x, y) the previous action led to
+    obs_dim: int
+    context: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    d_ff: int
+    arrival: bool  # tokens carry p_{t-1}, the (x, y) the previous action led to
 
 
 class SelfAttention(nn.Module):
@@ -195,28 +192,23 @@ class ActorCritic(nn.Module):
         return self.policy(x), self.value(x)[..., 0]
 
 
-# ----------------------------------------------------------------------------------------------
-# Rollout of one trial per env
-# ----------------------------------------------------------------------------------------------
+# --- Rollout of one trial per env, and its episodes
 @torch.no_grad()
 def run_trials(model: ActorCritic, env: K.KeyDoorVectorEnv, tasks: np.ndarray, episodes: int,
-               generator: torch.Generator, device: torch.device, greedy: bool = False) -> dict:
+               generator: torch.Generator, device: torch.device) -> dict:
     """One trial of `episodes` episodes per env on `tasks` (N, 4), all envs together, KV cache.
 
-    Returns (N, L) tensors with L = episodes * 50: the tokens, actions, log-probs, values, rewards,
-    `active` (the env was still in its trial at that step) and `episode_index`, plus the raw
-    observations for the dataset. Envs that finish early keep stepping (so the batch stays
-    rectangular) but their steps are inactive and masked everywhere.
+    Returns (N, L) tensors, L = episodes * 50: tokens, actions, log-probs, values, rewards and `active` (the
+    env was still in its trial). Envs that finish early keep stepping (the batch stays rectangular) but
+    their steps are inactive and masked everywhere.
     """
     N, L = len(tasks), episodes * K.EPISODE_STEPS
     observations, _ = env.reset(options={"tasks": tasks})
     obs_dim = observations.shape[1]
-    buf = {"observations": torch.zeros(N, L, obs_dim), "prev_arrivals": torch.zeros(N, L, 2),
-           "prev_actions": torch.zeros(N, L, dtype=torch.long),
-           "prev_rewards": torch.zeros(N, L), "prev_dones": torch.zeros(N, L), "actions": torch.zeros(N, L, dtype=torch.long),
-           "logprobs": torch.zeros(N, L), "values": torch.zeros(N, L), "rewards": torch.zeros(N, L),
-           "terminations": torch.zeros(N, L, dtype=torch.bool), "truncations": torch.zeros(N, L, dtype=torch.bool),
-           "active": torch.zeros(N, L, dtype=torch.bool), "episode_index": torch.zeros(N, L, dtype=torch.long)}
+    buf = {"observations": torch.zeros(N, L, obs_dim), "prev_arrivals": torch.zeros(N, L, 2),  # (N, L, obs_dim), (N, L, 2)
+           **{k: torch.zeros(N, L) for k in ("prev_rewards", "prev_dones", "logprobs", "values", "rewards")},
+           **{k: torch.zeros(N, L, dtype=torch.long) for k in ("prev_actions", "actions")},
+           **{k: torch.zeros(N, L, dtype=torch.bool) for k in ("terminations", "truncations", "active")}}
     buf["prev_dones"][:, 0] = 1.0  # the first token of a trial looks like the start of any episode
     finished = np.zeros(N, dtype=np.int64)  # episodes finished in this trial
     caches = [{} for _ in model.blocks]
@@ -233,50 +225,31 @@ def run_trials(model: ActorCritic, env: K.KeyDoorVectorEnv, tasks: np.ndarray, e
         logits, values = model(obs_t[:, None].to(device), prev_action[:, None].to(device), prev_reward[:, None].to(device),
                                prev_done[:, None].to(device), prev_arrival[:, None].to(device), start=t, caches=caches)
         dist = torch.distributions.Categorical(logits=logits[:, 0].float().cpu())
-        action = dist.probs.argmax(-1) if greedy else torch.multinomial(dist.probs, 1, generator=generator)[:, 0]
+        action = torch.multinomial(dist.probs, 1, generator=generator)[:, 0]
         observations, rewards, terminated, truncated, infos = env.step(action.numpy())
-        done = terminated | truncated
-        arrival = observations[:, :2].copy()  # (N, 2); at an episode's end, the cell it ended in
-        if done.any():
-            arrival[done] = infos["final_obs"][done, :2]
+        ended = terminated | truncated  # (N,) bool: the episode ended with this action
+        arrival = K.final_observations(observations, infos)[:, :2]  # (N, 2); at an episode's end, the cell it ended in
         buf["actions"][:, t], buf["logprobs"][:, t] = action, dist.log_prob(action)
         buf["values"][:, t], buf["rewards"][:, t] = values[:, 0].float().cpu(), torch.as_tensor(rewards)
         buf["terminations"][:, t], buf["truncations"][:, t] = torch.as_tensor(terminated), torch.as_tensor(truncated)
-        buf["active"][:, t], buf["episode_index"][:, t] = torch.as_tensor(active), torch.as_tensor(finished)
-        finished += done & active
+        buf["active"][:, t] = torch.as_tensor(active)
+        finished += ended & active
         prev_action, prev_reward = action, torch.as_tensor(rewards)
-        prev_done, prev_arrival = torch.as_tensor(done, dtype=torch.float32), torch.as_tensor(arrival)
+        prev_done, prev_arrival = torch.as_tensor(ended, dtype=torch.float32), torch.as_tensor(arrival)
     buf["rewards"] *= buf["active"]
     return buf
 
 
-def episode_returns_by_index(buf: dict, episodes: int) -> np.ndarray:
-    """Mean over envs of the return of each episode index within the trial, (episodes,)."""
-    returns = np.zeros((buf["rewards"].shape[0], episodes))
-    for i in range(episodes):
-        returns[:, i] = ((buf["episode_index"] == i) & buf["active"]).float().mul(buf["rewards"]).sum(1).numpy()
-    return returns.mean(0)
-
-
-def trial_episodes(buf: dict) -> dict:
-    """Every episode of the trials as (env, return, end step) arrays: the layout of ad_eval.py's files."""
-    episodes = {"env": [], "return": [], "end_step": []}
-    for i, (rewards, dones) in enumerate(zip(buf["rewards"].numpy(), (buf["terminations"] | buf["truncations"]).numpy())):
-        steps = int(buf["active"][i].sum())
-        returns, ends = K.episode_returns(rewards[:steps], dones[:steps])
-        episodes["env"] += [i] * len(returns)
-        episodes["return"] += returns.tolist()
-        episodes["end_step"] += (ends + 1).tolist()
-    return {k: np.array(v) for k, v in episodes.items()}
-
-
-def first_500_return(episodes: dict, num_envs: int) -> float:
-    """Per env, the mean return of the episodes that ended within the first 500 steps; then across envs
-    (the metric ad_eval.py prints for AD)."""
-    early = episodes["end_step"] <= 500
-    returns = [episodes["return"][early & (episodes["env"] == i)] for i in range(num_envs)]
-    returns = [r.mean() for r in returns if len(r)]
-    return float(np.mean(returns)) if returns else 0.0
+def trial_metrics(buf: dict, episodes_per_trial: int) -> dict:
+    """The trials' "episodes" (active steps only; flat "env", "return", "end_step" arrays), the mean over
+    envs of each episode index's return "by_episode" (E,), "first_500" (per env the mean return of the
+    episodes ended within 500 steps, `K.early_return`, then the mean over envs) and "episodes_5_to_10"."""
+    num_envs, dones = len(buf["rewards"]), (buf["terminations"] | buf["truncations"]).numpy()
+    episodes = K.stream_episodes(buf["rewards"].numpy(), dones, buf["active"].sum(1).numpy())
+    # an episode lasts at most 50 steps, so every trial holds exactly its E episodes, env by env in order
+    by_episode = episodes["return"].reshape(num_envs, episodes_per_trial).mean(0, dtype=np.float64)
+    return {"episodes": episodes, "by_episode": by_episode, "first_500": float(np.nanmean(K.early_return(episodes, num_envs))),
+            "episodes_5_to_10": float(by_episode[4:].mean()) if episodes_per_trial > 4 else float("nan")}
 
 
 def gae(buf: dict, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,84 +303,132 @@ def ppo_update(model, optimizer, buf, args: Args, generator: torch.Generator, de
 
 def trials_to_histories(buf: dict, tasks: np.ndarray) -> list[dict]:
     """Each env's trial as contract arrays (active steps only)."""
-    out = []
-    for i in range(len(tasks)):
-        active = buf["active"][i].numpy()
-        steps = int(active.sum())
-        out.append({"observations": buf["observations"][i, :steps].numpy(),
-                    "actions": buf["actions"][i, :steps].numpy().astype(np.int64),
-                    "rewards": buf["rewards"][i, :steps].numpy(),
-                    "terminations": buf["terminations"][i, :steps].numpy(),
-                    "truncations": buf["truncations"][i, :steps].numpy(),
-                    "tasks": np.repeat(tasks[i][None], steps, axis=0)})
+    keys, out = ("observations", "actions", "rewards", "terminations", "truncations"), []
+    for i, steps in enumerate(buf["active"].sum(1).tolist()):
+        out.append({**{k: buf[k][i, :steps].numpy() for k in keys}, "tasks": np.repeat(tasks[i][None], steps, axis=0)})
     return out
 
 
-def evaluate(model, args: Args, device: torch.device, seed: int) -> dict:
-    """One trial on each of `eval_envs` held-out tasks: return by episode index and over the first 500 steps."""
-    tasks = K.eval_tasks(args.size, args.eval_envs, seed, allow_train_tasks=True)
+# --- Held-out evaluation, its learning curve and the checkpoint
+def evaluate(model: ActorCritic, args: Args, tasks: np.ndarray, device: torch.device) -> dict:
+    """One trial on each held-out task of `tasks` (N, 4), actions sampled with a fixed seed."""
     env = K.KeyDoorVectorEnv(len(tasks), size=args.size, tasks=tasks, split="all")
-    env.reset(seed=seed)
+    env.reset(seed=args.seed)
     model.eval()
-    buf = run_trials(model, env, tasks, args.episodes_per_trial, torch.Generator().manual_seed(seed), device)
+    buf = run_trials(model, env, tasks, args.episodes_per_trial, torch.Generator().manual_seed(args.seed), device)
     model.train()
-    by_episode = episode_returns_by_index(buf, args.episodes_per_trial)
-    episodes = trial_episodes(buf)  # written beside ad_eval.py's files, for one figure of both
-    return {"by_episode": by_episode, "first_500": first_500_return(episodes, len(tasks)),
-            "episodes_5_to_10": float(by_episode[4:].mean()) if len(by_episode) > 4 else float("nan"),
-            "tasks": tasks, "episodes": episodes}
+    return {**trial_metrics(buf, args.episodes_per_trial), "tasks": tasks}
 
 
-# ----------------------------------------------------------------------------------------------
+def random_trials(tasks: np.ndarray, size: int, episodes: int, seed: int) -> dict:
+    """A uniform-random policy for one trial of `episodes` episodes on each task: the floor of the eval file."""
+    N, L = len(tasks), episodes * K.EPISODE_STEPS
+    env = K.KeyDoorVectorEnv(N, size=size, tasks=tasks, split="all")
+    env.reset(seed=seed)
+    actions = np.random.default_rng(seed).integers(0, K.NUM_ACTIONS, size=(L, N))
+    rewards, dones = np.zeros((N, L), dtype=np.float32), np.zeros((N, L), dtype=bool)
+    for t in range(L):
+        _, rewards[:, t], terminated, truncated, _ = env.step(actions[t])
+        dones[:, t] = terminated | truncated
+    # each env's trial ends with its `episodes`-th episode (episodes last at most 50 steps, so it always does)
+    lengths = np.argmax(np.cumsum(dones, axis=1) >= episodes, axis=1) + 1
+    return K.stream_episodes(rewards, dones, lengths)
+
+
+def read_curve(path: str, header: str, upto: int) -> list[str]:
+    """The rows of an earlier run's curve up to iteration `upto` (a resumed run measures later ones again)."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+        kept = [line for line in lines[1:] if int(line.split(",")[0]) <= upto]
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable learning curve ({type(e).__name__}); move it away") from None
+    if lines[:1] != [header] or any(line.count(",") != header.count(",") for line in kept):
+        raise ValueError(f"{path}: a learning curve of other settings; move it away or change --exp-name")
+    return kept
+
+
+def load_checkpoint(path: str, config: ModelConfig, device: torch.device) -> dict:
+    """The checkpoint at `path`, checked against the model of this run; a one-line error otherwise."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or holding objects other than tensors
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}); move it away") from None
+    keys = {"model", "optimizer", "iteration", "args", "model_config", "run_name", "seconds"}
+    if (not isinstance(checkpoint, dict) or not keys <= checkpoint.keys()
+            or set(checkpoint["model_config"]) != set(asdict(config))):
+        raise ValueError(f"{path}: not a checkpoint of this version of rl2_train.py; move it away or change --exp-name")
+    if checkpoint["model_config"] != asdict(config):
+        raise ValueError(f"{path} holds a model of another shape; move it away or change --exp-name")
+    return checkpoint
+
+
 def validate(args: Args) -> None:
-    checks = [
-        (args.iterations >= 1 and args.num_envs >= 1, "--iterations and --num-envs must be >= 1"),
-        (args.episodes_per_trial >= 1, f"--episodes-per-trial must be >= 1, got {args.episodes_per_trial}"),
+    """One-line errors for bad flags (the eval split and envs are checked by `K.eval_tasks`)."""
+    for ok, message in [
+        (min(args.iterations, args.num_envs, args.episodes_per_trial) >= 1,
+         "--iterations, --num-envs and --episodes-per-trial must be >= 1"),
         (1 <= args.num_minibatches <= args.num_envs, "--num-minibatches must lie in 1..--num-envs"),
         (args.n_head >= 1 and args.n_embd % args.n_head == 0, "--n-embd must be divisible by --n-head"),
-        (min(args.update_epochs, args.save_every, args.eval_envs, args.n_layer, args.d_ff) >= 1,
-         "--update-epochs, --save-every, --eval-envs, --n-layer and --d-ff must be >= 1"),
+        (min(args.update_epochs, args.save_every, args.n_layer, args.d_ff) >= 1,
+         "--update-epochs, --save-every, --n-layer and --d-ff must be >= 1"),
         (args.eval_every >= 0, "--eval-every must be >= 0"),
-    ]
-    for ok, message in checks:
+    ]:
         if not ok:
             raise ValueError(message)
     K.validate_size(args.size)
 
 
 def main(args: Args) -> dict:
+    # 1. every input and output checked before any work
     validate(args)
+    eval_tasks = K.eval_tasks(args.size, args.eval_split, args.eval_envs, args.seed)  # (eval_envs, 4); too many: error
+    data_folder, checkpoint_folder, eval_folder = (os.path.join(args.data_dir, name) for name in ("rl2", "checkpoints", "eval"))
+    for folder in (data_folder, checkpoint_folder, eval_folder):
+        K.check_writable(folder)
+        K.remove_stale_parts(folder)  # left by a run killed while writing
+    stem = f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks and eval files
+    path = os.path.join(checkpoint_folder, f"{stem}.pt")
+    curve_path = os.path.join(eval_folder, f"{stem}__curve.csv")
+    episode_columns = [f"episode_{i + 1}" for i in range(args.episodes_per_trial)]
+    header = ",".join(["iteration", "episodes", "first_500", "episodes_5_to_10"] + episode_columns + ["minutes"])
+    out = os.path.join(eval_folder, f"{stem}__{args.eval_split}{args.eval_envs}_trial_seed{args.seed}.npz")
+
+    # 2. the model, resumed from the checkpoint if there is one
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    config = ModelConfig(obs_dim=K.DARK_OBS_DIM, context=args.episodes_per_trial * K.EPISODE_STEPS, n_layer=args.n_layer,
-                         n_head=args.n_head, n_embd=args.n_embd, d_ff=args.d_ff, arrival=args.arrival_token)
+    config = ModelConfig(obs_dim=K.DARK_OBS_DIM, context=args.episodes_per_trial * K.EPISODE_STEPS,  # one whole trial
+                         n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, d_ff=args.d_ff, arrival=args.arrival_token)
     model = ActorCritic(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
-    data_folder = os.path.join(args.data_dir, "rl2")
-    stem = f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks and eval file
-    path = os.path.join(args.data_dir, "checkpoints", f"{stem}.pt")
-    start, run_name = 0, f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    start, seconds, run_name = 0, 0.0, f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if os.path.exists(path):
-        try:
-            checkpoint = torch.load(path, map_location=device, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-        # checkpoints from before --arrival-token have no "arrival" in their config: they had none
-        if not isinstance(checkpoint, dict) or {"arrival": False, **checkpoint.get("model_config", {})} != asdict(config):
-            raise ValueError(f"{path} holds a model of another shape; move it away or change --exp-name")
+        checkpoint = load_checkpoint(path, config, device)
+        start, seconds, run_name = checkpoint["iteration"], checkpoint["seconds"], checkpoint["run_name"]
+        # one curve, one set of tasks: training goes on with the evaluation it started with
+        split, envs = checkpoint["args"].get("eval_split", "validation"), checkpoint["args"].get("eval_envs")
+        if start < args.iterations and (split, envs) != (args.eval_split, args.eval_envs):
+            raise ValueError(f"{path}: its learning curve is measured on {envs} {split} tasks; "
+                             f"resume its training with --eval-split {split} --eval-envs {envs}")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        start, run_name = checkpoint["iteration"], checkpoint["run_name"]
         print(f"resuming {path} at iteration {start}")
-    train_tasks = K.task_split(args.size)[0]
+    curve = read_curve(curve_path, header, start) if start < args.iterations else []  # rows as CSV lines
+
+    # 3. training: one trial per env on fresh train tasks, then a PPO update
+    train_tasks = K.task_split(args.size, "train")
     env = K.KeyDoorVectorEnv(args.num_envs, size=args.size, tasks=train_tasks[: args.num_envs], split="train")
     env.reset(seed=args.seed)
-    writer = SummaryWriter(os.path.join("runs", run_name))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+    if start < args.iterations:  # (a finished run rerun only evaluates: no TensorBoard run)
+        writer = SummaryWriter(os.path.join("runs", run_name))
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
     pending: list[list[dict]] = [[] for _ in range(args.num_envs)]  # trials since the last dataset chunk
     result: dict = {}
+    clock = time.time() - seconds  # the run's training wall-clock, pauses between resumes left out
     bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
     for iteration in bar:
         # per-iteration generators: a resumed run draws what an uninterrupted one would have drawn
@@ -417,54 +438,61 @@ def main(args: Args) -> dict:
         started = time.time()
         buf = run_trials(model, env, tasks, args.episodes_per_trial, generator, device)
         stats = ppo_update(model, optimizer, buf, args, generator, device)
-        env_steps = int(buf["active"].sum())
-        done = iteration + 1
-        step = done * args.num_envs * args.episodes_per_trial  # x axis: episodes of experience
-        by_episode = episode_returns_by_index(buf, args.episodes_per_trial)
-        writer.add_scalar("charts/trial_return", by_episode.sum(), step)
-        writer.add_scalar("charts/return_first_500", first_500_return(trial_episodes(buf), args.num_envs), step)
-        for i in (0, args.episodes_per_trial - 1):
-            writer.add_scalar(f"charts/episode_{i + 1}_return", by_episode[i], step)
-        for name, value in stats.items():
-            writer.add_scalar(f"losses/{name}", value, step)
-        writer.add_scalar("charts/SPS", env_steps / (time.time() - started), step)
-        bar.set_postfix(ep1=f"{by_episode[0]:.2f}", ep10=f"{by_episode[-1]:.2f}")
+        completed = iteration + 1  # iterations completed, counting this one
+        step = completed * args.num_envs * args.episodes_per_trial  # x axis: episodes of experience
+        metrics = trial_metrics(buf, args.episodes_per_trial)
+        scalars = {"charts/trial_return": metrics["by_episode"].sum(), "charts/return_first_500": metrics["first_500"],
+                   "charts/episode_1_return": metrics["by_episode"][0],
+                   f"charts/episode_{args.episodes_per_trial}_return": metrics["by_episode"][-1],
+                   "charts/SPS": int(buf["active"].sum()) / (time.time() - started),
+                   **{f"losses/{name}": value for name, value in stats.items()}}
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+        bar.set_postfix(ep1=f"{metrics['by_episode'][0]:.2f}", ep10=f"{metrics['by_episode'][-1]:.2f}")
         for i, history in enumerate(trials_to_histories(buf, tasks)):
             pending[i].append(history)
-        if args.eval_every and done % args.eval_every == 0 or done == args.iterations:
-            result = evaluate(model, args, device, args.seed)
-            for i, value in enumerate(result["by_episode"]):
-                writer.add_scalar(f"eval/episode_{i + 1}_return", value, step)
-            writer.add_scalar("eval/return_first_500", result["first_500"], step)
-            writer.add_scalar("eval/return_episodes_5_to_10", result["episodes_5_to_10"], step)
-        if done % args.save_every == 0 or done == args.iterations:
+        if args.eval_every and completed % args.eval_every == 0 or completed == args.iterations:
+            result = evaluate(model, args, eval_tasks, device)
+            values = [result["first_500"], result["episodes_5_to_10"], *result["by_episode"]]
+            tags = ["eval/return_first_500", "eval/return_episodes_5_to_10"] + [f"eval/{c}_return" for c in episode_columns]
+            for tag, value in zip(tags, values):
+                writer.add_scalar(tag, value, step)
+            minutes = f"{(time.time() - clock) / 60:.1f}"  # the only column a resumed run does not repeat bit for bit
+            curve.append(",".join([str(completed), str(step)] + [repr(float(v)) for v in values] + [minutes]))
+            # the whole file, every time: the figures script may read it at any moment
+            K.atomic_write(curve_path, lambda f: f.write("".join(line + "\n" for line in [header] + curve).encode()))
+        if completed % args.save_every == 0 or completed == args.iterations:
             # dataset chunk first, then the checkpoint: a kill in between rewrites the same chunk
-            first = done - len(pending[0]) + 1  # the chunk's first iteration names it: never reused
+            first = completed - len(pending[0]) + 1  # the chunk's first iteration names it: never reused
             for i in range(args.num_envs):
                 history = {k: np.concatenate([h[k] for h in pending[i]]) for k in pending[i][0]}
                 history_config = {"size": args.size, "style": "rl2", "light": False, "seed": args.seed, "run": i,
-                                  "iterations": [first, done], "algorithm": "rl2-ppo"}
+                                  "iterations": [first, completed], "algorithm": "rl2-ppo"}
                 # named after the run as well: two runs (another --exp-name, seed or size) never overwrite each other
                 K.save_history(os.path.join(data_folder, f"{stem}__run_{i:05d}_it{first:06d}.npz"), history, history_config)
             pending = [[] for _ in range(args.num_envs)]
-            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": done,
-                          "args": asdict(args), "model_config": asdict(config), "run_name": run_name}
+            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": completed,
+                          "args": asdict(args), "model_config": asdict(config), "run_name": run_name,
+                          "seconds": time.time() - clock}
             K.atomic_write(path, lambda f: torch.save(checkpoint, f))
-    writer.close()
-    if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
-        result = evaluate(model, args, device, args.seed)
-    # the held-out trials, in the layout of ad_eval.py's files (so one figure can show RL² beside AD)
-    out = os.path.join(args.data_dir, "eval", f"{stem}__envs{args.eval_envs}_trial_seed{args.seed}.npz")
-    meta = {"checkpoint": path, "iteration": max(start, args.iterations), "seed": args.seed,
-            "size": args.size, "obs": "dark", "episodes_per_trial": args.episodes_per_trial, "algorithm": "rl2-ppo"}
-    payload = {"tasks": result["tasks"], "episode_env": result["episodes"]["env"],
-               "episode_return": result["episodes"]["return"], "episode_end_step": result["episodes"]["end_step"],
-               "by_episode": result["by_episode"], "config": np.array(json.dumps(meta))}
-    K.atomic_write(out, lambda f: np.savez_compressed(f, **payload))
-    print(f"held-out tasks: return by episode {np.round(result['by_episode'], 2).tolist()}, "
-          f"first 500 steps {result['first_500']:.2f}, episodes 5-10 {result['episodes_5_to_10']:.2f} -> {out}")
-    return {"checkpoint": path, "eval": out, **result}
+    if start < args.iterations:
+        writer.close()
 
+    # 4. the held-out trials, in the layout of ad_eval.py's files (one figure can show RL² beside AD)
+    if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
+        result = evaluate(model, args, eval_tasks, device)
+    floor = random_trials(eval_tasks, args.size, args.episodes_per_trial, args.seed)
+    meta = {"algorithm": "rl2", "checkpoint": path, "model_config": asdict(config), "split": args.eval_split,
+            "num_envs": args.eval_envs, "steps": config.context, "seed": args.seed, "size": args.size, "obs": "dark",
+            "episodes_per_trial": args.episodes_per_trial, "iteration": max(start, args.iterations)}
+    payload = {"tasks": eval_tasks, "meta": np.array(json.dumps(meta)),
+               **{f"episode_{k}": v for k, v in result["episodes"].items()},
+               **{f"random_episode_{k}": v for k, v in floor.items()}}
+    K.atomic_write(out, lambda f: np.savez_compressed(f, **payload))
+    random_500 = float(np.nanmean(K.early_return(floor, args.eval_envs)))
+    print(f"{args.eval_split} tasks ({args.eval_envs}): return by episode {np.round(result['by_episode'], 2).tolist()}, first 500 "
+          f"steps {result['first_500']:.2f} (random {random_500:.2f}), episodes 5-10 {result['episodes_5_to_10']:.2f} -> {out}")
+    return {"checkpoint": path, "eval": out, "curve": curve_path, **result}
 
 
 if __name__ == "__main__":

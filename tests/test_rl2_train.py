@@ -1,5 +1,7 @@
-"""rl2_train.py: causality, trials, end to end, resume, and the rl2 dataset read by ad_train.py."""
+"""rl2_train.py: causality, trials, end to end, held-out splits, the learning curve, bit-exact resume,
+errors before any work, and the rl2 dataset read by ad_train.py."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,25 +10,35 @@ import numpy as np
 import pytest
 import torch
 
-import ad_train as A
 import keydoor_env as K
 import rl2_train as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVAL_KEYS = {"tasks", "episode_env", "episode_return", "episode_end_step", "random_episode_env",
+             "random_episode_return", "random_episode_end_step", "meta"}
 
 
 def tiny(tmp_path, **overrides):
     flags = dict(size=4, iterations=3, num_envs=6, num_minibatches=2, episodes_per_trial=3, save_every=2, eval_every=2,
-                 eval_envs=3, n_layer=1, n_embd=16, n_head=2, d_ff=16, data_dir=str(tmp_path / "data"),
-                 progress=False, cuda=False)
+                 eval_split="validation", eval_envs=3, n_layer=1, n_embd=16, n_head=2, d_ff=16,
+                 data_dir=str(tmp_path / "data"), progress=False, cuda=False)
     flags.update(overrides)
     return R.Args(**flags)
+
+
+def config(**overrides):
+    fields = dict(obs_dim=K.DARK_OBS_DIM, context=20, n_layer=2, n_head=2, n_embd=16, d_ff=16, arrival=False)
+    return R.ModelConfig(**{**fields, **overrides})
+
+
+def files_under(folder):
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names)
 
 
 @pytest.mark.parametrize("arrival", [False, True])
 def test_policy_is_causal_and_cache_matches(arrival):
     torch.manual_seed(0)
-    model = R.ActorCritic(R.ModelConfig(context=20, n_layer=2, n_head=2, n_embd=16, d_ff=16, arrival=arrival)).eval()
+    model = R.ActorCritic(config(arrival=arrival)).eval()
     g = torch.Generator().manual_seed(0)
     inputs = {"observations": torch.rand(2, 20, 4, generator=g), "prev_actions": torch.randint(0, 5, (2, 20), generator=g),
               "prev_rewards": torch.randint(0, 2, (2, 20), generator=g).float(),
@@ -49,8 +61,8 @@ def test_policy_is_causal_and_cache_matches(arrival):
 
 def test_trials_keep_their_task_and_have_their_episodes():
     torch.manual_seed(0)
-    model = R.ActorCritic(R.ModelConfig(context=150, n_layer=1, n_head=2, n_embd=16, d_ff=16)).eval()
-    tasks = K.task_split(4)[0][:5]
+    model = R.ActorCritic(config(context=150, n_layer=1)).eval()
+    tasks = K.task_split(4, "train")[:5]
     env = K.KeyDoorVectorEnv(5, size=4, tasks=tasks)
     env.reset(seed=0)
     buf = R.run_trials(model, env, tasks, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
@@ -71,6 +83,14 @@ def test_trials_keep_their_task_and_have_their_episodes():
                 obs, _ = single.reset()
     assert buf["prev_dones"][:, 0].eq(1).all()  # the first token looks like an episode start, as in AD
     assert buf["prev_arrivals"][:, 0].eq(0).all()  # before the first action the agent stands on the start cell
+    # the metrics: episode by index, and the first-500 metric of keydoor_env (per env, then over envs)
+    metrics = R.trial_metrics(buf, 3)
+    episodes = metrics["episodes"]
+    assert np.bincount(episodes["env"], minlength=5).tolist() == [3] * 5
+    for k in range(3):
+        np.testing.assert_allclose(metrics["by_episode"][k], episodes["return"][k::3].mean(), rtol=1e-6)
+    assert metrics["first_500"] == pytest.approx(float(np.nanmean(K.early_return(episodes, 5))))
+    assert np.isnan(metrics["episodes_5_to_10"])  # a trial of 3 episodes has no episodes 5 to 10
 
 
 def test_gae_stops_at_the_trial_end():
@@ -81,52 +101,181 @@ def test_gae_stops_at_the_trial_end():
     assert advantages[0, 2] == 0
 
 
-def test_end_to_end_resume_and_ad_reads_the_dataset(tmp_path, monkeypatch, capsys):
+def read_curve(path):
+    with open(path) as f:
+        lines = f.read().splitlines()
+    return lines[0].split(","), [[float(x) for x in line.split(",")] for line in lines[1:]]
+
+
+def test_end_to_end_files_curve_and_reevaluation(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    stale = tmp_path / "data" / "checkpoints" / ".tmp-otherhost-1-abc.part"  # a killed writer's leftover
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a checkpoint")
+    os.utime(stale, (0, 0))
     result = R.main(tiny(tmp_path))
-    assert len(result["by_episode"]) == 3 and 0 <= result["first_500"] <= 2
+    assert not stale.exists()
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
-    assert checkpoint["iteration"] == 3
-    # the held-out trials are written in ad_eval.py's layout, consistent with the printed metrics
+    assert checkpoint["iteration"] == 3 and checkpoint["model_config"] == {
+        "obs_dim": 4, "context": 150, "n_layer": 1, "n_head": 2, "n_embd": 16, "d_ff": 16, "arrival": False}
+    # the eval file: its name holds split and envs, the shared layout, the validation tasks
+    assert result["eval"] == str(tmp_path / "data" / "eval" / "rl2__4x4__1__validation3_trial_seed1.npz")
     with np.load(result["eval"], allow_pickle=False) as f:
-        assert set(f.files) >= {"tasks", "episode_env", "episode_return", "episode_end_step", "by_episode", "config"}
-        np.testing.assert_allclose(f["by_episode"], result["by_episode"])
-        counts = np.bincount(f["episode_env"], minlength=len(f["tasks"]))
-        assert (counts == 3).all()  # every held-out trial ran its 3 episodes
+        assert set(f.files) == EVAL_KEYS
+        meta = json.loads(str(f["meta"]))
+        np.testing.assert_array_equal(f["tasks"], K.eval_tasks(4, "validation", 3, seed=1))
+        assert f["tasks"].dtype == np.int64
+        for prefix in ("", "random_"):  # every trial ran its 3 episodes, within the trial's steps
+            assert np.bincount(f[f"{prefix}episode_env"], minlength=3).tolist() == [3, 3, 3]
+            assert 1 <= f[f"{prefix}episode_end_step"].min() and f[f"{prefix}episode_end_step"].max() <= 150
         for i in range(3):  # the i-th episode of each env, averaged over envs, is the by-episode return
             np.testing.assert_allclose(f["episode_return"].reshape(-1, 3)[:, i].mean(), result["by_episode"][i], atol=1e-6)
+    assert meta == {"algorithm": "rl2", "checkpoint": result["checkpoint"], "model_config": checkpoint["model_config"],
+                    "split": "validation", "num_envs": 3, "steps": 150, "seed": 1, "size": 4, "obs": "dark",
+                    "episodes_per_trial": 3, "iteration": 3}
+    assert not {tuple(t) for t in K.task_split(4, "train")} & {tuple(t) for t in K.eval_tasks(4, "validation", 3, 1)}
+    # the learning curve: one row per evaluation (iterations 2 and 3), the last one the printed result
+    assert result["curve"] == str(tmp_path / "data" / "eval" / "rl2__4x4__1__curve.csv")
+    columns, rows = read_curve(result["curve"])
+    assert columns == ["iteration", "episodes", "first_500", "episodes_5_to_10", "episode_1", "episode_2", "episode_3",
+                       "minutes"]
+    assert [row[:2] for row in rows] == [[2, 2 * 6 * 3], [3, 3 * 6 * 3]] and 0 <= rows[0][-1] <= rows[1][-1]
+    assert rows[-1][2] == result["first_500"] and np.isnan(rows[-1][3]) and rows[-1][4:7] == result["by_episode"].tolist()
+    # the dataset chunks
     folder = tmp_path / "data" / "rl2"
     names = sorted(os.listdir(folder))
     assert names[:2] == ["rl2__4x4__1__run_00000_it000001.npz", "rl2__4x4__1__run_00000_it000003.npz"] and len(names) == 12
-    history, config = K.load_history(str(folder / names[0]))
-    assert config["algorithm"] == "rl2-ppo" and config["iterations"] == [1, 2]
-    dones = history["terminations"] | history["truncations"]
-    assert dones.sum() == 6  # 2 iterations x 3 episodes
-    train = {tuple(t) for t in K.task_split(4)[0]}
-    assert {tuple(t) for t in history["tasks"]} <= train
-    # resume: more iterations continue from the checkpoint
+    history, history_config = K.load_history(str(folder / names[0]))
+    assert history_config["algorithm"] == "rl2-ppo" and history_config["iterations"] == [1, 2]
+    assert (history["terminations"] | history["truncations"]).sum() == 6  # 2 iterations x 3 episodes
+    assert {tuple(t) for t in history["tasks"]} <= {tuple(t) for t in K.task_split(4, "train")}
+
+    # a finished run rerun on test tasks: evaluates the checkpoint, trains nothing, writes its own file
+    before = {name: (tmp_path / "data" / name).read_bytes() for name in files_under(tmp_path / "data")}
     capsys.readouterr()
+    test = R.main(tiny(tmp_path, eval_split="test", eval_envs=5))
+    assert "test tasks (5)" in capsys.readouterr().out
+    assert test["eval"] == str(tmp_path / "data" / "eval" / "rl2__4x4__1__test5_trial_seed1.npz")
+    assert {name: (tmp_path / "data" / name).read_bytes() for name in before} == before  # nothing else rewritten
+    assert set(files_under(tmp_path / "data")) == set(before) | {"eval/rl2__4x4__1__test5_trial_seed1.npz"}
+    with np.load(test["eval"], allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"]))
+        assert (meta["split"], meta["num_envs"], meta["iteration"]) == ("test", 5, 3)
+        np.testing.assert_array_equal(f["tasks"], K.eval_tasks(4, "test", 5, seed=1))
+    # training on, but measured on other tasks than its curve so far: refused before any work
+    with pytest.raises(ValueError, match="resume its training with --eval-split validation --eval-envs 3"):
+        R.main(tiny(tmp_path, iterations=4, eval_split="test", eval_envs=5))
+    # resume: more iterations continue from the checkpoint and the curve
     R.main(tiny(tmp_path, iterations=4))
-    assert "resuming" in capsys.readouterr().out
     assert torch.load(result["checkpoint"], weights_only=True)["iteration"] == 4
     assert len(os.listdir(folder)) == 18  # a new chunk, the earlier ones kept
-    # rerunning a finished run trains nothing and evaluates the checkpoint again
-    again = R.main(tiny(tmp_path, iterations=4))
-    assert len(os.listdir(folder)) == 18 and again["eval"] == result["eval"]
-    # ad_train reads the fifth dataset
-    out = A.main(A.Args(dataset="rl2", data_dir=str(tmp_path / "data"), context=20, updates=3, batch_size=4, n_layer=1,
-                        n_head=2, n_embd=16, d_ff=16, eval_every=0, progress=False, cuda=False))
-    assert os.path.exists(out["checkpoint"])
-    with pytest.raises(ValueError, match="another shape"):
-        R.main(tiny(tmp_path, iterations=5, n_embd=32))
-    with pytest.raises(ValueError, match="another shape"):  # --arrival-token changes the model's input
-        R.main(tiny(tmp_path, iterations=5, arrival_token=True))
+    assert [row[0] for row in read_curve(result["curve"])[1]] == [2, 3, 4]
+    # another model under the same name is refused; --arrival-token changes the model's input
+    for overrides in ({"n_embd": 32}, {"arrival_token": True}):
+        with pytest.raises(ValueError, match="another shape"):
+            R.main(tiny(tmp_path, iterations=5, **overrides))
     arrival = R.main(tiny(tmp_path, iterations=2, arrival_token=True, exp_name="rl2-arrival"))
     assert torch.load(arrival["checkpoint"], weights_only=True)["model_config"]["arrival"] is True
     assert len(os.listdir(folder)) == 18 + 6  # its own chunks, beside the first run's
 
 
-def test_cli_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "rl2_train.py"), "--iterations", "0"],
+def test_ad_train_reads_the_rl2_dataset(tmp_path, monkeypatch):
+    import ad_train as A  # here, not at the top: the rest of this file does not depend on ad_train.py
+
+    monkeypatch.chdir(tmp_path)
+    R.main(tiny(tmp_path, iterations=2))
+    out = A.main(A.Args(dataset="rl2", data_dir=str(tmp_path / "data"), context=20, iterations=3, batch_size=4, n_layer=1,
+                        n_head=2, n_embd=16, d_ff=16, eval_every=0, progress=False, cuda=False))
+    assert os.path.exists(out["checkpoint"])
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_after", ["checkpoint", "curve"])
+def test_resume_after_a_kill_is_bit_identical(tmp_path, monkeypatch, kill_after):
+    """4 iterations in one go against a run killed after its checkpoint at iteration 2 (and, for "curve",
+    after its evaluation at iteration 3 too, so the curve holds a row the checkpoint has not reached)."""
+    monkeypatch.chdir(tmp_path)
+    flags = dict(iterations=4, save_every=2, eval_every=1)
+    whole = R.main(tiny(tmp_path / "whole", **flags))
+    atomic_write, writes = K.atomic_write, []
+
+    def write_then_die(path, write):
+        atomic_write(path, write)
+        writes.append(os.path.basename(path))
+        if writes.count("rl2__4x4__1.pt" if kill_after == "checkpoint" else "rl2__4x4__1__curve.csv") == (
+                1 if kill_after == "checkpoint" else 3):
+            raise Killed
+
+    monkeypatch.setattr(K, "atomic_write", write_then_die)
+    with pytest.raises(Killed):
+        R.main(tiny(tmp_path / "split", **flags))
+    monkeypatch.setattr(K, "atomic_write", atomic_write)
+    assert torch.load(tmp_path / "split" / "data" / "checkpoints" / "rl2__4x4__1.pt", weights_only=True)["iteration"] == 2
+    if kill_after == "curve":
+        assert len(read_curve(tmp_path / "split" / "data" / "eval" / "rl2__4x4__1__curve.csv")[1]) == 3
+    resumed = R.main(tiny(tmp_path / "split", **flags))
+    a, b = (torch.load(r["checkpoint"], weights_only=True) for r in (whole, resumed))
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert [row[0] for row in read_curve(resumed["curve"])[1]] == [1, 2, 3, 4]  # each evaluation once
+    with open(whole["curve"]) as f, open(resumed["curve"]) as g:  # the same text, but for the minutes
+        assert [line.rsplit(",", 1)[0] for line in f] == [line.rsplit(",", 1)[0] for line in g]
+    data = {name: tmp_path / "whole" / "data" / name for name in files_under(tmp_path / "whole" / "data")}
+    assert files_under(tmp_path / "split" / "data") == sorted(data)
+    for name in data:
+        if name.endswith(".npz"):  # the dataset chunks and the eval file, array for array
+            with np.load(data[name]) as f, np.load(tmp_path / "split" / "data" / name) as g:
+                assert f.files == g.files and all(np.array_equal(f[k], g[k]) for k in f.files if k != "meta")
+    assert whole["by_episode"].tolist() == resumed["by_episode"].tolist()
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    # more eval envs than the split holds, or no such split
+    held = len(K.task_split(4, "validation"))
+    with pytest.raises(ValueError, match=f"validation split of the 4x4 grid holds {held} tasks"):
+        R.main(tiny(tmp_path, eval_envs=held + 1))
+    with pytest.raises(ValueError, match="split must be"):
+        R.main(tiny(tmp_path, eval_split="train"))
+    assert not data.exists() and not (tmp_path / "runs").exists()
+    # an output folder that cannot be written
+    data.mkdir()
+    (data / "eval").write_text("a file where the eval folder goes")
+    with pytest.raises(OSError, match="cannot write there"):
+        R.main(tiny(tmp_path))
+    assert files_under(data) == ["eval"]  # nothing written
+    (data / "eval").unlink()
+    # a corrupt checkpoint, a checkpoint of an earlier version, a corrupt curve
+    path = data / "checkpoints" / "rl2__4x4__1.pt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        R.main(tiny(tmp_path))
+    model_config = {"obs_dim": 4, "context": 150, "n_layer": 1, "n_head": 2, "n_embd": 16, "d_ff": 16}  # no "arrival"
+    torch.save({"model": {}, "optimizer": {}, "iteration": 1, "args": {}, "model_config": model_config, "run_name": "x",
+                "seconds": 1.0}, path)
+    with pytest.raises(ValueError, match="not a checkpoint of this version"):
+        R.main(tiny(tmp_path))
+    path.unlink()
+    R.main(tiny(tmp_path, iterations=1))
+    curve = data / "eval" / "rl2__4x4__1__curve.csv"
+    curve.write_text("iteration,episodes\n1,18\n")
+    with pytest.raises(ValueError, match="learning curve of other settings"):
+        R.main(tiny(tmp_path, iterations=2))
+    assert torch.load(path, weights_only=True)["iteration"] == 1 and len(os.listdir(data / "rl2")) == 6
+
+
+@pytest.mark.parametrize("flags, message", [(["--iterations", "0"], "--iterations"),
+                                            (["--size", "5", "--eval-envs", "60"], "holds 20 tasks"),
+                                            ([], "not a readable checkpoint")])
+def test_cli_error_is_one_line(tmp_path, flags, message):
+    (tmp_path / "data" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "data" / "checkpoints" / "rl2__9x9__1.pt").write_bytes(b"garbage")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "rl2_train.py"), *flags],
                             capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--iterations" in result.stderr
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and message in result.stderr
