@@ -8,9 +8,12 @@ Hundreds of independent agents train together as one batched computation: every 
 moment, temperature and replay buffer carries a leading agent dimension and every layer is one
 `torch.baddbmm`. Agents share nothing but the kernels that compute them: each agent's loss is its
 own mean over its own batch, summed over agents, so its gradient is exactly what it would be alone.
+On CUDA no env step goes through the host: Nx1 steps `K.TorchVectorEnv` on the device (1xn keeps the
+numpy env, whose per-env generators draw its tasks) and the update is one replayed CUDA graph.
 
 Output: `data/<style>-<dark|light>/run_XXXXX.npz` (the `.npz` contract of keydoor_env.py), written
-atomically when the run's group finishes. Rerunning the same command skips finished runs.
+atomically when the run's group finishes. Rerunning the same command skips finished runs. Before any
+work, every file already in the folder must be readable and of this command's data settings.
 """
 
 from __future__ import annotations
@@ -19,14 +22,12 @@ import ctypes
 import json
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -80,7 +81,7 @@ class Args:
     exp_name: str = "sac_collect"
     """the experiment name in the TensorBoard run name"""
     log_every: int = 1000
-    """env steps between TensorBoard points"""
+    """env steps (the main loop's iterations) between TensorBoard points"""
     progress: bool = True
     """show a progress bar"""
 
@@ -100,11 +101,9 @@ def resolve(args: Args) -> Args:
         (args.num_runs >= 1, f"--num-runs must be >= 1, got {args.num_runs}"),
         (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
         (args.num_shards >= 1, f"--num-shards must be >= 1, got {args.num_shards}"),
-        (0 <= args.shard_index < args.num_shards,
-         f"--shard-index must lie in 0..{args.num_shards - 1}, got {args.shard_index}"),
+        (0 <= args.shard_index < args.num_shards, f"--shard-index must lie in 0..{args.num_shards - 1}, got {args.shard_index}"),
         (args.group_size >= 1, f"--group-size must be >= 1, got {args.group_size}"),
-        (args.batch_size >= 1 and args.hidden >= 1 and args.update_every >= 1,
-         "--batch-size, --hidden and --update-every must be >= 1"),
+        (min(args.batch_size, args.hidden, args.update_every) >= 1, "--batch-size, --hidden and --update-every must be >= 1"),
         (args.learning_starts >= 1, f"--learning-starts must be >= 1, got {args.learning_starts}"),
         (args.log_every >= 1, f"--log-every must be >= 1, got {args.log_every}"),
         (args.alpha > 0 and args.lr > 0, f"--alpha and --lr must be > 0, got {args.alpha} and {args.lr}"),
@@ -118,37 +117,36 @@ def resolve(args: Args) -> Args:
     return args
 
 
-# ----------------------------------------------------------------------------------------------
-# Compact codes: an observation is (cell, has_key, t) and a task is (key cell, door cell), so a
-# transition fits in 10 bytes instead of 80 (800 agents x 50k steps: 400 MB rather than 3.2 GB).
-# ----------------------------------------------------------------------------------------------
+# ---- Compact codes: an observation is (cell, has_key, t) and a task is (key cell, door cell), so a
+# transition fits in 10 bytes instead of 80 (800 agents x 50k steps: 400 MB rather than 3.2 GB). ----
 class Codec:
-    """Encodes float observations as int16 state codes and decodes codes back through tables."""
+    """Encodes observations as int16 state codes and decodes codes back through tables."""
 
     def __init__(self, size: int, light: bool, device: torch.device):
         self.size, self.light = size, light
+        scale = K.obs_scale(size, K.LIGHT_OBS_DIM)  # (8,): observation = integer features / scale
         cells = size * size
         states = np.arange(cells * 2 * (K.EPISODE_STEPS + 1))
         t, rest = states % (K.EPISODE_STEPS + 1), states // (K.EPISODE_STEPS + 1)
         has_key, cell = rest % 2, rest // 2
         # (states, 4): the Dark observation of every state code
-        self.state_table = np.stack([cell // size / (size - 1), cell % size / (size - 1), has_key,
-                                     t / K.EPISODE_STEPS], axis=1).astype(np.float32)
+        state_table = (np.stack([cell // size, cell % size, has_key, t], axis=1) / scale[:4]).astype(np.float32)
         tasks = np.arange(cells * cells)
         key, door = tasks // cells, tasks % cells
         # (task codes, 4) in grid cells
         self.task_cells = np.stack([key // size, key % size, door // size, door % size], axis=1)
-        self.state_table_t = torch.as_tensor(self.state_table, device=device)
-        self.task_table_t = torch.as_tensor((self.task_cells / (size - 1)).astype(np.float32), device=device)
+        self.state_table_t = torch.as_tensor(state_table, device=device)
+        self.task_table_t = torch.as_tensor((self.task_cells / scale[4:]).astype(np.float32), device=device)
+        self.scale_t = torch.as_tensor(scale[:4], device=device)
 
-    def encode_states(self, observations: np.ndarray) -> np.ndarray:
-        scaled = np.rint(observations[:, :4] * [self.size - 1, self.size - 1, 1, K.EPISODE_STEPS]).astype(np.int64)
+    def encode_states(self, observations: torch.Tensor) -> torch.Tensor:
+        """(N,) int16 state codes of observations (N, obs_dim), on the observations' device."""
+        scaled = torch.round(observations[:, :4] * self.scale_t).long()  # (N, 4) integer features
         cell = scaled[:, 0] * self.size + scaled[:, 1]
-        return ((cell * 2 + scaled[:, 2]) * (K.EPISODE_STEPS + 1) + scaled[:, 3]).astype(np.int16)
+        return ((cell * 2 + scaled[:, 2]) * (K.EPISODE_STEPS + 1) + scaled[:, 3]).to(torch.int16)
 
     def encode_tasks(self, tasks: np.ndarray) -> np.ndarray:
-        cells = self.size * self.size
-        return ((tasks[:, 0] * self.size + tasks[:, 1]) * cells + tasks[:, 2] * self.size + tasks[:, 3]).astype(np.int16)
+        return (((tasks[:, 0] * self.size + tasks[:, 1]) * self.size + tasks[:, 2]) * self.size + tasks[:, 3]).astype(np.int16)
 
     def observations(self, state_codes: torch.Tensor, task_codes: torch.Tensor) -> torch.Tensor:
         """Float observations (..., obs_dim) of code tensors (...)."""
@@ -156,9 +154,7 @@ class Codec:
         return torch.cat([dark, self.task_table_t[task_codes.long()]], dim=-1) if self.light else dark
 
 
-# ----------------------------------------------------------------------------------------------
-# The population: A independent discrete-SAC agents as batched tensors
-# ----------------------------------------------------------------------------------------------
+# ---- The population: A independent discrete-SAC agents as batched tensors, its update as a CUDA graph ----
 def init_mlp(num: int, sizes: list[int], generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
     """`num` independent MLPs as [W1 (num, in, out), b1 (num, 1, out), ...], nn.Linear's default init."""
     params = []
@@ -194,9 +190,10 @@ class Population:
         self.critic_target = [p.detach().clone() for p in self.critic]
         self.log_alpha = torch.full((num_agents,), math.log(args.alpha), device=device, requires_grad=True)
         self.target_entropy = args.target_entropy_scale * 0.98 * math.log(K.NUM_ACTIONS)
-        params = self.actor + self.critic + [self.log_alpha]
-        # Adam is elementwise, so one optimizer over the stacked tensors is A independent optimizers.
-        self.optimizer = torch.optim.Adam(params, lr=args.lr, fused=True)  # one kernel per tensor, CPU or CUDA
+        # Adam is elementwise, so one optimizer over the stacked tensors is A independent optimizers;
+        # fused: one kernel per tensor, CPU or CUDA; capturable on CUDA, so that a CUDA graph can hold its step.
+        self.optimizer = torch.optim.Adam(self.actor + self.critic + [self.log_alpha], lr=args.lr, fused=True,
+                                          capturable=device.type == "cuda")
 
     @torch.no_grad()
     def act(self, observations: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -206,11 +203,8 @@ class Population:
         return (probs.cumsum(-1) < uniforms[:, None]).sum(-1).clamp_(max=K.NUM_ACTIONS - 1)
 
     def update(self, observations, actions, rewards, next_observations, dones) -> dict[str, torch.Tensor]:
-        """One SAC update of every agent on its own batch.
-
-        observations, next_observations (A, B, obs_dim); actions (A, B) int64; rewards, dones (A, B).
-        Returns the per-agent losses (A,), detached.
-        """
+        """One SAC update of every agent on its own batch; returns the per-agent losses (A,), detached.
+        observations, next_observations (A, B, obs_dim); actions (A, B) int64; rewards, dones (A, B)."""
         A, gamma = self.num_agents, self.args.gamma
         alpha = self.log_alpha.exp().detach()[:, None, None]  # (A, 1, 1)
         with torch.no_grad():
@@ -240,79 +234,118 @@ class Population:
                 "entropy": entropy.mean(1)}
 
 
-# ----------------------------------------------------------------------------------------------
-# Collecting one group of runs
-# ----------------------------------------------------------------------------------------------
+class GraphedUpdate:
+    """`Population.update` captured once as a CUDA graph and replayed: one launch instead of hundreds. It
+    returns the graph's own loss tensors (the next replay overwrites them). The first calls run eagerly on a
+    side stream, the warm-up that capture needs; if capture raises, one warning and eager updates."""
+
+    def __init__(self, update, warmup_calls: int = 3):
+        self.update, self.warmup_calls, self.graph, self.failed = update, warmup_calls, None, False
+
+    def __call__(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.graph is None and not self.failed and self.warmup_calls > 0:
+            self.warmup_calls -= 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                losses = self.update(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            return losses
+        if self.graph is None and not self.failed:
+            try:
+                self.inputs, graph = [tensor.clone() for tensor in inputs], torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.outputs = self.update(*self.inputs)
+                self.graph = graph  # capture only recorded this call's update: the replay below runs it
+            except Exception as e:  # nothing ran during the failed capture, so eager updates take over cleanly
+                print(f"warning: CUDA graph capture of the SAC update failed ({type(e).__name__}: {e}); updating eagerly")
+                self.failed = True
+        if self.failed:
+            return self.update(*inputs)
+        for static, tensor in zip(self.inputs, inputs):
+            static.copy_(tensor)
+        self.graph.replay()
+        return self.outputs
+
+
+# ---- Collecting one group of runs ----
 def run_tasks(args: Args) -> np.ndarray:
     """The fixed train task of every Nx1 run, (num_runs, 4): a seeded permutation of the train split."""
-    train = K.task_split(args.size)[0]
+    train = K.task_split(args.size, "train")
     order = np.random.default_rng(args.seed).permutation(len(train))
     return train[order[np.arange(args.num_runs) % len(train)]]
 
 
-def collect_group(args: Args, runs: list[int], device: torch.device, writer: SummaryWriter | None,
-                  position: int = 0) -> list[dict[str, np.ndarray]]:
-    """Train the runs of one group together for `args.steps` steps; return their histories."""
+class NumpyEnv:
+    """`KeyDoorVectorEnv` behind `TorchVectorEnv`'s interface (tensors on `device` in and out). 1xn
+    needs it: each env draws its next task from its own numpy generator at every reset."""
+
+    def __init__(self, args: Args, runs: list[int], device: torch.device, tasks: np.ndarray | None):
+        self.env = K.KeyDoorVectorEnv(len(runs), size=args.size, light=args.light, tasks=tasks, resample=tasks is None)
+        self.seeds, self.device = [args.seed * 1_000_003 + r for r in runs], device
+
+    tasks = property(lambda self: self.env.tasks)  # (A, 4): each env's task now
+
+    def reset(self) -> torch.Tensor:
+        observations, _ = self.env.reset(seed=self.seeds)
+        return torch.as_tensor(observations, device=self.device)
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        *outputs, infos = self.env.step(actions.cpu().numpy())  # observations, rewards, terminations, truncations
+        return tuple(torch.as_tensor(a, device=self.device) for a in (*outputs, K.final_observations(outputs[0], infos)))
+
+
+def collect_group(args: Args, runs: list[int], device: torch.device, writer: SummaryWriter | None, *,
+                  numpy_env: bool = False, graph: bool = True) -> list[dict[str, np.ndarray]]:
+    """Train the runs of one group together for `args.steps` steps; return their histories. `numpy_env`
+    (Nx1 stepped on the host) and `graph=False` (eager CUDA updates) are the path before the GPU work,
+    which the tests and benchmarks/bench_sac.py compare against (the same data on the CPU)."""
     A, T, B = len(runs), args.steps, args.batch_size
     generator = torch.Generator().manual_seed(args.seed * 1_000_003 + runs[0])
     codec = Codec(args.size, args.light, device)
     obs_dim = K.LIGHT_OBS_DIM if args.light else K.DARK_OBS_DIM
     agents = Population(A, obs_dim, args, generator, device)
-    if args.style == "nx1":
-        env = K.KeyDoorVectorEnv(A, size=args.size, light=args.light, tasks=run_tasks(args)[runs])
-    else:
-        env = K.KeyDoorVectorEnv(A, size=args.size, light=args.light, resample=True)
-    observations, _ = env.reset(seed=[args.seed * 1_000_003 + r for r in runs])
+    update = GraphedUpdate(agents.update) if graph and device.type == "cuda" else agents.update
+    # Per-step draws on the device: a draw on the host would be copied over, and the copy waits for the GPU.
+    draws = generator if device.type == "cpu" else torch.Generator(device).manual_seed(args.seed * 1_000_003 + runs[0])
+    tasks = run_tasks(args)[runs] if args.style == "nx1" else None  # (A, 4), or None: 1xn draws them
+    env = NumpyEnv(args, runs, device, tasks) if tasks is None or numpy_env else K.TorchVectorEnv(tasks, args.size, args.light, device)
+    observations = env.reset()  # (A, obs_dim)
+    task_code = torch.as_tensor(codec.encode_tasks(env.tasks), device=device)  # (A,); 1xn refreshes it every step
 
     # The history doubles as the replay buffer: (A, T) compact codes, on the training device.
-    states = torch.zeros((A, T), dtype=torch.int16, device=device)
-    next_states = torch.zeros((A, T), dtype=torch.int16, device=device)
-    task_codes = torch.zeros((A, T), dtype=torch.int16, device=device)
-    actions = torch.zeros((A, T), dtype=torch.uint8, device=device)
-    rewards = torch.zeros((A, T), dtype=torch.uint8, device=device)
-    terminations = torch.zeros((A, T), dtype=torch.bool, device=device)
-    truncations = torch.zeros((A, T), dtype=torch.bool, device=device)
+    states, next_states, task_codes = (torch.zeros((A, T), dtype=torch.int16, device=device) for _ in range(3))
+    actions, rewards = (torch.zeros((A, T), dtype=torch.uint8, device=device) for _ in range(2))
+    terminations, truncations = (torch.zeros((A, T), dtype=torch.bool, device=device) for _ in range(2))
     agent_rows = torch.arange(A, device=device)[:, None] * T  # (A, 1) offsets into flattened (A*T) buffers
-    # visits of each (cell, has_key) by each agent, for the exploration bonus
-    visit_slots = 2 * args.size * args.size
+    visit_slots = 2 * args.size * args.size  # visits of each (cell, has_key) by each agent, for the exploration bonus
     visits = torch.zeros((A, visit_slots), device=device)
+    visit_rows, ones = torch.arange(A, device=device) * visit_slots, torch.ones(A, device=device)  # (A,) each
 
-    episode_return = np.zeros(A)
-    window_returns: list[list[float]] = [[] for _ in range(A)]
     losses: dict[str, torch.Tensor] = {}
     start_time, last_log = time.time(), 0
-    bar = tqdm(total=T, desc=f"runs {runs[0]}..{runs[-1]}", unit="step", disable=not args.progress,
-               position=position, dynamic_ncols=True)
+    bar = tqdm(total=T, desc=f"runs {runs[0]}..{runs[-1]}", unit="step", disable=not args.progress, dynamic_ncols=True)
     for step in range(T):
-        task_code = codec.encode_tasks(env.tasks)
-        state_code = codec.encode_states(observations)
+        if args.style == "1xn":
+            task_code = torch.as_tensor(codec.encode_tasks(env.tasks), device=device)
+        state_code = codec.encode_states(observations)  # (A,)
         if step < args.learning_starts:
-            action = torch.randint(0, K.NUM_ACTIONS, (A,), generator=generator).to(device)
+            action = torch.randint(0, K.NUM_ACTIONS, (A,), generator=draws, device=device)
         else:
-            obs_t = codec.observations(torch.as_tensor(state_code, device=device), torch.as_tensor(task_code, device=device))
-            action = agents.act(obs_t, torch.rand((A,), generator=generator).to(device))
-        action_np = action.cpu().numpy()
-        observations, reward, terminated, truncated, infos = env.step(action_np)
-        final = np.where(infos["_final_obs"][:, None], infos["final_obs"], observations) if infos else observations
-        next_code = torch.as_tensor(codec.encode_states(final), device=device)
-        states[:, step] = torch.as_tensor(state_code, device=device)
+            action = agents.act(codec.observations(state_code, task_code), torch.rand((A,), generator=draws, device=device))
+        observations, reward, terminated, truncated, final = env.step(action)
+        next_code = codec.encode_states(final)
+        states[:, step] = state_code
         next_states[:, step] = next_code
-        visits.view(-1).index_add_(0, torch.arange(A, device=device) * visit_slots
-                                   + next_code.long() // (K.EPISODE_STEPS + 1), torch.ones(A, device=device))
-        task_codes[:, step] = torch.as_tensor(task_code, device=device)
+        visits.view(-1).index_add_(0, visit_rows + next_code.long() // (K.EPISODE_STEPS + 1), ones)
+        task_codes[:, step] = task_code
         actions[:, step] = action.to(torch.uint8)
-        rewards[:, step] = torch.as_tensor(reward, device=device).to(torch.uint8)
-        terminations[:, step] = torch.as_tensor(terminated, device=device)
-        truncations[:, step] = torch.as_tensor(truncated, device=device)
-
-        episode_return += reward
-        for i in np.flatnonzero(terminated | truncated):
-            window_returns[i].append(episode_return[i])
-            episode_return[i] = 0.0
+        rewards[:, step] = reward.to(torch.uint8)
+        terminations[:, step] = terminated
+        truncations[:, step] = truncated
 
         if step + 1 >= args.learning_starts and (step + 1) % args.update_every == 0:
-            filled = step + 1
-            index = (agent_rows + torch.randint(0, filled, (A, B), generator=generator).to(device)).view(-1)  # (A*B,)
+            index = (agent_rows + torch.randint(0, step + 1, (A, B), generator=draws, device=device)).view(-1)  # (A*B,)
             task_batch = task_codes.view(-1)[index]
             obs_batch = codec.observations(states.view(-1)[index], task_batch).view(A, B, obs_dim)
             next_obs_batch = codec.observations(next_states.view(-1)[index], task_batch).view(A, B, obs_dim)
@@ -322,28 +355,35 @@ def collect_group(args: Args, runs: list[int], device: torch.device, writer: Sum
             if args.exploration_bonus > 0:
                 slot = next_states.view(-1)[index].long().view(A, B) // (K.EPISODE_STEPS + 1)  # (A, B)
                 reward_batch = reward_batch + args.exploration_bonus * visits.gather(1, slot).rsqrt()
-            losses = agents.update(obs_batch, actions.view(-1)[index].long().view(A, B), reward_batch,
-                                   next_obs_batch, done_batch)
+            losses = update(obs_batch, actions.view(-1)[index].long().view(A, B), reward_batch, next_obs_batch, done_batch)
 
         if (step + 1) % args.log_every == 0 or step + 1 == T:
-            means = np.array([np.mean(r) if r else np.nan for r in window_returns])
+            means = window_means(rewards, terminations | truncations, last_log, step + 1)  # waits for the device
             if writer is not None and not np.isnan(means).all():
                 log_population(writer, step + 1, means, losses, agents, A * (step + 1 - last_log) / (time.time() - start_time))
             bar.set_postfix(ret=f"{np.nanmean(means):.2f}" if not np.isnan(means).all() else "-")
-            window_returns = [[] for _ in range(A)]
             start_time, last_log = time.time(), step + 1
         bar.update(1)
     bar.close()
 
-    histories = []
-    for i in range(A):
-        tasks = codec.task_cells[task_codes[i].long().cpu().numpy()]
-        obs = codec.observations(states[i], task_codes[i]).cpu().numpy()
-        histories.append({"observations": obs, "actions": actions[i].cpu().numpy().astype(np.int64),
-                          "rewards": rewards[i].cpu().numpy().astype(np.float32),
-                          "terminations": terminations[i].cpu().numpy(), "truncations": truncations[i].cpu().numpy(),
-                          "tasks": tasks.astype(np.int64)})
-    return histories
+    observations = [codec.observations(states[i], task_codes[i]).cpu().numpy() for i in range(A)]  # (T, obs_dim) each
+    task_codes, actions, rewards, terminations, truncations = (
+        buffer.cpu().numpy() for buffer in (task_codes, actions, rewards, terminations, truncations))
+    return [{"observations": observations[i], "actions": actions[i].astype(np.int64),
+             "rewards": rewards[i].astype(np.float32), "terminations": terminations[i], "truncations": truncations[i],
+             "tasks": codec.task_cells[task_codes[i]].astype(np.int64)} for i in range(A)]
+
+
+def window_means(rewards: torch.Tensor, dones: torch.Tensor, start: int, end: int) -> np.ndarray:
+    """(A,) each agent's mean return over its episodes that ended in steps [start, end) (NaN: none), from
+    the (A, T) buffers at log time. Episodes last at most EPISODE_STEPS: the slice holds them whole."""
+    first = max(0, start - K.EPISODE_STEPS)
+    episodes = K.stream_episodes(rewards[:, first:end].cpu().numpy(), dones[:, first:end].cpu().numpy())
+    late = episodes["end_step"] > start - first  # ended in the window; earlier ones were logged already
+    sums = np.bincount(episodes["env"][late], weights=episodes["return"][late], minlength=len(rewards))
+    counts = np.bincount(episodes["env"][late], minlength=len(rewards))
+    with np.errstate(invalid="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def log_population(writer, step, means, losses, agents, sps) -> None:
@@ -352,68 +392,57 @@ def log_population(writer, step, means, losses, agents, sps) -> None:
     writer.add_scalar("charts/episodic_return_mean", valid.mean(), step)
     for q in (10, 25, 50, 75, 90):
         writer.add_scalar(f"charts/episodic_return_p{q}", np.percentile(valid, q), step)
-    writer.add_scalar("charts/solved_fraction", (valid >= 1.8).mean(), step)
+    writer.add_scalar("charts/solved_fraction", (valid >= K.SOLVED_RETURN).mean(), step)
     writer.add_scalar("charts/SPS", sps, step)
     writer.add_scalar("losses/alpha", agents.log_alpha.exp().mean().item(), step)
     for name, value in losses.items():
         writer.add_scalar(f"losses/{name}", value.mean().item(), step)
 
 
-# ----------------------------------------------------------------------------------------------
-# Dataset folder: configuration checks, resume, summary
-# ----------------------------------------------------------------------------------------------
-def dataset_dir(args: Args) -> str:
-    return os.path.join(args.data_dir, f"{args.style}-{'light' if args.light else 'dark'}")
-
-
+# ---- Dataset folder: checks before any work, resume, summary ----
 def run_path(folder: str, run: int) -> str:
     return os.path.join(folder, f"run_{run:05d}.npz")
 
 
-def check_folder(folder: str, config: dict) -> None:
-    """Refuse a folder whose existing histories were written with other data settings."""
-    if not os.path.isdir(folder):
-        return
-    for name in sorted(os.listdir(folder)):
+def check_folder(folder: str, history_config: dict) -> None:
+    """Refuse, naming the file, a folder holding any history that is unreadable or of other data
+    settings. Every file is read in full (the summary reads them all anyway): a truncated one is found
+    before any work."""
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         if not (name.startswith("run_") and name.endswith(".npz")):
             continue
         path = os.path.join(folder, name)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                existing = json.loads(str(data["config"]))
-        except Exception as e:
-            raise ValueError(f"{path}: unreadable history ({type(e).__name__}); move it away or delete it") from None
+            _, existing = K.load_history(path)
+        except ValueError as e:
+            message = " ".join(str(e).split())  # one line, whatever the zip library said
+            raise ValueError(f"{message}; delete or move it away, then rerun: its group is collected again") from None
         for field in DATA_FIELDS:
-            if existing.get(field) != config[field]:
-                raise ValueError(f"{folder} holds runs with {field}={existing.get(field)!r}, this command has "
-                                 f"{field}={config[field]!r}; use another --data-dir or matching flags")
-        return  # one file checked: every file in the folder was written by this same check
+            if existing.get(field) != history_config[field]:
+                raise ValueError(f"{path} was written with {field}={existing.get(field)!r}, this command has "
+                                 f"{field}={history_config[field]!r}; use another --data-dir or matching flags")
 
 
 def summarize(folder: str) -> dict:
-    """Share of runs whose last 10 episodes average >= 1.8, and when the median run first got there."""
+    """Share of runs whose last SOLVED_WINDOW episodes average >= SOLVED_RETURN, and when the median run first got there."""
     names = sorted(n for n in os.listdir(folder) if n.startswith("run_") and n.endswith(".npz"))
     final, solved_at = [], []
     for name in names:
         history, _ = K.load_history(os.path.join(folder, name))
         dones = history["terminations"] | history["truncations"]
         returns, _ = K.episode_returns(history["rewards"], dones)
-        final.append(returns[-10:].mean() if len(returns) else 0.0)
-        solved = K.first_solved_step(history["rewards"], dones)
-        solved_at.append(np.inf if solved is None else solved)
+        final.append(returns[-K.SOLVED_WINDOW:].mean() if len(returns) else 0.0)
+        solved_at.append(K.first_solved_step(history["rewards"], dones) or np.inf)  # steps count from 1
     final, solved_at = np.array(final), np.array(solved_at)
     median = float(np.median(solved_at)) if len(solved_at) else np.inf
-    return {"runs": len(names), "solved_fraction": float((final >= 1.8).mean()) if len(final) else 0.0,
+    return {"runs": len(names), "solved_fraction": float((final >= K.SOLVED_RETURN).mean()) if len(final) else 0.0,
             "final_return_mean": float(final.mean()) if len(final) else 0.0,
             "median_first_solved_step": None if not np.isfinite(median) else int(median)}
 
 
 def keep_freed_memory() -> None:
-    """Ask glibc to recycle freed activations instead of returning them to the OS.
-
-    Each update allocates and frees many tensors of a few MB. By default glibc serves those from
-    fresh mmap pages, and the page faults on first touch cost about 20% of an update on CPU.
-    """
+    """Ask glibc to recycle freed activations instead of returning them to the OS: each update frees
+    tensors of a few MB, and the page faults of fresh mmap pages cost about 20% of an update on CPU."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: the largest value glibc accepts
@@ -423,28 +452,34 @@ def keep_freed_memory() -> None:
 
 
 def main(args: Args) -> dict:
+    # 1. flags, seeds, device
     args = resolve(args)
     keep_freed_memory()
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # every draw has its own seeded generator; this is for anything implicit
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    folder = dataset_dir(args)
-    config = {field: getattr(args, field) for field in DATA_FIELDS}
-    config["algorithm"] = "sac"
-    check_folder(folder, config)
-    os.makedirs(folder, exist_ok=True)
 
-    # Groups are laid out over the global run index and dealt to shards, so that a run's data
-    # depends only on the seed and its group, never on the number of shards.
+    # 2. before any work: every file of the folder readable and of these data settings, the folder
+    #    writable, temp files that killed writers left there removed
+    folder = os.path.join(args.data_dir, f"{args.style}-{'light' if args.light else 'dark'}")
+    history_config = {field: getattr(args, field) for field in DATA_FIELDS}
+    history_config["algorithm"] = "sac"
+    check_folder(folder, history_config)
+    K.check_writable(folder)
+    removed = K.remove_stale_parts(folder)
+
+    # 3. the groups this shard still owes. Groups are laid out over the global run index and dealt to
+    #    shards, so that a run's data depends only on the seed and its group, never on the shards.
     all_groups = [list(range(i, min(i + args.group_size, args.num_runs))) for i in range(0, args.num_runs, args.group_size)]
     groups = all_groups[args.shard_index::args.num_shards]
     todo = [g for g in groups if not all(os.path.exists(run_path(folder, r)) for r in g)]
+    if todo:
+        K.check_writable("runs")  # TensorBoard's folder
     print(f"{folder}: {sum(map(len, groups))} runs in this shard, {len(groups) - len(todo)} of {len(groups)} groups "
-          f"already written; device {device}")
+          f"already written; device {device}" + (f"; removed {len(removed)} stale temp files" if removed else ""))
 
+    # 4. collect group by group; each group's files are written atomically when it finishes
     run_name = f"KeyDoor-{'Light' if args.light else 'Dark'}-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    for group_index, runs in enumerate(todo):
+    for runs in todo:
         writer = SummaryWriter(os.path.join("runs", run_name, f"runs_{runs[0]:05d}-{runs[-1]:05d}"))
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
         histories = collect_group(args, runs, device, writer)
@@ -452,7 +487,9 @@ def main(args: Args) -> dict:
         for run, history in zip(runs, histories):
             path = run_path(folder, run)
             if not os.path.exists(path):  # a group cut short while writing left some: same seed, same data
-                K.save_history(path, history, dict(config, run=run, task=history["tasks"][0].tolist()))
+                K.save_history(path, history, dict(history_config, run=run, task=history["tasks"][0].tolist()))
+
+    # 5. the summary of the whole folder
     summary = summarize(folder)
     print(json.dumps({"dataset": folder, **summary}))
     return summary

@@ -1,8 +1,10 @@
-"""Steps per second of KeyDoorVectorEnv against gymnasium's SyncVectorEnv of KeyDoorEnv, same run.
+"""Steps per second of KeyDoorVectorEnv against gymnasium's SyncVectorEnv of KeyDoorEnv, same run,
+and of TorchVectorEnv (the fixed-task env sac_collect.py steps on the training device).
 
     python benchmarks/bench_env.py --num-envs 512
+    python benchmarks/bench_env.py --num-envs 800 --device cuda
 
-Both run the same random actions with SAME_STEP autoreset; the ratio is what to read, since the
+All run the same random actions with SAME_STEP autoreset; the ratio is what to read, since the
 absolute figures move with the machine's load.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
+import torch
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,18 +30,24 @@ class Args:
     """grid size"""
     seconds: float = 3.0
     """minimum time spent measuring each implementation"""
+    device: str = "cpu"
+    """device of TorchVectorEnv"""
 
 
-def measure(step, num_envs: int, seconds: float) -> float:
-    """Env steps per second (num_envs per call) over at least `seconds`."""
-    rng = np.random.default_rng(0)
-    actions = rng.integers(0, K.NUM_ACTIONS, (64, num_envs))
+def measure(step, num_envs: int, seconds: float, device: str | None = None) -> float:
+    """Env steps per second (num_envs per call) over at least `seconds`; actions as a tensor on `device`
+    if given, else as a numpy array."""
+    actions = np.random.default_rng(0).integers(0, K.NUM_ACTIONS, (64, num_envs))
+    actions = actions if device is None else torch.as_tensor(actions, device=device)
+    sync = torch.cuda.synchronize if device is not None and device.startswith("cuda") else lambda: None
     for i in range(64):  # warm-up
         step(actions[i])
+    sync()
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         step(actions[calls % 64])
         calls += 1
+    sync()
     return calls * num_envs / (time.perf_counter() - start)
 
 
@@ -48,10 +57,14 @@ def main(args: Args) -> float:
     sync = gym.vector.SyncVectorEnv([lambda: K.KeyDoorEnv(size=args.size) for _ in range(args.num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     sync.reset(seed=0)
+    torch_env = K.TorchVectorEnv(vector.tasks, args.size, light=False, device=args.device)  # the tasks drawn above
+    torch_env.reset()
     fast = measure(vector.step, args.num_envs, args.seconds)
     slow = measure(sync.step, args.num_envs, args.seconds)
+    on_device = measure(torch_env.step, args.num_envs, args.seconds, args.device)
     print(f"KeyDoorVectorEnv   {args.num_envs} envs: {fast:>12,.0f} steps/s")
     print(f"SyncVectorEnv      {args.num_envs} envs: {slow:>12,.0f} steps/s")
+    print(f"TorchVectorEnv     {args.num_envs} envs: {on_device:>12,.0f} steps/s ({args.device}, fixed tasks)")
     print(f"ratio: {fast / slow:.1f}x (goal: >= 50x)")
     return fast / slow
 

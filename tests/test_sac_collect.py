@@ -1,8 +1,10 @@
 """sac_collect.py: the files it writes, agent independence, resume, sharding and bad input."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -53,7 +55,7 @@ def test_nx1_files_follow_the_contract(nx1_run):
     tmp_path, summary = nx1_run
     folder = tmp_path / "data" / "nx1-light"
     assert sorted(os.listdir(folder)) == ["run_00000.npz", "run_00001.npz", "run_00002.npz"]
-    train = {tuple(t) for t in K.task_split(4)[0]}
+    train = {tuple(t) for t in K.task_split(4, "train")}
     tasks_seen = set()
     for run in range(3):
         history, config = K.load_history(str(folder / f"run_{run:05d}.npz"))
@@ -93,7 +95,7 @@ def test_1xn_dark_resamples_train_tasks(tmp_path, monkeypatch):
     assert len(episode_tasks) > 4  # a new task at (nearly) every reset
     changes = np.flatnonzero((history["tasks"][1:] != history["tasks"][:-1]).any(axis=1))
     assert set(changes) <= set(ends)  # the task changes only at resets
-    train = {tuple(t) for t in K.task_split(4)[0]}
+    train = {tuple(t) for t in K.task_split(4, "train")}
     assert {tuple(t) for t in history["tasks"]} <= train
     replay_through_env(history, 4, False)
 
@@ -104,8 +106,8 @@ def test_codec_round_trip():
     obs, _ = env.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(120):
-        states, tasks = codec.encode_states(obs), codec.encode_tasks(env.tasks)
-        decoded = codec.observations(torch.as_tensor(states), torch.as_tensor(tasks)).numpy()
+        states, tasks = codec.encode_states(torch.as_tensor(obs)), codec.encode_tasks(env.tasks)
+        decoded = codec.observations(states, torch.as_tensor(tasks)).numpy()
         np.testing.assert_array_equal(decoded, obs)
         np.testing.assert_array_equal(codec.task_cells[tasks], env.tasks)
         obs, *_ = env.step(rng.integers(0, 5, 6))
@@ -256,3 +258,134 @@ def test_cli_smoke(tmp_path):
     history, config = K.load_history(str(tmp_path / "data" / "1xn-light" / "run_00000.npz"))
     assert config["style"] == "1xn" and history["observations"].shape == (150, 8)
     assert '"runs": 1' in result.stdout
+
+
+def test_every_file_of_the_folder_is_checked(tmp_path, monkeypatch):
+    """A 5x5 run among 4x4 runs is refused, though the first file matches (issue 14, case 3)."""
+    monkeypatch.chdir(tmp_path)
+    S.main(tiny(tmp_path, num_runs=2, steps=120))
+    S.main(tiny(tmp_path, num_runs=1, steps=120, size=5, data_dir=str(tmp_path / "other")))
+    folder = tmp_path / "data" / "nx1-light"
+    os.replace(tmp_path / "other" / "nx1-light" / "run_00000.npz", folder / "run_00002.npz")
+    before = sorted(os.listdir(folder))
+    with pytest.raises(ValueError, match=r"run_00002\.npz was written with size=5, this command has size=4"):
+        S.main(tiny(tmp_path, num_runs=4, steps=120))
+    assert sorted(os.listdir(folder)) == before
+
+
+def test_truncated_file_is_refused_before_any_work_and_regenerated_once_removed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    S.main(tiny(tmp_path, num_runs=3, steps=120))  # groups {0, 1} and {2}
+    folder = tmp_path / "data" / "nx1-light"
+    original = K.load_history(str(folder / "run_00000.npz"))[0]
+    data = (folder / "run_00000.npz").read_bytes()
+    (folder / "run_00000.npz").write_bytes(data[: len(data) // 2])  # a copy cut short
+    os.remove(folder / "run_00002.npz")  # so that there is a group to compute
+    before = (sorted(os.listdir(folder)), sorted(os.listdir(tmp_path / "runs")))
+    with pytest.raises(ValueError, match=r"run_00000\.npz.*delete or move it away") as error:
+        S.main(tiny(tmp_path, num_runs=3, steps=120))
+    assert "\n" not in str(error.value)
+    assert (sorted(os.listdir(folder)), sorted(os.listdir(tmp_path / "runs"))) == before  # no group ran
+    os.remove(folder / "run_00000.npz")  # as the error says; the rerun completes both groups
+    S.main(tiny(tmp_path, num_runs=3, steps=120))
+    assert sorted(os.listdir(folder)) == ["run_00000.npz", "run_00001.npz", "run_00002.npz"]
+    again = K.load_history(str(folder / "run_00000.npz"))[0]
+    for key in K.HISTORY_DTYPES:
+        np.testing.assert_array_equal(again[key], original[key])
+
+
+def test_corrupt_file_is_one_line_on_the_command_line(tmp_path):
+    folder = tmp_path / "data" / "nx1-light"
+    folder.mkdir(parents=True)
+    (folder / "run_00000.npz").write_bytes(b"PK\x03\x04 not a zip")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "sac_collect.py"), "--light", "--steps", "100",
+                             "--data-dir", str(tmp_path / "data"), "--no-cuda"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "run_00000.npz" in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_stale_parts_of_killed_writers_are_removed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / "nx1-light"
+    folder.mkdir(parents=True)
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    host = socket.gethostname()
+    dead = folder / f"{K.PART_PREFIX}{host}-{killed.pid}-abc.part"  # a writer of this host that no longer runs
+    old = folder / f"{K.PART_PREFIX}otherhost-1-xyz.part"  # another host's, older than an hour
+    live = folder / f"{K.PART_PREFIX}{host}-{os.getpid()}-def.part"  # a writer still at work
+    for part in (dead, old, live):
+        part.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    S.main(tiny(tmp_path, num_runs=1, steps=120))
+    assert not dead.exists() and not old.exists() and live.exists()
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_bytes(b"")
+    with pytest.raises(OSError, match="cannot write"):  # the dataset folder would lie under a file
+        S.main(tiny(tmp_path, data_dir=str(tmp_path / "a_file")))
+    (tmp_path / "runs").write_bytes(b"")  # TensorBoard's folder is a file
+    with pytest.raises(OSError, match="runs: cannot write"):
+        S.main(tiny(tmp_path))
+    assert os.listdir(tmp_path / "data" / "nx1-light") == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / "nx1-light"
+    folder.mkdir(parents=True)
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(OSError, match="cannot write"):
+            S.main(tiny(tmp_path))
+    finally:
+        folder.chmod(0o755)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_torch_env_path_writes_what_the_numpy_env_path_writes(tmp_path, light):
+    """Nx1 steps TorchVectorEnv; the numpy env (the path before it) gives bit-identical histories."""
+    args = S.resolve(tiny(tmp_path, light=light, size=5, num_runs=3, steps=400))
+    fast = S.collect_group(args, [0, 1, 2], torch.device("cpu"), None)
+    reference = S.collect_group(args, [0, 1, 2], torch.device("cpu"), None, numpy_env=True)
+    for got, want in zip(fast, reference):
+        assert (want["terminations"] | want["truncations"]).sum() >= 8
+        for key in K.HISTORY_DTYPES:
+            assert got[key].dtype == want[key].dtype
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_window_means_match_a_loop_over_episodes():
+    env = K.KeyDoorVectorEnv(5, size=3, tasks=K.task_split(3, "train")[:5])
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    steps = [env.step(rng.integers(0, 5, 5))[1:4] for _ in range(300)]
+    rewards, dones = (np.stack([s[i] for s in steps], axis=1) for i in (0, 1))
+    dones = dones | np.stack([s[2] for s in steps], axis=1)
+    for start, end in [(0, 100), (100, 200), (37, 300), (250, 251)]:
+        means = S.window_means(torch.as_tensor(rewards).to(torch.uint8), torch.as_tensor(dones), start, end)
+        for i in range(5):
+            returns, ends = K.episode_returns(rewards[i], dones[i])
+            inside = returns[(ends >= start) & (ends < end)]
+            assert (np.isnan(means[i]) and len(inside) == 0) or means[i] == inside.mean()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphed_update_matches_eager_on_cuda():
+    A, B, D = 8, 32, 8
+    args = S.resolve(S.Args(hidden=16, batch_size=B))
+    device = torch.device("cuda")
+    eager, captured = (S.Population(A, D, args, torch.Generator().manual_seed(0), device) for _ in range(2))
+    graphed = S.GraphedUpdate(captured.update)
+    for step in range(8):  # 3 warm-up calls, the capture, then replays
+        inputs = [t.to(device) for t in batch(A, B, D, step)]
+        want = eager.update(*inputs)
+        got = graphed(*inputs)
+        torch.testing.assert_close(got["qf_loss"], want["qf_loss"])
+    assert graphed.graph is not None and not graphed.failed
+    for a, b in zip(population_state(eager), population_state(captured)):
+        torch.testing.assert_close(a, b)
