@@ -6,18 +6,12 @@
     torchrun --nproc-per-node 4 ad_train.py --context 500 # data parallel on 4 GPUs, same code
 
 One token per timestep embeds (o_t, a_{t-1}, r_{t-1}, d_{t-1}); the model predicts a_t at every
-position of a window of `--context` consecutive timesteps of one history. Windows cross episode
-boundaries, as the source agent's stream does. The checkpoint holds everything `ad_eval.py` needs
-to rebuild the model; rerunning the same command resumes from it, bit for bit.
+position of a window of `--context` consecutive timesteps of one history, across episode boundaries.
+The checkpoint holds all `ad_eval.py` needs; rerunning the same command resumes from it, bit for bit.
+`rollout()`, beside the model as nanoGPT keeps `generate()`, runs a model in context on new tasks.
 
-`--arrival-token` adds p_{t-1} to each token, the cell the previous action led to. Why: the door
-ends the episode, so the door's cell is in no o_t (the next o_t is the start of the next episode),
-and the model must otherwise work it out from two tokens (the last position and the action). The
-histories need no extra field: on this grid with no walls the cell is the last position moved by
-the action, clipped at the border, and the loader checks that against every next observation.
-
-`rollout()` runs a model in context on new tasks, beside the model as nanoGPT keeps `generate()`:
-the in-training evaluation and `ad_eval.py` both call it.
+`--arrival-token` adds p_{t-1}, the cell the previous action led to. Why: the door ends the episode, so its cell
+is in no o_t and must otherwise be inferred from the last position and action (see `arrival_cells`).
 """
 
 from __future__ import annotations
@@ -26,8 +20,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -51,7 +44,7 @@ class Args:
     context: int = 200
     """window length in timesteps (the model's context)"""
     history_steps: int = -1
-    """windows from the first N steps of each history only; -1: twice the step where the run first averages 1.8; 0: all"""
+    """windows from the first N steps of each history; -1: twice the step where it first averages 1.8; 0: all"""
     arrival_token: bool = False
     """add to each token the cell the previous action led to (the door's cell at an episode's end)"""
     n_layer: int = 4
@@ -102,9 +95,7 @@ class Args:
     """show a progress bar"""
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: every history in memory once, in compact dtypes, on the training device
-# ----------------------------------------------------------------------------------------------
+# --- Data: every history in memory once, in compact dtypes, on the training device
 # The first token of a history has no previous step; it is built like the first token of any later
 # episode (previous action "stay", reward 0, done 1), so that no embedding is left untrained.
 FIRST_PREV_ACTION, FIRST_PREV_DONE = 0, 1
@@ -112,47 +103,36 @@ FIRST_PREV_ARRIVAL = (0, 0)  # a history starts at a reset, where the agent stan
 
 
 def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, min_steps: int = 1, arrival: bool = False):
-    """Load every `.npz` history of `folder`. Returns `(runs, meta)`: per run a dict of compact arrays
-    (`obs_codes` uint8 (T, D), `actions` uint8, `prev_actions` uint8, `prev_rewards` uint8,
-    `prev_dones` bool, with `arrival` also `prev_arrivals` uint8 (T, 2) grid cells), and `meta`
-    (size, obs_dim, obs_scale)."""
-    runs, size, full_dim, first = [], None, None, None
+    """Every `.npz` history of `folder` -> `(runs, meta)`: per run `select_steps`'s arrays with the observations
+    as `obs_codes` uint8 (T, D) (and `prev_arrivals` with `arrival`); meta holds size, obs_dim, obs_scale."""
+    runs, first, obs_dim = [], None, K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
     for path in K.history_paths(folder):
         history, history_config = K.load_history(path)
-        name, dim = os.path.basename(path), history["observations"].shape[1]
-        if first is None:
-            first, full_dim, size = name, dim, history_config.get("size")
-            if size is None:
-                raise ValueError(f"{path}: the history does not record its grid size")
-        if dim != full_dim:
-            raise ValueError(f"{folder}: {first} has {full_dim} observation features, {name} has {dim}")
-        if history_config.get("size") != size:
-            raise ValueError(f"{folder}: {first} is a {size}x{size} grid, {name} is {history_config.get('size')}")
+        name, dim, size = os.path.basename(path), history["observations"].shape[1], history_config.get("size")
+        first = first or (name, dim, size)
+        if size is None or (dim, size) != first[1:]:
+            raise ValueError(f"{folder}: {first[0]} has {first[1]} observation features on a {first[2]}x{first[2]} "
+                             f"grid, {name} has {dim} on {size}x{size}: one dataset, one layout")
         if light_obs and dim != K.LIGHT_OBS_DIM:
             raise ValueError(f"--light-obs needs Light data, but {path} holds Dark observations")
         if arrival:
             history["arrivals"] = arrival_cells(history, size, path)
-        runs.append(select_steps(history, history_steps, min_steps))
-    obs_dim = K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
-    scale = K.obs_scale(size, obs_dim)
-    for run in runs:
+        run, scale = select_steps(history, history_steps, min_steps), K.obs_scale(size, obs_dim)
         observations = run.pop("observations")[:, :obs_dim]  # Light read Dark: drop the 4 task features
         run["obs_codes"] = np.rint(observations * scale).astype(np.uint8)
         if not np.array_equal(decode_observations(torch.as_tensor(run["obs_codes"]), torch.as_tensor(scale)).numpy(),
                               observations):
             raise ValueError(f"{folder}: observations are not on the {size}x{size} grid of the contract")
+        runs.append(run)
     return runs, {"size": size, "obs_dim": obs_dim, "obs_scale": scale.tolist()}
 
 
 def arrival_cells(history: dict, size: int, name: str) -> np.ndarray:
-    """The cell (x, y) each action led to, uint8 (T, 2): the position moved by the action, clipped at
-    the border. Checked against the next observation wherever the episode goes on, and against the
-    task's door where the door ended it, so that data from another dynamics fails here rather than
-    teaching the model wrong cells."""
+    """The cell (x, y) each action led to, uint8 (T, 2): the position moved by the action, clipped at the border;
+    checked against the next observations and doors, so that other dynamics fail here, not teach wrong cells."""
     cells = np.rint(history["observations"][:, :2] * (size - 1)).astype(np.int64)  # (T, 2)
     moved = np.clip(cells + K.ACTION_DELTAS[history["actions"]], 0, size - 1)
-    going_on = ~(history["terminations"] | history["truncations"])[:-1]
-    opened = history["terminations"]
+    going_on, opened = ~(history["terminations"] | history["truncations"])[:-1], history["terminations"]
     if not (np.array_equal(moved[:-1][going_on], cells[1:][going_on])
             and np.array_equal(moved[opened], history["tasks"][opened, 2:])):
         raise ValueError(f"{name}: observations do not follow the moves of the {size}x{size} grid, "
@@ -166,10 +146,8 @@ def decode_observations(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
 
 
 def select_steps(history: dict, history_steps: int, min_steps: int = 1) -> dict:
-    """Keep the first `history_steps` steps (-1: twice the step at which the run first solved its
-    task, at least `min_steps`; 0: all); add the previous action, reward and done of each step and,
-    when the history holds "arrivals" (cells, (T, 2)), the previous arrival ("prev_arrivals"; for the
-    first token, the start cell)."""
+    """The first `history_steps` steps (-1: twice the step where the run first solved its task, at least `min_steps`;
+    0: all), with each step's previous action, reward, done and, given "arrivals" (T, 2), arrival cell."""
     dones = history["terminations"] | history["truncations"]
     if history_steps < 0:  # concentrate windows on the learning phase of this run
         solved = K.first_solved_step(history["rewards"], dones)
@@ -198,24 +176,20 @@ def split_runs(runs: list[dict], val_fraction: float, seed: int) -> tuple[list[d
 
 
 class WindowSampler:
-    """All runs concatenated into flat tensors on the training device; a batch of windows is one
-    gather there (the host draws only the batch's start indices, so a CPU run is the same on CUDA)."""
+    """The arrays of all runs (obs_codes, actions, prev_*) concatenated into flat (tokens, ...) tensors on the
+    device: a batch is one gather there (the host draws only start indices, so a CPU run is the same on CUDA)."""
 
     def __init__(self, runs: list[dict], context: int, obs_scale: list[float], device: torch.device):
         lengths = np.array([len(r["actions"]) for r in runs])
         usable = lengths >= context
         if not usable.any():
             raise ValueError(f"--context {context} is longer than every history (longest {lengths.max()} steps)")
-        self.context, self.device = context, device
+        self.device, self.tokens = device, int(lengths.sum())
         self.offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)[:-1]])[usable])
         self.num_starts = torch.as_tensor(lengths[usable] - context + 1)  # window starts per run
-        cat = lambda key: torch.as_tensor(np.concatenate([r[key] for r in runs])).to(device)  # (tokens, ...)
-        self.obs_codes, self.actions = cat("obs_codes"), cat("actions")
-        self.prev_actions, self.prev_rewards, self.prev_dones = cat("prev_actions"), cat("prev_rewards"), cat("prev_dones")
-        self.prev_arrivals = cat("prev_arrivals") if "prev_arrivals" in runs[0] else None  # (tokens, 2) cells
+        self.arrays = {key: torch.as_tensor(np.concatenate([r[key] for r in runs])).to(device) for key in runs[0]}
         self.obs_scale = torch.tensor(obs_scale, device=device)
         self.positions = torch.arange(context, device=device)
-        self.tokens = int(lengths.sum())
 
     def sample(self, batch_size: int, generator: torch.Generator):
         """A batch of windows: (inputs dict of (B, C, ...) tensors, targets (B, C) int64), runs uniform."""
@@ -224,21 +198,20 @@ class WindowSampler:
         return self.gather((self.offsets[run] + start).to(self.device)[:, None] + self.positions)
 
     def gather(self, index: torch.Tensor):
-        """Windows at token indices `index` (B, C) on the device."""
-        inputs = {"observations": decode_observations(self.obs_codes[index], self.obs_scale),
-                  "prev_actions": self.prev_actions[index].long(),
-                  "prev_rewards": self.prev_rewards[index].float(),
-                  "prev_dones": self.prev_dones[index].float()}
-        if self.prev_arrivals is not None:  # cells scaled as the observation's positions
-            inputs["prev_arrivals"] = self.prev_arrivals[index].float() / self.obs_scale[0]
-        return inputs, self.actions[index].long()
+        """Windows at token indices `index` (B, C) on the device, as the model's inputs and targets."""
+        inputs = {key: value[index] for key, value in self.arrays.items()}
+        targets = inputs.pop("actions").long()
+        observations = decode_observations(inputs.pop("obs_codes"), self.obs_scale)
+        inputs = {key: value.long() if key == "prev_actions" else value.float() for key, value in inputs.items()}
+        if "prev_arrivals" in inputs:  # cells scaled as the observation's positions
+            inputs["prev_arrivals"] = inputs["prev_arrivals"] / self.obs_scale[0]
+        return {"observations": observations, **inputs}, targets
 
 
-# ----------------------------------------------------------------------------------------------
-# The model (nanoGPT-style)
-# ----------------------------------------------------------------------------------------------
+# --- The model (nanoGPT-style)
 @dataclass
 class ModelConfig:
+    """Built from `Args` by field name in `main`, so that the defaults live once, in `Args`."""
     obs_dim: int
     context: int
     n_layer: int
@@ -246,7 +219,7 @@ class ModelConfig:
     n_embd: int
     d_ff: int
     dropout: float
-    arrival: bool  # tokens carry p_{t-1}, the (x, y) the previous action led to
+    arrival: bool  # tokens carry p_{t-1}, the (x, y) the previous action led to (--arrival-token)
 
 
 class SelfAttention(nn.Module):
@@ -258,9 +231,9 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.proj_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
-        """x (B, T, E). With `cache` (a dict holding this layer's "k", "v" of earlier positions), the
-        T new tokens attend to the cached ones and the cache grows by T."""
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """x (B, T, E). `cache` ("k", "v" of this layer's earlier positions) is filled from empty by a
+        window's T tokens, then grows by one token a call (as `rollout` uses it)."""
         B, T, E = x.shape
         q, k, v = self.qkv(x).split(E, dim=2)
         q, k, v = (t.view(B, T, self.n_head, E // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
@@ -269,19 +242,13 @@ class SelfAttention(nn.Module):
                 cache["k"] = k.new_empty(B, self.n_head, self.context, E // self.n_head)
                 cache["v"], cache["len"] = torch.empty_like(cache["k"]), 0
             end = cache["len"] + T
-            if end > self.context:
-                raise ValueError(f"KV cache overflow: {end} tokens for a context of {self.context}")
+            # several new tokens over cached ones would need a block-causal mask, which rollout never needs
+            assert end <= self.context and (cache["len"] == 0 or T == 1), f"KV cache misuse: {cache['len']} + {T}"
             cache["k"][:, :, cache["len"]:end], cache["v"][:, :, cache["len"]:end] = k, v
             k, v, cache["len"] = cache["k"][:, :, :end], cache["v"][:, :, :end], end
-        past = k.shape[2] - T
-        dropout = self.dropout if self.training else 0.0
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        elif T == 1:  # one new token sees everything cached
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:  # new tokens see every cached token and the causal part of their own block
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        # causal over a window from its start; one token after a filled cache sees all of it
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=k.shape[2] == T,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.proj_dropout(self.proj(y.transpose(1, 2).reshape(B, T, E)))
 
 
@@ -292,10 +259,10 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(config.n_embd), nn.LayerNorm(config.n_embd)
         self.attn = SelfAttention(config)
-        self.mlp = nn.Sequential(nn.Linear(config.n_embd, config.d_ff), nn.GELU(), nn.Linear(config.d_ff, config.n_embd),
-                                 nn.Dropout(config.dropout))
+        self.mlp = nn.Sequential(nn.Linear(config.n_embd, config.d_ff), nn.GELU(),
+                                 nn.Linear(config.d_ff, config.n_embd), nn.Dropout(config.dropout))
 
-    def forward(self, x: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
 
@@ -322,9 +289,8 @@ class DecisionModel(nn.Module):
     def forward(self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, *, positions=None,
                 caches=None):
         """observations (B, T, obs_dim); prev_actions (B, T) int64 in 0..4; prev_rewards, prev_dones (B, T);
-        prev_arrivals (B, T, 2), the scaled (x, y) the previous action led to, read only by a model with
-        `config.arrival`. positions (T,) int64 (default 0..T-1); caches: one dict per block for
-        incremental decoding. Returns logits (B, T, 5)."""
+        prev_arrivals (B, T, 2) scaled cells, read only with `config.arrival`. positions (T,) int64 (default
+        0..T-1); caches: one dict per block for incremental decoding. Returns logits (B, T, 5)."""
         B, T, _ = observations.shape
         if positions is None:
             positions = torch.arange(T, device=observations.device)
@@ -348,18 +314,11 @@ class DecisionModel(nn.Module):
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-# ----------------------------------------------------------------------------------------------
-# In-context rollout: the model acts on new tasks from its own history, with no gradient step
-# ----------------------------------------------------------------------------------------------
+# --- In-context rollout: the model acts on new tasks from its own history, with no gradient step
 def window_starts(steps: int, context: int) -> np.ndarray:
-    """Start of the window on which the prediction at step t is made.
-
-    Position embeddings are learned, so a window cannot slide by one token on a KV cache. The window
-    grows from the start until it holds `context` tokens; the next token starts a new window of the
-    last context//2 tokens, refilled into the cache at positions 0..: from then on windows span
-    context//2 .. context tokens, at positions the model was trained on, for about two token
-    computations per step instead of `context`.
-    """
+    """Start of the window the prediction at step t is made on. Position embeddings are learned, so a window
+    cannot slide by one token on a KV cache: it grows to `context` tokens, then the next token starts a new
+    window of the last context//2, refilled at positions 0..: about two token computations a step."""
     starts, start = np.zeros(steps, dtype=np.int64), 0
     keep = max(1, context // 2)
     for t in range(steps):
@@ -372,11 +331,10 @@ def window_starts(steps: int, context: int) -> np.ndarray:
 @torch.no_grad()
 def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed: int, device: torch.device, *,
             greedy: bool = False, full_recompute: bool = False, progress: bool = False, desc: str = "") -> dict:
-    """Run `model` in context on `tasks` (N, 4) for `steps` env steps each, the same task after every
-    reset, all envs in one batch on `device` (env included: no host round trip per step). Actions are
-    sampled (argmax with `greedy`) from a generator seeded with `seed`. `full_recompute` recomputes
-    every window from scratch (the reference for the KV cache). Returns "episodes" (flat arrays:
-    env, return, end_step) and "tokens", the (N, steps, ...) inputs the model was fed."""
+    """Run `model` in context on `tasks` (N, 4) for `steps` env steps each, the same task after every reset,
+    all envs in one batch on `device` (the env too: no host round trip per step). Actions are sampled
+    (argmax with `greedy`) from a generator seeded with `seed`. `full_recompute`: every window from scratch,
+    the reference for the KV cache. Returns "episodes" (flat env, return, end_step) and "tokens" fed (N, steps, ...)."""
     was_training, config, N = model.training, model.config, len(tasks)
     model.eval()
     env = K.TorchVectorEnv(tasks, size, light=config.obs_dim == K.LIGHT_OBS_DIM, device=device)
@@ -395,15 +353,13 @@ def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed
     for t in tqdm(range(steps), disable=not progress, desc=desc, mininterval=1.0):
         tokens["observations"][:, t] = observations
         start = int(starts[t])
-        if full_recompute:
-            logits = model(**window(start, t + 1))[:, -1]
-        elif t == 0 or start != starts[t - 1]:  # a new window: refill the cache from its tokens
-            caches = [{} for _ in model.blocks]
+        if full_recompute or t == 0 or start != starts[t - 1]:  # a new window: (re)fill the cache from its tokens
+            caches = None if full_recompute else [{} for _ in model.blocks]
             logits = model(**window(start, t + 1), caches=caches)[:, -1]
         else:
             logits = model(**window(t, t + 1), positions=positions[t - start:t - start + 1], caches=caches)[:, -1]
         logits = logits.float()
-        actions = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+        actions = logits.argmax(-1) if greedy else torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
         observations, rewards[:, t], terminations, truncations, final = env.step(actions)
         dones[:, t] = terminations | truncations
         if t + 1 < steps:
@@ -413,9 +369,7 @@ def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed
     return {"episodes": K.stream_episodes(rewards.cpu().numpy(), dones.cpu().numpy()), "tokens": tokens}
 
 
-# ----------------------------------------------------------------------------------------------
-# Training: schedule, validation, checkpoints, devices
-# ----------------------------------------------------------------------------------------------
+# --- Training: schedule, validation, checkpoints, devices
 def lr_at(iteration: int, args: Args) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if iteration < args.warmup_iterations:
@@ -424,22 +378,21 @@ def lr_at(iteration: int, args: Args) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-@torch.no_grad()
-def validation_loss(model: DecisionModel, data: WindowSampler, batch_size: int, seed: int, autocast) -> tuple[float, float]:
-    """Loss and accuracy on a fixed set of validation windows (the same every time)."""
-    model.eval()
-    inputs, targets = data.sample(batch_size, torch.Generator().manual_seed(seed))
+def loss_and_accuracy(model: nn.Module, inputs: dict, targets: torch.Tensor, autocast) -> tuple:
+    """Cross-entropy (in float32) and action accuracy, as tensors: `.item()` waits for the GPU."""
     with autocast:
         logits = model(**inputs)
-    loss = F.cross_entropy(logits.float().reshape(-1, K.NUM_ACTIONS), targets.reshape(-1)).item()
-    accuracy = (logits.argmax(-1) == targets).float().mean().item()
+    loss = F.cross_entropy(logits.float().reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
+    return loss, (logits.argmax(-1) == targets).float().mean()
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, data: WindowSampler, batch_size: int, seed: int, autocast) -> tuple:
+    """Loss and accuracy on a fixed set of validation windows (the same every time)."""
+    model.eval()
+    loss, accuracy = loss_and_accuracy(model, *data.sample(batch_size, torch.Generator().manual_seed(seed)), autocast)
     model.train()
-    return loss, accuracy
-
-
-def checkpoint_path(args: Args) -> str:
-    obs = "light" if args.light_obs else "dark"
-    return os.path.join(args.data_dir, "checkpoints", f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}.pt")
+    return loss.item(), accuracy.item()
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -450,8 +403,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    fields = ("model", "optimizer", "iteration", "args", "model_config", "data", "run_name", "rng")
-    missing = set(fields) - set(checkpoint if isinstance(checkpoint, dict) else {})
+    missing = {"model", "optimizer", "iteration", "args", "model_config", "data", "run_name", "rng"} - set(
+        checkpoint if isinstance(checkpoint, dict) else {})
     if missing:
         raise ValueError(f"{path}: not a checkpoint of this version of ad_train.py (missing {sorted(missing)})")
     return checkpoint
@@ -469,6 +422,16 @@ def rng_states(generator: torch.Generator, device: torch.device) -> dict:
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
 
 
+def save_checkpoint(path: str, checkpoint: dict, generator: torch.Generator, device: torch.device, world: int) -> None:
+    """Add every process's generator states, so that each resumes where it stopped; rank 0 writes."""
+    states = [rng_states(generator, device)]
+    if world > 1:
+        states = [None] * world
+        dist.all_gather_object(states, {k: v.cpu() for k, v in rng_states(generator, device).items()})
+    if world == 1 or dist.get_rank() == 0:
+        K.atomic_write(path, lambda f: torch.save({**checkpoint, "rng": states}, f))
+
+
 def setup_device(args: Args) -> tuple[torch.device, int, int]:
     """(device, rank, world size). Under torchrun: one process per GPU (or CPU processes with gloo)."""
     cuda = args.cuda and torch.cuda.is_available()
@@ -482,19 +445,17 @@ def setup_device(args: Args) -> tuple[torch.device, int, int]:
 
 
 def validate(args: Args) -> None:
-    checks = [
-        (args.context >= 1, f"--context must be >= 1, got {args.context}"),
-        (args.iterations >= 1 and args.batch_size >= 1, "--iterations and --batch-size must be >= 1"),
-        (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
-        (min(args.n_layer, args.n_head, args.n_embd, args.d_ff) >= 1, "--n-layer, --n-head, --n-embd and --d-ff must be >= 1"),
-        (args.n_head >= 1 and args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}"),
-        (min(args.log_every, args.save_every, args.val_every) >= 1, "--log-every, --save-every and --val-every must be >= 1"),
-        (args.eval_every >= 0 and (args.eval_every == 0 or min(args.eval_envs, args.eval_steps) >= 1),
-         "--eval-every must be >= 0, and --eval-envs and --eval-steps >= 1 when it is on"),
-        (0 <= args.dropout < 1 and args.lr > 0, "--dropout must lie in [0, 1) and --lr be > 0"),
-        (args.warmup_iterations >= 1, f"--warmup-iterations must be >= 1, got {args.warmup_iterations}"),
-        (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}"),
-    ]
+    """Every flag's range, before any work."""
+    positive = ["context", "iterations", "batch_size", "n_layer", "n_head", "n_embd", "d_ff", "log_every", "save_every",
+                "val_every", "warmup_iterations"] + (["eval_envs", "eval_steps"] if args.eval_every else [])
+    for name in positive:  # first: the checks below divide by some of these
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    checks = [(args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}"),
+              (args.history_steps >= -1 and args.eval_every >= 0,
+               "--history-steps must be >= -1 and --eval-every >= 0"),
+              (0 <= args.dropout < 1 and args.lr > 0, "--dropout must lie in [0, 1) and --lr be > 0"),
+              (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}")]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
@@ -509,7 +470,9 @@ def main(args: Args) -> dict:
     torch.manual_seed(args.seed + rank)
 
     # 1. inputs and outputs, every check before any work
-    path = checkpoint_path(args)
+    obs = "light" if args.light_obs else "dark"
+    path = os.path.join(args.data_dir, "checkpoints",
+                        f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}.pt")
     if master:
         K.check_writable(os.path.dirname(path))
         K.remove_stale_parts(os.path.dirname(path))
@@ -518,37 +481,35 @@ def main(args: Args) -> dict:
     eval_tasks = K.eval_tasks(meta["size"], "validation", args.eval_envs, args.seed) if args.eval_every else None
     train_runs, val_runs = split_runs(runs, args.val_fraction, args.seed)
     train_data = WindowSampler(train_runs, args.context, meta["obs_scale"], device)
-    val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device) if val_runs and \
-        max(len(r["actions"]) for r in val_runs) >= args.context else None
+    val_long_enough = val_runs and max(len(r["actions"]) for r in val_runs) >= args.context
+    val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device) if val_long_enough else None
 
     # 2. the model, and the checkpoint to resume from
-    model_config = ModelConfig(obs_dim=meta["obs_dim"], context=args.context, n_layer=args.n_layer, n_head=args.n_head,
-                               n_embd=args.n_embd, d_ff=args.d_ff, dropout=args.dropout, arrival=args.arrival_token)
+    shared = {f.name: getattr(args, f.name) for f in fields(ModelConfig) if hasattr(args, f.name)}
+    model_config = ModelConfig(obs_dim=meta["obs_dim"], arrival=args.arrival_token, **shared)
     model = DecisionModel(model_config).to(device)
     optimizer = model.optimizer(args.lr, args.weight_decay, device)
-    # what the windows are drawn from: a resume must not silently change it
+    generator = torch.Generator().manual_seed(args.seed * 7919 + rank)
+    # the model and what its windows are drawn from: a resume must not silently change them
     data_info = {"dataset": args.dataset, "size": meta["size"], "light_obs": args.light_obs, "obs_dim": meta["obs_dim"],
                  "history_steps": args.history_steps, "val_fraction": args.val_fraction}
-    generator = torch.Generator().manual_seed(args.seed * 7919 + rank)
+    run_name = f"KeyDoor-{obs.title()}-{meta['size']}x{meta['size']}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    fixed = {"args": asdict(args), "model_config": asdict(model_config), "data": data_info, "run_name": run_name}
     start = 0
-    run_name = f"KeyDoor-{'Light' if args.light_obs else 'Dark'}-{meta['size']}x{meta['size']}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if os.path.exists(path):
         checkpoint = load_checkpoint(path, map_location=device)
-        if checkpoint["model_config"] != asdict(model_config) or checkpoint["data"] != data_info:
+        if (checkpoint["model_config"], checkpoint["data"]) != (fixed["model_config"], fixed["data"]):
             raise ValueError(f"{path} holds a model of another shape or data ({checkpoint['model_config']}, "
                              f"{checkpoint['data']}); move it away or change --exp-name")
+        if len(checkpoint["rng"]) != world:
+            raise ValueError(f"{path} was written by {len(checkpoint['rng'])} processes: resume it with as many")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        start, run_name = checkpoint["iteration"], checkpoint["run_name"]
-        if len(checkpoint["rng"]) == world:  # the generators as they were: the run goes on as if never stopped
-            states = checkpoint["rng"][rank]
-            generator.set_state(states["sampler"])
-            torch.set_rng_state(states["torch"])
-            if device.type == "cuda" and len(states["cuda"]):
-                torch.cuda.set_rng_state(states["cuda"], device)
-        else:
-            generator.manual_seed(args.seed * 7919 + rank + start)
-            print(f"rank {rank}: the checkpoint was written by {len(checkpoint['rng'])} processes: generators reseeded")
+        start, fixed["run_name"], states = checkpoint["iteration"], checkpoint["run_name"], checkpoint["rng"][rank]
+        generator.set_state(states["sampler"])  # the generators as they were: the run goes on as if never stopped
+        torch.set_rng_state(states["torch"])
+        if device.type == "cuda" and len(states["cuda"]):
+            torch.cuda.set_rng_state(states["cuda"], device)
         if master:
             print(f"resuming {path} at iteration {start}")
     raw_model = model
@@ -557,50 +518,37 @@ def main(args: Args) -> dict:
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def save(iteration: int) -> None:
-        states = [rng_states(generator, device)]
-        if world > 1:  # every process's generators, so that each resumes where it stopped
-            states = [None] * world
-            dist.all_gather_object(states, {k: v.cpu() for k, v in rng_states(generator, device).items()})
-        if master:
-            checkpoint = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-                          "args": asdict(args), "model_config": asdict(model_config), "data": data_info,
-                          "run_name": run_name, "rng": states}
-            K.atomic_write(path, lambda f: torch.save(checkpoint, f))
-
     # 3. the training loop
-    writer = SummaryWriter(os.path.join("runs", run_name)) if master else None
+    writer = SummaryWriter(os.path.join("runs", fixed["run_name"])) if master else None
     if writer:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+        table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
         print(f"{folder}: {len(runs)} runs, {train_data.tokens:,} training tokens; model "
               f"{sum(p.numel() for p in raw_model.parameters()):,} parameters on {device}")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     local_batch = max(1, args.batch_size // world)
     last_time, last_iteration, stats = time.time(), start, {}
-    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not (master and args.progress))
+    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations,
+               disable=not (master and args.progress))
     for iteration in bar:
         lr = lr_at(iteration, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, targets = train_data.sample(local_batch, generator)
-        with autocast:
-            logits = model(**inputs)
-        loss = F.cross_entropy(logits.float().reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
+        loss, accuracy = loss_and_accuracy(model, *train_data.sample(local_batch, generator), autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         completed, last = iteration + 1, iteration + 1 == args.iterations
         if writer and (completed % args.log_every == 0 or last):  # .item() waits for the GPU: only here
-            accuracy = (logits.argmax(-1) == targets).float().mean().item()
-            elapsed = time.time() - last_time
-            writer.add_scalar("losses/train_loss", loss.item(), completed)
-            writer.add_scalar("charts/action_accuracy", accuracy, completed)
-            writer.add_scalar("charts/learning_rate", lr, completed)
-            writer.add_scalar("charts/SPS", (completed - last_iteration) / elapsed, completed)
-            writer.add_scalar("charts/tokens_per_second", (completed - last_iteration) * args.batch_size * args.context / elapsed, completed)
-            stats.update(train_loss=loss.item(), accuracy=accuracy)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
+            stats.update(train_loss=loss.item(), accuracy=accuracy.item())
+            per_second = (completed - last_iteration) / (time.time() - last_time)
+            for tag, value in [("losses/train_loss", stats["train_loss"]),
+                               ("charts/action_accuracy", stats["accuracy"]), ("charts/learning_rate", lr),
+                               ("charts/SPS", per_second),
+                               ("charts/tokens_per_second", per_second * args.batch_size * args.context)]:
+                writer.add_scalar(tag, value, completed)
+            bar.set_postfix(loss=f"{stats['train_loss']:.3f}", acc=f"{stats['accuracy']:.2f}")
             last_time, last_iteration = time.time(), completed
         if writer and val_data is not None and (completed % args.val_every == 0 or last):
             stats["val_loss"], val_accuracy = validation_loss(raw_model, val_data, args.batch_size, args.seed, autocast)
@@ -613,7 +561,8 @@ def main(args: Args) -> dict:
             stats["eval_return"] = float(np.mean([r[-max(1, len(r) // 4):].mean() if len(r) else 0.0 for r in returns]))
             writer.add_scalar("eval/return", stats["eval_return"], completed)
         if completed % args.save_every == 0 or last:
-            save(completed)
+            save_checkpoint(path, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "iteration": completed, **fixed}, generator, device, world)
     if writer:
         writer.close()
     if world > 1:
