@@ -95,6 +95,14 @@ def test_termination_on_step_50_is_not_truncation():
     assert r == 1 and term and not trunc
 
 
+def test_single_env_keeps_its_state_after_the_end():
+    """No autoreset: after the door the env still shows the door's cell (replays read the arrival cell there)."""
+    env, _ = make(task=(1, 0, 2, 0))
+    env.step(RIGHT)
+    obs, r, term, trunc, _ = env.step(RIGHT)
+    assert (r, term, trunc) == (1.0, True, False) and obs[:3].tolist() == [0.5, 0, 1] and env._pos == [2, 0]
+
+
 def test_fixed_mode_keeps_task_and_resample_mode_draws():
     env = K.KeyDoorEnv(size=9)
     env.reset(seed=3)
