@@ -9,9 +9,11 @@ Three rates, each through `sac_collect.collect_group` with the same per-agent wo
 - the path sac_collect.py takes: `TorchVectorEnv` on the device and, on CUDA, the update replayed
   as a CUDA graph (on the CPU only the env differs, and the data are the same bit for bit);
 - one agent alone on the same path, to show what batching agents buys.
-Read the ratios: the absolute figures move with the machine's load. The new path's rate also gives
-the projected wall-clock of the full dataset (800 runs x 50k steps) in groups of the population's
-size. On CUDA, `--steps` should be large enough (2,000 or more) to hide the capture.
+The two population paths alternate `--repeats` times and each keeps its best rate, so that a burst
+of load from elsewhere does not decide the ratio; still, read the ratios, as absolute figures move
+with the machine's load. The new path's rate also gives the projected wall-clock of the full dataset
+(800 runs x 50k steps) in groups of the population's size. On CUDA, `--steps` should be large
+enough (2,000 or more) to hide the capture.
 """
 
 import os
@@ -42,6 +44,8 @@ class Args:
     """steps of the untimed first call (allocator, kernels)"""
     device: str = "cpu"
     """cpu or cuda"""
+    repeats: int = 2
+    """timed calls of each population path, alternating; the best counts"""
     full_runs: int = 800
     """runs of the full dataset, for the projection"""
     full_steps: int = 50_000
@@ -64,8 +68,10 @@ def rate(args: Args, agents: int, before: bool) -> float:
 
 def main(args: Args) -> float:
     S.keep_freed_memory()  # as sac_collect.main does
-    before = rate(args, args.population, before=True)
-    new = rate(args, args.population, before=False)
+    before, new = 0.0, 0.0
+    for _ in range(args.repeats):
+        before = max(before, rate(args, args.population, before=True))
+        new = max(new, rate(args, args.population, before=False))
     alone = rate(args, 1, before=False)
     hours = args.full_runs * args.full_steps / new / 3600
     now = "torch env" + (", CUDA graph" if args.device.startswith("cuda") else "")
