@@ -3,15 +3,12 @@
     python ad_train.py --context 200                      # AD on Nx1 histories read Dark (data/nx1-light)
     python ad_train.py --context 200 --light-obs          # AD on Light data
     python ad_train.py --dataset 1xn-dark --context 2     # BC on 1xN histories
-    torchrun --nproc-per-node 4 ad_train.py --context 500 # data parallel on 4 GPUs, same code
 
-One token per timestep embeds (o_t, a_{t-1}, r_{t-1}, d_{t-1}); the model predicts a_t at every
-position of a window of `--context` consecutive timesteps of one history, across episode boundaries.
-The checkpoint holds all `ad_eval.py` needs; rerunning the same command resumes from it, bit for bit.
-`rollout()`, beside the model as nanoGPT keeps `generate()`, runs a model in context on new tasks.
-
-`--arrival-token` adds p_{t-1}, the cell the previous action led to. Why: the door ends the episode, so its cell
-is in no o_t and must otherwise be inferred from the last position and action (see `arrival_cells`).
+One token per timestep embeds (o_t, a_{t-1}, r_{t-1}, d_{t-1}); the model predicts a_t at every position of a
+window of `--context` consecutive timesteps of one history, across episode boundaries. The checkpoint holds all
+`ad_eval.py` needs; rerunning the same command resumes from it, bit for bit. `rollout()`, beside the model as
+nanoGPT keeps `generate()`, runs a model in context on new tasks. `--arrival-token` adds p_{t-1}, the cell the
+previous action led to: the door ends the episode, so its cell is in no o_t (see `arrival_cells`).
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
@@ -88,7 +84,7 @@ class Args:
     exp_name: str = "ad"
     """experiment name, in the run and checkpoint names"""
     cuda: bool = True
-    """use CUDA when available (under torchrun too)"""
+    """use CUDA when available"""
     compile: bool = False
     """torch.compile the model (on CUDA with CUDA graphs: mode reduce-overhead)"""
     progress: bool = True
@@ -96,10 +92,8 @@ class Args:
 
 
 # --- Data: every history in memory once, in compact dtypes, on the training device
-# The first token of a history has no previous step; it is built like the first token of any later
-# episode (previous action "stay", reward 0, done 1), so that no embedding is left untrained.
-FIRST_PREV_ACTION, FIRST_PREV_DONE = 0, 1
-FIRST_PREV_ARRIVAL = (0, 0)  # a history starts at a reset, where the agent stands on cell (0, 0)
+# A history's first token is built like any episode's first (previous action "stay", reward 0, done 1, arrival (0, 0)).
+FIRST_PREV_ACTION, FIRST_PREV_DONE, FIRST_PREV_ARRIVAL = 0, 1, (0, 0)
 
 
 def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, min_steps: int = 1, arrival: bool = False):
@@ -120,8 +114,7 @@ def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, min_steps
         run, scale = select_steps(history, history_steps, min_steps), K.obs_scale(size, obs_dim)
         observations = run.pop("observations")[:, :obs_dim]  # Light read Dark: drop the 4 task features
         run["obs_codes"] = np.rint(observations * scale).astype(np.uint8)
-        if not np.array_equal(decode_observations(torch.as_tensor(run["obs_codes"]), torch.as_tensor(scale)).numpy(),
-                              observations):
+        if not np.array_equal(run["obs_codes"].astype(np.float32) / scale, observations):  # as `gather` decodes
             raise ValueError(f"{folder}: observations are not on the {size}x{size} grid of the contract")
         runs.append(run)
     return runs, {"size": size, "obs_dim": obs_dim, "obs_scale": scale.tolist()}
@@ -138,11 +131,6 @@ def arrival_cells(history: dict, size: int, name: str) -> np.ndarray:
         raise ValueError(f"{name}: observations do not follow the moves of the {size}x{size} grid, "
                          "so --arrival-token cannot compute the arrival cells")
     return moved.astype(np.uint8)
-
-
-def decode_observations(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """uint8 codes (..., D) -> float32 observations, exactly those of the environment."""
-    return codes.float() / scale
 
 
 def select_steps(history: dict, history_steps: int, min_steps: int = 1) -> dict:
@@ -164,10 +152,10 @@ def select_steps(history: dict, history_steps: int, min_steps: int = 1) -> dict:
 
 
 def split_runs(runs: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out whole runs for the validation loss; a single-run dataset (1xN) holds out its last steps."""
+    """Hold out whole runs (tasks) for the validation loss: (train runs, validation runs)."""
     if val_fraction <= 0:
         return runs, []
-    if len(runs) == 1:
+    if len(runs) == 1:  # a single-run dataset (1xN) holds out its last steps
         cut = int(len(runs[0]["actions"]) * (1 - val_fraction))
         return [{k: v[:cut] for k, v in runs[0].items()}], [{k: v[cut:] for k, v in runs[0].items()}]
     order = np.random.default_rng(seed).permutation(len(runs))
@@ -176,8 +164,7 @@ def split_runs(runs: list[dict], val_fraction: float, seed: int) -> tuple[list[d
 
 
 class WindowSampler:
-    """The arrays of all runs (obs_codes, actions, prev_*) concatenated into flat (tokens, ...) tensors on the
-    device: a batch is one gather there (the host draws only start indices, so a CPU run is the same on CUDA)."""
+    """All runs' arrays as flat (tokens, ...) tensors on the device; the host draws only a batch's start indices."""
 
     def __init__(self, runs: list[dict], context: int, obs_scale: list[float], device: torch.device):
         lengths = np.array([len(r["actions"]) for r in runs])
@@ -188,8 +175,7 @@ class WindowSampler:
         self.offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)[:-1]])[usable])
         self.num_starts = torch.as_tensor(lengths[usable] - context + 1)  # window starts per run
         self.arrays = {key: torch.as_tensor(np.concatenate([r[key] for r in runs])).to(device) for key in runs[0]}
-        self.obs_scale = torch.tensor(obs_scale, device=device)
-        self.positions = torch.arange(context, device=device)
+        self.obs_scale, self.positions = torch.tensor(obs_scale, device=device), torch.arange(context, device=device)
 
     def sample(self, batch_size: int, generator: torch.Generator):
         """A batch of windows: (inputs dict of (B, C, ...) tensors, targets (B, C) int64), runs uniform."""
@@ -201,7 +187,7 @@ class WindowSampler:
         """Windows at token indices `index` (B, C) on the device, as the model's inputs and targets."""
         inputs = {key: value[index] for key, value in self.arrays.items()}
         targets = inputs.pop("actions").long()
-        observations = decode_observations(inputs.pop("obs_codes"), self.obs_scale)
+        observations = inputs.pop("obs_codes").float() / self.obs_scale  # exactly the env's float32 observations
         inputs = {key: value.long() if key == "prev_actions" else value.float() for key, value in inputs.items()}
         if "prev_arrivals" in inputs:  # cells scaled as the observation's positions
             inputs["prev_arrivals"] = inputs["prev_arrivals"] / self.obs_scale[0]
@@ -210,8 +196,7 @@ class WindowSampler:
 
 # --- The model (nanoGPT-style)
 @dataclass
-class ModelConfig:
-    """Built from `Args` by field name in `main`, so that the defaults live once, in `Args`."""
+class ModelConfig:  # built from `Args` by field name in `main`: the defaults live once, in `Args`
     obs_dim: int
     context: int
     n_layer: int
@@ -225,15 +210,13 @@ class ModelConfig:
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head, self.dropout, self.context = config.n_head, config.dropout, config.context
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.proj_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        """x (B, T, E). `cache` ("k", "v" of this layer's earlier positions) is filled from empty by a
-        window's T tokens, then grows by one token a call (as `rollout` uses it)."""
+        """x (B, T, E). `cache` (this layer's "k", "v") is filled from empty by a window, then grows a token a call."""
         B, T, E = x.shape
         q, k, v = self.qkv(x).split(E, dim=2)
         q, k, v = (t.view(B, T, self.n_head, E // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
@@ -292,8 +275,7 @@ class DecisionModel(nn.Module):
         prev_arrivals (B, T, 2) scaled cells, read only with `config.arrival`. positions (T,) int64 (default
         0..T-1); caches: one dict per block for incremental decoding. Returns logits (B, T, 5)."""
         B, T, _ = observations.shape
-        if positions is None:
-            positions = torch.arange(T, device=observations.device)
+        positions = torch.arange(T, device=observations.device) if positions is None else positions
         parts = [observations, F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
                  prev_rewards[..., None], prev_dones[..., None]]
         if self.config.arrival:
@@ -317,35 +299,25 @@ class DecisionModel(nn.Module):
 # --- In-context rollout: the model acts on new tasks from its own history, with no gradient step
 def window_starts(steps: int, context: int) -> np.ndarray:
     """Start of the window the prediction at step t is made on. Position embeddings are learned, so a window
-    cannot slide by one token on a KV cache: it grows to `context` tokens, then the next token starts a new
-    window of the last context//2, refilled at positions 0..: about two token computations a step."""
-    starts, start = np.zeros(steps, dtype=np.int64), 0
-    keep = max(1, context // 2)
-    for t in range(steps):
-        if t - start + 1 > context:
-            start = t + 1 - keep
-        starts[t] = start
-    return starts
+    cannot slide on a KV cache: it grows to `context` tokens, then restarts from the last context//2."""
+    period, t = context + 1 - max(1, context // 2), np.arange(steps)  # a refill every `period` steps after the first
+    return np.where(t < context, 0, ((t - context) // period + 1) * period)
 
 
 @torch.no_grad()
 def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed: int, device: torch.device, *,
             greedy: bool = False, full_recompute: bool = False, progress: bool = False, desc: str = "") -> dict:
-    """Run `model` in context on `tasks` (N, 4) for `steps` env steps each, the same task after every reset,
-    all envs in one batch on `device` (the env too: no host round trip per step). Actions are sampled
-    (argmax with `greedy`) from a generator seeded with `seed`. `full_recompute`: every window from scratch,
-    the reference for the KV cache. Returns "episodes" (flat env, return, end_step) and "tokens" fed (N, steps, ...)."""
+    """Run `model` in context on `tasks` (N, 4) for `steps` env steps each, the same task after every reset, in one
+    batch on `device` (the env too: no host round trip per step), sampling with a generator seeded by `seed`.
+    `full_recompute` is the KV cache's reference. Returns "episodes" (env, return, end_step) and the "tokens" fed."""
     was_training, config, N = model.training, model.config, len(tasks)
     model.eval()
     env = K.TorchVectorEnv(tasks, size, light=config.obs_dim == K.LIGHT_OBS_DIM, device=device)
-    tokens = {"observations": torch.zeros(N, steps, config.obs_dim, device=device),
-              "prev_actions": torch.full((N, steps), FIRST_PREV_ACTION, dtype=torch.long, device=device),
-              "prev_rewards": torch.zeros(N, steps, device=device),
-              "prev_dones": torch.zeros(N, steps, device=device),
-              "prev_arrivals": torch.zeros(N, steps, 2, device=device)}  # the first: cell (0, 0), scaled: zeros
+    zeros = lambda *shape, dtype=torch.float32: torch.zeros(N, steps, *shape, dtype=dtype, device=device)
+    tokens = {"observations": zeros(config.obs_dim), "prev_actions": zeros(dtype=torch.long) + FIRST_PREV_ACTION,
+              "prev_rewards": zeros(), "prev_dones": zeros(), "prev_arrivals": zeros(2)}  # first arrival: (0, 0)
     tokens["prev_dones"][:, 0] = FIRST_PREV_DONE
-    rewards = torch.zeros(N, steps, device=device)
-    dones = torch.zeros(N, steps, dtype=torch.bool, device=device)
+    rewards, dones = zeros(), zeros(dtype=torch.bool)
     starts, positions = window_starts(steps, config.context), torch.arange(config.context, device=device)
     window = lambda lo, hi: {key: value[:, lo:hi] for key, value in tokens.items()}
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -386,15 +358,6 @@ def loss_and_accuracy(model: nn.Module, inputs: dict, targets: torch.Tensor, aut
     return loss, (logits.argmax(-1) == targets).float().mean()
 
 
-@torch.no_grad()
-def validation_loss(model: nn.Module, data: WindowSampler, batch_size: int, seed: int, autocast) -> tuple:
-    """Loss and accuracy on a fixed set of validation windows (the same every time)."""
-    model.eval()
-    loss, accuracy = loss_and_accuracy(model, *data.sample(batch_size, torch.Generator().manual_seed(seed)), autocast)
-    model.train()
-    return loss.item(), accuracy.item()
-
-
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Read a checkpoint written by this script; raise ValueError if it is not one."""
     if not os.path.isfile(path):
@@ -403,9 +366,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    missing = {"model", "optimizer", "iteration", "args", "model_config", "data", "run_name", "rng"} - set(
-        checkpoint if isinstance(checkpoint, dict) else {})
-    if missing:
+    keys = set(checkpoint) if isinstance(checkpoint, dict) else set()
+    if missing := {"model", "optimizer", "iteration", "args", "model_config", "data", "run_name", "rng"} - keys:
         raise ValueError(f"{path}: not a checkpoint of this version of ad_train.py (missing {sorted(missing)})")
     return checkpoint
 
@@ -416,80 +378,47 @@ def model_from_checkpoint(checkpoint: dict) -> DecisionModel:
     return model
 
 
-def rng_states(generator: torch.Generator, device: torch.device) -> dict:
-    """Every generator a training iteration draws from: the window sampler's, and the global ones dropout uses."""
-    return {"sampler": generator.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
-
-
-def save_checkpoint(path: str, checkpoint: dict, generator: torch.Generator, device: torch.device, world: int) -> None:
-    """Add every process's generator states, so that each resumes where it stopped; rank 0 writes."""
-    states = [rng_states(generator, device)]
-    if world > 1:
-        states = [None] * world
-        dist.all_gather_object(states, {k: v.cpu() for k, v in rng_states(generator, device).items()})
-    if world == 1 or dist.get_rank() == 0:
-        K.atomic_write(path, lambda f: torch.save({**checkpoint, "rng": states}, f))
-
-
-def setup_device(args: Args) -> tuple[torch.device, int, int]:
-    """(device, rank, world size). Under torchrun: one process per GPU (or CPU processes with gloo)."""
-    cuda = args.cuda and torch.cuda.is_available()
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return torch.device("cuda" if cuda else "cpu"), 0, 1
-    dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return device, dist.get_rank(), dist.get_world_size()
-
-
 def validate(args: Args) -> None:
     """Every flag's range, before any work."""
     positive = ["context", "iterations", "batch_size", "n_layer", "n_head", "n_embd", "d_ff", "log_every", "save_every",
                 "val_every", "warmup_iterations"] + (["eval_envs", "eval_steps"] if args.eval_every else [])
-    for name in positive:  # first: the checks below divide by some of these
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    checks = [(args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}"),
-              (args.history_steps >= -1 and args.eval_every >= 0,
-               "--history-steps must be >= -1 and --eval-every >= 0"),
-              (0 <= args.dropout < 1 and args.lr > 0, "--dropout must lie in [0, 1) and --lr be > 0"),
-              (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}")]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    checks = [(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+              for name in positive]  # first, in this order: a later check divides by --n-head
+    checks += [(args.n_embd % max(1, args.n_head) == 0, f"--n-embd {args.n_embd} must be a multiple of --n-head"),
+               (args.history_steps >= -1 and args.eval_every >= 0, "--history-steps must be >= -1, --eval-every >= 0"),
+               (0 <= args.dropout < 1 and args.lr > 0, "--dropout must lie in [0, 1) and --lr be > 0"),
+               (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}")]
+    if failed := [message for ok, message in checks if not ok]:
+        raise ValueError(failed[0])
 
 
 def main(args: Args) -> dict:
     validate(args)
-    device, rank, world = setup_device(args)
-    master = rank == 0
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
 
     # 1. inputs and outputs, every check before any work
-    obs = "light" if args.light_obs else "dark"
-    path = os.path.join(args.data_dir, "checkpoints",
-                        f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}.pt")
-    if master:
-        K.check_writable(os.path.dirname(path))
-        K.remove_stale_parts(os.path.dirname(path))
+    obs, name = "light" if args.light_obs else "dark", f"{args.exp_name}__{args.dataset}"
+    path = os.path.join(args.data_dir, "checkpoints", f"{name}__{obs}__ctx{args.context}__{args.seed}.pt")
+    K.check_writable(os.path.dirname(path))
+    K.remove_stale_parts(os.path.dirname(path))
     folder = os.path.join(args.data_dir, args.dataset)
     runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.context, args.arrival_token)
     eval_tasks = K.eval_tasks(meta["size"], "validation", args.eval_envs, args.seed) if args.eval_every else None
     train_runs, val_runs = split_runs(runs, args.val_fraction, args.seed)
     train_data = WindowSampler(train_runs, args.context, meta["obs_scale"], device)
-    val_long_enough = val_runs and max(len(r["actions"]) for r in val_runs) >= args.context
-    val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device) if val_long_enough else None
+    val_data = None  # a validation set too short for one window gives no loss
+    if val_runs and max(len(r["actions"]) for r in val_runs) >= args.context:
+        val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device)
 
     # 2. the model, and the checkpoint to resume from
     shared = {f.name: getattr(args, f.name) for f in fields(ModelConfig) if hasattr(args, f.name)}
     model_config = ModelConfig(obs_dim=meta["obs_dim"], arrival=args.arrival_token, **shared)
     model = DecisionModel(model_config).to(device)
     optimizer = model.optimizer(args.lr, args.weight_decay, device)
-    generator = torch.Generator().manual_seed(args.seed * 7919 + rank)
+    generator = torch.Generator().manual_seed(args.seed * 7919)
     # the model and what its windows are drawn from: a resume must not silently change them
     data_info = {"dataset": args.dataset, "size": meta["size"], "light_obs": args.light_obs, "obs_dim": meta["obs_dim"],
                  "history_steps": args.history_steps, "val_fraction": args.val_fraction}
@@ -501,72 +430,68 @@ def main(args: Args) -> dict:
         if (checkpoint["model_config"], checkpoint["data"]) != (fixed["model_config"], fixed["data"]):
             raise ValueError(f"{path} holds a model of another shape or data ({checkpoint['model_config']}, "
                              f"{checkpoint['data']}); move it away or change --exp-name")
-        if len(checkpoint["rng"]) != world:
-            raise ValueError(f"{path} was written by {len(checkpoint['rng'])} processes: resume it with as many")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        start, fixed["run_name"], states = checkpoint["iteration"], checkpoint["run_name"], checkpoint["rng"][rank]
+        start, fixed["run_name"], states = checkpoint["iteration"], checkpoint["run_name"], checkpoint["rng"]
         generator.set_state(states["sampler"])  # the generators as they were: the run goes on as if never stopped
         torch.set_rng_state(states["torch"])
         if device.type == "cuda" and len(states["cuda"]):
             torch.cuda.set_rng_state(states["cuda"], device)
-        if master:
-            print(f"resuming {path} at iteration {start}")
-    raw_model = model
-    if args.compile:
-        model = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        print(f"resuming {path} at iteration {start}")
+    # CUDA graphs (reduce-overhead) replay the launch-bound step; on the CPU the default mode fuses kernels
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    step_model = torch.compile(model, mode=mode) if args.compile else model
 
     # 3. the training loop
-    writer = SummaryWriter(os.path.join("runs", fixed["run_name"])) if master else None
-    if writer:
-        table = "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-        print(f"{folder}: {len(runs)} runs, {train_data.tokens:,} training tokens; model "
-              f"{sum(p.numel() for p in raw_model.parameters()):,} parameters on {device}")
+    writer = SummaryWriter(os.path.join("runs", fixed["run_name"]))
+    table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    print(f"{folder}: {len(runs)} runs, {train_data.tokens:,} training tokens; model "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters on {device}")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    local_batch = max(1, args.batch_size // world)
-    last_time, last_iteration, stats = time.time(), start, {}
-    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations,
-               disable=not (master and args.progress))
+    loop_start, last_time, last_iteration, stats = time.time(), time.time(), start, {}
+    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
     for iteration in bar:
         lr = lr_at(iteration, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, accuracy = loss_and_accuracy(model, *train_data.sample(local_batch, generator), autocast)
+        loss, accuracy = loss_and_accuracy(step_model, *train_data.sample(args.batch_size, generator), autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         completed, last = iteration + 1, iteration + 1 == args.iterations
-        if writer and (completed % args.log_every == 0 or last):  # .item() waits for the GPU: only here
+        if completed % args.log_every == 0 or last:  # .item() waits for the GPU: only here
             stats.update(train_loss=loss.item(), accuracy=accuracy.item())
             per_second = (completed - last_iteration) / (time.time() - last_time)
-            for tag, value in [("losses/train_loss", stats["train_loss"]),
-                               ("charts/action_accuracy", stats["accuracy"]), ("charts/learning_rate", lr),
-                               ("charts/SPS", per_second),
+            for tag, value in [("losses/train_loss", stats["train_loss"]), ("charts/learning_rate", lr),
+                               ("charts/action_accuracy", stats["accuracy"]), ("charts/SPS", per_second),
                                ("charts/tokens_per_second", per_second * args.batch_size * args.context)]:
                 writer.add_scalar(tag, value, completed)
             bar.set_postfix(loss=f"{stats['train_loss']:.3f}", acc=f"{stats['accuracy']:.2f}")
             last_time, last_iteration = time.time(), completed
-        if writer and val_data is not None and (completed % args.val_every == 0 or last):
-            stats["val_loss"], val_accuracy = validation_loss(raw_model, val_data, args.batch_size, args.seed, autocast)
+        if val_data is not None and (completed % args.val_every == 0 or last):  # the same windows every time
+            model.eval()
+            with torch.no_grad():
+                val_windows = val_data.sample(args.batch_size, torch.Generator().manual_seed(args.seed))
+                stats["val_loss"], val_accuracy = (x.item() for x in loss_and_accuracy(model, *val_windows, autocast))
+            model.train()
             writer.add_scalar("losses/val_loss", stats["val_loss"], completed)
             writer.add_scalar("charts/val_action_accuracy", val_accuracy, completed)
-        if writer and args.eval_every and (completed % args.eval_every == 0 or last):
-            episodes = rollout(raw_model, eval_tasks, args.eval_steps, meta["size"], args.seed, device)["episodes"]
-            # per env, the mean of its last quarter of episodes; then over envs
-            returns = [episodes["return"][episodes["env"] == i] for i in range(len(eval_tasks))]
+        if args.eval_every and (completed % args.eval_every == 0 or last):
+            episodes = rollout(model, eval_tasks, args.eval_steps, meta["size"], args.seed, device)["episodes"]
+            returns = [episodes["return"][episodes["env"] == i] for i in range(len(eval_tasks))]  # per env first
             stats["eval_return"] = float(np.mean([r[-max(1, len(r) // 4):].mean() if len(r) else 0.0 for r in returns]))
             writer.add_scalar("eval/return", stats["eval_return"], completed)
         if completed % args.save_every == 0 or last:
-            save_checkpoint(path, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "iteration": completed, **fixed}, generator, device, world)
-    if writer:
-        writer.close()
-    if world > 1:
-        dist.destroy_process_group()
+            # every generator an iteration draws from: the sampler's, and the global ones dropout uses
+            cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
+            rng = {"sampler": generator.get_state(), "torch": torch.get_rng_state(), "cuda": cuda_rng}
+            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": completed,
+                          "rng": rng, **fixed}
+            K.atomic_write(path, lambda f: torch.save(checkpoint, f))
+    writer.close()
+    stats["iterations_per_second"] = (args.iterations - start) / (time.time() - loop_start)
     return {"checkpoint": path, **stats}
 
 

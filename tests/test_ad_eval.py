@@ -14,6 +14,7 @@ import ad_train as A
 import keydoor_env as K
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RNG = {"sampler": torch.Generator().get_state(), "torch": torch.get_rng_state(), "cuda": torch.empty(0, dtype=torch.uint8)}
 
 
 def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light", arrival=False):
@@ -23,7 +24,7 @@ def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light", a
     model = A.DecisionModel(config)
     checkpoint = {"model": model.state_dict(), "optimizer": model.optimizer(1e-3, 0.1, torch.device("cpu")).state_dict(),
                   "iteration": 1, "args": {"exp_name": "ad"}, "model_config": A.asdict(config), "run_name": "test",
-                  "rng": [A.rng_states(torch.Generator(), torch.device("cpu"))],
+                  "rng": RNG,
                   "data": {"dataset": dataset, "size": size, "light_obs": obs_dim == 8, "obs_dim": obs_dim}}
     K.atomic_write(str(path), lambda f: torch.save(checkpoint, f))
     return model.eval()
