@@ -151,7 +151,7 @@ def binned_curve(episodes: dict, num_envs: int, steps: int, width: int) -> tuple
     with np.errstate(invalid="ignore"):
         per_env = sums / counts  # NaN where an env ended no episode in the bin
     keep = counts.any(axis=1)
-    return ((np.arange(num_bins) + 1) * width)[keep], np.nanmean(per_env[keep], axis=1)
+    return np.minimum((np.arange(num_bins) + 1) * width, steps)[keep], np.nanmean(per_env[keep], axis=1)  # bin ends
 
 
 def plot(results: list[dict], path: str) -> None:

@@ -128,6 +128,8 @@ def test_binned_curve_weights_envs_equally():
                 "end_step": np.array([10, 20, 60, 50])}
     steps, values = E.binned_curve(episodes, 2, 120, 50)
     assert steps.tolist() == [50, 100] and values.tolist() == [1.0, 2.0]
+    late = dict(episodes, end_step=np.array([10, 20, 110, 50]))
+    assert E.binned_curve(late, 2, 120, 50)[0].tolist() == [50, 120]  # the last bin ends at the last step
 
 
 def test_end_to_end(tmp_path, monkeypatch, capsys):
