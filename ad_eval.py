@@ -50,7 +50,7 @@ class Args:
     full_recompute: bool = False
     """recompute every window from scratch (the reference path) instead of the KV cache"""
     out_dir: Optional[str] = None
-    """where the evaluation files (and the PNG) go; default: eval/ beside the checkpoint's checkpoints/ folder"""
+    """where the evaluation files (and the PNG) go; default: <data dir>/eval for <data dir>/checkpoints/*.pt, else eval/ beside the checkpoint"""
     source_runs: int = 20
     """source learning histories read for the baseline row (0: none)"""
     curve_bin: int = 250
@@ -186,25 +186,32 @@ def plan(args: Args, device: torch.device) -> list[dict]:
     for path in args.checkpoints:
         checkpoint = load_checkpoint(path, map_location=device)
         data, name = checkpoint["data"], os.path.splitext(os.path.basename(path))[0]
-        out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "eval")
+        folder = os.path.dirname(os.path.abspath(path))
+        # ad_train.py writes <data dir>/checkpoints/: its data dir holds the dataset and gets the eval files
+        data_dir = os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else None
+        out_dir = args.out_dir or os.path.join(data_dir or folder, "eval")
         out = os.path.join(out_dir, f"{name}__{args.split}{args.num_envs}_steps{args.steps}_seed{args.seed}"
                                     f"{'_greedy' if args.greedy else ''}.npz")
         if out in outputs:
             raise ValueError(f"{outputs[out]} and {path} would both write {out}; pass --out-dir to evaluate them apart")
         outputs[out] = path
         if os.path.exists(out):
-            with np.load(out, allow_pickle=False) as existing:
-                written_by = json.loads(str(existing["meta"])).get("checkpoint") if "meta" in existing.files else None
-            if written_by is None or os.path.realpath(written_by) != os.path.realpath(path):
+            try:
+                with np.load(out, allow_pickle=False) as existing:
+                    written_by = json.loads(str(existing["meta"])).get("checkpoint")
+            except Exception as e:  # truncated, not a zip, no meta: all say the same to the user
+                raise ValueError(f"{out} exists but is not a readable evaluation file ({type(e).__name__}); "
+                                 "move it away or pass another --out-dir") from None
+            if os.path.realpath(written_by) != os.path.realpath(path):
                 raise ValueError(f"{out} holds the evaluation of {written_by or 'another file'}, not of {path}; "
                                  "move it away or pass another --out-dir")
-        source_folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), data["dataset"])
-        jobs.append({"path": path, "name": name, "checkpoint": checkpoint, "out": out,
-                     "tasks": K.eval_tasks(data["size"], args.split, args.num_envs, args.seed),
-                     "source": source_histories(source_folder, args.source_runs)})
+        source = source_histories(os.path.join(data_dir, data["dataset"]), args.source_runs) if data_dir else []
+        jobs.append({"path": path, "name": name, "checkpoint": checkpoint, "out": out, "source": source,
+                     "tasks": K.eval_tasks(data["size"], args.split, args.num_envs, args.seed)})
     for out_dir in sorted({os.path.dirname(job["out"]) for job in jobs}):  # last: a refused run creates nothing
         K.check_writable(out_dir)
         K.remove_stale_parts(out_dir)
+    K.check_writable("runs")  # TensorBoard's eval/return curves
     return jobs
 
 
@@ -258,7 +265,7 @@ def main(args: Args) -> list[dict]:
         print(f"\n{job['path']}: {args.num_envs} {args.split} tasks x {args.steps:,} steps in {seconds:.0f} s -> {job['out']}")
         print(format_table(table))
         results.append({"episodes": episodes, "random": random_cache[key], "steps": args.steps, "num_envs": args.num_envs,
-                        "row": table[0], "out": job["out"],
+                        "row": {**table[0], "out": job["out"]}, "out": job["out"],
                         "title": f"{job['name']}\nctx {model.config.context}: first 500 {table[0]['first500']:.2f}, "
                                  f"last 5 {table[0]['last5']:.2f}"})
     if args.plot:

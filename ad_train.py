@@ -2,13 +2,12 @@
 
     python ad_train.py --context 200                      # AD on Nx1 histories read Dark (data/nx1-light)
     python ad_train.py --context 200 --light-obs          # AD on Light data
-    python ad_train.py --dataset 1xn-dark --context 2     # BC on 1xN histories
+    python ad_train.py --dataset 1xn-dark --context 2 --history-steps 0   # BC on whole 1xN histories
 
-One token per timestep embeds (o_t, a_{t-1}, r_{t-1}, d_{t-1}); the model predicts a_t at every position of a
-window of `--context` consecutive timesteps of one history, across episode boundaries. The checkpoint holds all
-`ad_eval.py` needs; rerunning the same command resumes from it, bit for bit. `rollout()`, beside the model as
-nanoGPT keeps `generate()`, runs a model in context on new tasks. `--arrival-token` adds p_{t-1}, the cell the
-previous action led to: the door ends the episode, so its cell is in no o_t (see `arrival_cells`).
+A token per timestep embeds (o_t, a_{t-1}, r_{t-1}, d_{t-1}); the model predicts a_t at every position of a window
+of `--context` steps of one history, across episodes. The checkpoint holds all `ad_eval.py` needs; rerunning the
+command resumes it, bit for bit. `rollout()`, beside the model as nanoGPT keeps `generate()`, runs a model in context
+on new tasks. `--arrival-token` adds p_{t-1}, the cell the previous action led to (the door's is in no o_t).
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ class Args:
     dropout: float = 0.1
     """dropout in embeddings, attention output and feed-forward"""
     batch_size: int = 64
-    """windows per iteration (over all processes)"""
+    """windows per iteration"""
     iterations: int = 10_000
     """training iterations, one gradient update each"""
     lr: float = 3e-4
@@ -180,8 +179,9 @@ class WindowSampler:
     def sample(self, batch_size: int, generator: torch.Generator):
         """A batch of windows: (inputs dict of (B, C, ...) tensors, targets (B, C) int64), runs uniform."""
         run = torch.randint(len(self.offsets), (batch_size,), generator=generator)
-        start = (torch.rand(batch_size, generator=generator) * self.num_starts[run]).long()
-        return self.gather((self.offsets[run] + start).to(self.device)[:, None] + self.positions)
+        first = self.offsets[run] + (torch.rand(batch_size, generator=generator) * self.num_starts[run]).long()  # (B,)
+        first = first.pin_memory() if self.device.type == "cuda" else first  # then the copy need not wait for the GPU
+        return self.gather(first.to(self.device, non_blocking=True)[:, None] + self.positions)
 
     def gather(self, index: torch.Tensor):
         """Windows at token indices `index` (B, C) on the device, as the model's inputs and targets."""
@@ -385,8 +385,9 @@ def validate(args: Args) -> None:
     checks = [(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
               for name in positive]  # first, in this order: a later check divides by --n-head
     checks += [(args.n_embd % max(1, args.n_head) == 0, f"--n-embd {args.n_embd} must be a multiple of --n-head"),
-               (args.history_steps >= -1 and args.eval_every >= 0, "--history-steps must be >= -1, --eval-every >= 0"),
-               (0 <= args.dropout < 1 and args.lr > 0, "--dropout must lie in [0, 1) and --lr be > 0"),
+               (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
+               (args.eval_every >= 0 and 0 <= args.dropout < 1, "--eval-every must be >= 0 and --dropout in [0, 1)"),
+               (min(args.lr, args.max_grad_norm) > 0, "--lr and --max-grad-norm must be > 0"),
                (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}")]
     if failed := [message for ok, message in checks if not ok]:
         raise ValueError(failed[0])
@@ -403,15 +404,15 @@ def main(args: Args) -> dict:
     obs, name = "light" if args.light_obs else "dark", f"{args.exp_name}__{args.dataset}"
     path = os.path.join(args.data_dir, "checkpoints", f"{name}__{obs}__ctx{args.context}__{args.seed}.pt")
     K.check_writable(os.path.dirname(path))
+    K.check_writable("runs")  # TensorBoard
     K.remove_stale_parts(os.path.dirname(path))
     folder = os.path.join(args.data_dir, args.dataset)
     runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.context, args.arrival_token)
     eval_tasks = K.eval_tasks(meta["size"], "validation", args.eval_envs, args.seed) if args.eval_every else None
     train_runs, val_runs = split_runs(runs, args.val_fraction, args.seed)
     train_data = WindowSampler(train_runs, args.context, meta["obs_scale"], device)
-    val_data = None  # a validation set too short for one window gives no loss
-    if val_runs and max(len(r["actions"]) for r in val_runs) >= args.context:
-        val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device)
+    long_enough = val_runs and max(len(r["actions"]) for r in val_runs) >= args.context  # else no validation loss
+    val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device) if long_enough else None
 
     # 2. the model, and the checkpoint to resume from
     shared = {f.name: getattr(args, f.name) for f in fields(ModelConfig) if hasattr(args, f.name)}
@@ -440,12 +441,11 @@ def main(args: Args) -> dict:
         print(f"resuming {path} at iteration {start}")
     # CUDA graphs (reduce-overhead) replay the launch-bound step; on the CPU the default mode fuses kernels
     mode = "reduce-overhead" if device.type == "cuda" else "default"
-    step_model = torch.compile(model, mode=mode) if args.compile else model
+    step_model = torch.compile(model, mode=mode, dynamic=False) if args.compile else model  # one shape: one graph
 
     # 3. the training loop
     writer = SummaryWriter(os.path.join("runs", fixed["run_name"]))
-    table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     print(f"{folder}: {len(runs)} runs, {train_data.tokens:,} training tokens; model "
           f"{sum(p.numel() for p in model.parameters()):,} parameters on {device}")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -464,8 +464,8 @@ def main(args: Args) -> dict:
         if completed % args.log_every == 0 or last:  # .item() waits for the GPU: only here
             stats.update(train_loss=loss.item(), accuracy=accuracy.item())
             per_second = (completed - last_iteration) / (time.time() - last_time)
-            for tag, value in [("losses/train_loss", stats["train_loss"]), ("charts/learning_rate", lr),
-                               ("charts/action_accuracy", stats["accuracy"]), ("charts/SPS", per_second),
+            for tag, value in [("losses/train_loss", stats["train_loss"]), ("charts/accuracy", stats["accuracy"]),
+                               ("charts/learning_rate", lr), ("charts/iterations_per_second", per_second),
                                ("charts/tokens_per_second", per_second * args.batch_size * args.context)]:
                 writer.add_scalar(tag, value, completed)
             bar.set_postfix(loss=f"{stats['train_loss']:.3f}", acc=f"{stats['accuracy']:.2f}")
@@ -477,21 +477,21 @@ def main(args: Args) -> dict:
                 stats["val_loss"], val_accuracy = (x.item() for x in loss_and_accuracy(model, *val_windows, autocast))
             model.train()
             writer.add_scalar("losses/val_loss", stats["val_loss"], completed)
-            writer.add_scalar("charts/val_action_accuracy", val_accuracy, completed)
+            writer.add_scalar("charts/val_accuracy", val_accuracy, completed)
         if args.eval_every and (completed % args.eval_every == 0 or last):
             episodes = rollout(model, eval_tasks, args.eval_steps, meta["size"], args.seed, device)["episodes"]
             returns = [episodes["return"][episodes["env"] == i] for i in range(len(eval_tasks))]  # per env first
             stats["eval_return"] = float(np.mean([r[-max(1, len(r) // 4):].mean() if len(r) else 0.0 for r in returns]))
             writer.add_scalar("eval/return", stats["eval_return"], completed)
         if completed % args.save_every == 0 or last:
-            # every generator an iteration draws from: the sampler's, and the global ones dropout uses
             cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
+            # every generator an iteration draws from: the sampler's, and the global ones dropout uses
             rng = {"sampler": generator.get_state(), "torch": torch.get_rng_state(), "cuda": cuda_rng}
             checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": completed,
                           "rng": rng, **fixed}
             K.atomic_write(path, lambda f: torch.save(checkpoint, f))
     writer.close()
-    stats["iterations_per_second"] = (args.iterations - start) / (time.time() - loop_start)
+    stats["iterations_per_second"] = max(0, args.iterations - start) / (time.time() - loop_start)
     return {"checkpoint": path, **stats}
 
 

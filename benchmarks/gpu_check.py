@@ -1,18 +1,17 @@
 """One command for a machine with one GPU: the speed of each GPU path against its goal, then the
 report's 9x9 pipeline (collect, train AD at several contexts, evaluate on held-out test tasks, draw
-the figures) into one folder, within a time budget.
+the figures) into one new folder, within a time budget (9 minutes; not yet measured on a GPU).
 
-    python benchmarks/gpu_check.py                    # one H100/H200: about 9 minutes, into data/gpu_check/
+    python benchmarks/gpu_check.py                    # one H100/H200, into data/gpu_check/
     python benchmarks/gpu_check.py --smoke            # the same code paths, tiny, on the CPU (a test runs it)
 
 Every stage calls the project's scripts through their `main(args)`, exactly as their command lines
-do, from inside the output folder (so TensorBoard's runs/ lands there too). The speeds are measured
-as the README's GPU table states them:
+do, from inside the output folder (so TensorBoard's runs/ lands there too). The speeds:
 - SAC: agent-steps per second of `sac_collect.py` over the whole collection, and the time projected
   for 800 runs x 50,000 steps (goal: 2 minutes);
-- AD training: updates per second of the training iteration at batch 64, context 500, default model
-  (goal: 250), and the bf16 model FLOP utilisation at batch 256 against a bf16 matrix multiply
-  measured on the same GPU;
+- AD training: iterations per second of ad_train's training iteration at batch 64, context 500, the
+  default model (goal: 250), and the bf16 model FLOP utilisation at batch 256 against a bf16 matrix
+  multiply measured on the same GPU;
 - evaluation: the seconds `ad_eval.py` takes for every test task x 17,500 steps at context 500
   (goal: 60 s for the 632 held-out tasks of 9x9).
 The results land in <out>/report.md and <out>/summary.json.
@@ -30,8 +29,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the scripts live in the repo root
 import ad_eval as E  # noqa: E402
@@ -44,7 +41,7 @@ import sac_collect as S  # noqa: E402
 @dataclass
 class Args:
     out: str = "data/gpu_check"
-    """output folder: datasets, checkpoints, evaluation files, figures, TensorBoard runs, report"""
+    """output folder (new or empty): datasets, checkpoints, evaluation files, figures, TensorBoard runs, report"""
     smoke: bool = False
     """run every stage tiny on the CPU (seconds): the same code paths, no meaningful numbers"""
     budget_s: float = 540.0
@@ -64,7 +61,7 @@ class Scale:
     size: int = 9
     runs: int = 800
     steps: int = 8_000
-    model: tuple = (4, 4, 128, 768)  # n_layer, n_head, n_embd, d_ff: ad_train's defaults
+    model: Optional[tuple] = None  # n_layer, n_head, n_embd, d_ff; None: ad_train's defaults
     contexts: tuple = (500, 50, 10)
     batches: tuple = (64, 256)  # training batch (ad_train's default), and the batch of the MFU measurement
     iterations: tuple = (1_000, 6_000)  # fewest and most iterations of the longest context
@@ -95,18 +92,26 @@ def timed(function, *args):
     return result, time.time() - started
 
 
-def matmul_peak(device: torch.device) -> float:
+def matmul_peak(device: torch.device, seconds: float = 1.0) -> float:
     """FLOP/s of a large bf16 matrix multiply on the GPU (float32 on the CPU): the MFU's denominator."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (512, torch.float32)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     synchronize(device)
-    count, started = 10, time.time()
-    for _ in range(count):
-        a @ b
-    synchronize(device)
+    count, started = 0, time.time()
+    while time.time() - started < seconds:  # long enough for a steady rate, in batches of 10 launches
+        for _ in range(10):
+            a @ b
+        synchronize(device)
+        count += 10
     return 2 * n**3 * count / (time.time() - started)
+
+
+def model_sizes(scale: Scale) -> dict:
+    """n_layer, n_head, n_embd, d_ff: the scale's, or ad_train.py's defaults."""
+    names, defaults = ("n_layer", "n_head", "n_embd", "d_ff"), A.Args()
+    return dict(zip(names, scale.model or [getattr(defaults, name) for name in names]))
 
 
 def synchronize(device: torch.device) -> None:
@@ -115,26 +120,24 @@ def synchronize(device: torch.device) -> None:
 
 
 def training_speed(runs: list[dict], meta: dict, scale: Scale, batch: int, compile: bool, device: torch.device) -> dict:
-    """Updates per second of ad_train's iteration (windows gathered on the device, bf16 autocast on
-    CUDA, fused AdamW, clipping), at the default model size and `scale.speed_context`."""
-    n_layer, n_head, n_embd, d_ff = scale.model
-    config = A.ModelConfig(obs_dim=meta["obs_dim"], context=scale.speed_context, n_layer=n_layer, n_head=n_head,
-                           n_embd=n_embd, d_ff=d_ff, dropout=0.1, arrival=False)
+    """Iterations per second of ad_train's training iteration (windows gathered on the device, bf16
+    autocast on CUDA, fused AdamW, clipping) at `scale.speed_context`, compiled as `--compile` does."""
+    defaults, sizes = A.Args(), model_sizes(scale)
+    config = A.ModelConfig(obs_dim=meta["obs_dim"], context=scale.speed_context, dropout=defaults.dropout,
+                           arrival=False, **sizes)
     model = A.DecisionModel(config).to(device)
-    optimizer = model.optimizer(3e-4, 0.1, device)
-    step_model = torch.compile(model, mode="reduce-overhead") if compile else model
+    optimizer = model.optimizer(defaults.lr, defaults.weight_decay, device)
+    torch._dynamo.reset()  # a fresh compile cache per measurement: no recompile limit, no shapes carried over
+    step_model = torch.compile(model, mode="reduce-overhead", dynamic=False) if compile else model
     sampler = A.WindowSampler(runs, scale.speed_context, meta["obs_scale"], device)
     generator = torch.Generator().manual_seed(0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    def iteration():
-        inputs, targets = sampler.sample(batch, generator)
-        with autocast:
-            logits = step_model(**inputs)
-        loss = F.cross_entropy(logits.float().reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
+    def iteration():  # the body of ad_train.main's loop
+        loss, _ = A.loss_and_accuracy(step_model, *sampler.sample(batch, generator), autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), defaults.max_grad_norm)
         optimizer.step()
 
     for _ in range(3 if not compile else 10):  # warm-up (and compilation)
@@ -146,8 +149,8 @@ def training_speed(runs: list[dict], meta: dict, scale: Scale, batch: int, compi
     synchronize(device)
     per_second = scale.speed_iterations / (time.time() - started)
     params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("pos."))
-    flops_per_token = 6 * params + 6 * n_layer * n_embd * scale.speed_context  # nanoGPT's estimate, causal half
-    return {"batch": batch, "compile": compile, "updates_per_s": per_second,
+    flops_per_token = 6 * params + 6 * sizes["n_layer"] * sizes["n_embd"] * scale.speed_context  # nanoGPT's, causal half
+    return {"batch": batch, "compile": compile, "iterations_per_s": per_second,
             "model_flops_per_s": per_second * batch * scale.speed_context * flops_per_token}
 
 
@@ -159,6 +162,8 @@ def main(args: Args) -> dict:
     contexts = args.contexts or scale.contexts
     if not contexts or min(contexts) < 1 or max(contexts) > scale.steps:
         raise ValueError(f"--contexts must lie in 1..{scale.steps} (the histories' length), got {contexts}")
+    if os.path.isdir(args.out) and os.listdir(args.out):  # a rerun into it would resume, not measure
+        raise ValueError(f"{args.out} is not empty: pass a new --out (a rerun there would resume, not measure)")
     K.check_writable(args.out)
     out = os.path.abspath(args.out)
     data = os.path.join(out, "data")
@@ -191,28 +196,28 @@ def main(args: Args) -> dict:
     for row in measured:
         row["mfu"] = row["model_flops_per_s"] / peak
     stages["training_speed"] = time.time() - t0
-    speeds["train"] = {"rows": measured, "peak_flops": peak, "goal_updates_per_s_at_64": 250}
-    best = max((row for row in measured if row["batch"] == batch), key=lambda row: row["updates_per_s"])
+    speeds["train"] = {"rows": measured, "peak_flops": peak, "goal_iterations_per_s": 250}
+    best = max((row for row in measured if row["batch"] == batch), key=lambda row: row["iterations_per_s"])
     compiled = compiled and best["compile"]  # train compiled only where compiling paid
     for row in measured:
         print(f"training: batch {row['batch']}, {'compiled' if row['compile'] else 'eager'}: "
-              f"{row['updates_per_s']:.0f} updates/s, MFU {100 * row['mfu']:.1f}%")
+              f"{row['iterations_per_s']:.0f} iterations/s, MFU {100 * row['mfu']:.1f}%")
 
     # 3. train AD at each context: the longest gets the most of the time left
-    n_layer, n_head, n_embd, d_ff = scale.model
     left = args.budget_s - (time.time() - started)
     checkpoints = []
     for i, context in enumerate(contexts):
         share = 0.25 if i == 0 else 0.06  # of the time left; the rest is evaluation and figures
         # only the longest context is compiled: a compilation costs tens of seconds, the short ones train fast eagerly
         speed = best if i == 0 else measured[0]  # measured[0]: eager, batch 64
-        iterations = int(np.clip(share * left * speed["updates_per_s"], *scale.iterations))
+        iterations = int(np.clip(share * left * speed["iterations_per_s"], *scale.iterations))
         train = A.Args(context=context, iterations=iterations, batch_size=batch, lr=6e-4,
                        warmup_iterations=min(300, iterations),
-                       n_layer=n_layer, n_head=n_head, n_embd=n_embd, d_ff=d_ff, arrival_token=args.arrival_token,
+                       arrival_token=args.arrival_token, **model_sizes(scale),
                        eval_every=0, save_every=iterations, val_every=max(1, iterations // 4),
                        log_every=max(1, iterations // 20), compile=compiled and i == 0, data_dir=data,
                        seed=args.seed, exp_name="ad-gpu", progress=False, cuda=device.type == "cuda")
+        torch._dynamo.reset()
         with inside(out):
             result, stages[f"train_ctx{context}"] = timed(A.main, train)
         checkpoints.append(result["checkpoint"])
@@ -227,10 +232,7 @@ def main(args: Args) -> dict:
                           seed=args.seed, source_runs=20, progress=False, cuda=device.type == "cuda")
         with inside(out):
             (row,), stages[f"eval_ctx{context}"] = timed(E.main, evaluate)
-        stem = os.path.splitext(os.path.basename(checkpoint))[0]
-        name = f"{stem}__test{scale.eval_envs}_steps{scale.eval_steps}_seed{args.seed}.npz"  # ad_eval.py's name
-        eval_file = os.path.join(data, "eval", name)
-        results.append({"context": context, "eval_file": eval_file, **row})
+        results.append({"context": context, "eval_file": row.pop("out"), **row})
     speeds["eval"] = {"seconds": stages[f"eval_ctx{contexts[0]}"], "tasks": scale.eval_envs,
                       "steps": scale.eval_steps, "context": contexts[0], "goal_s_for_632": 60}
 
@@ -254,16 +256,16 @@ def write_report(args: Args, scale: Scale, speeds: dict, stages: dict, results: 
 
     sac, train, evaluation = speeds["sac"], speeds["train"], speeds["eval"]
     eval_632 = evaluation["seconds"] * 632 / evaluation["tasks"]
-    best = max(row["updates_per_s"] for row in train["rows"] if row["batch"] == scale.batches[0])
+    best = max(row["iterations_per_s"] for row in train["rows"] if row["batch"] == scale.batches[0])
     lines = [f"# gpu_check ({'smoke, CPU' if args.smoke else torch.cuda.get_device_name()}), {scale.size}x{scale.size}",
              "", "| speed | measured | goal | |", "|---|---|---|---|",
              f"| SAC, {scale.runs} runs x {scale.steps:,} steps | {sac['agent_steps_per_s']:,.0f} agent-steps/s; "
              f"800 x 50k projected {sac['projected_800x50k_s']:.0f} s | {sac['goal_s']} s | "
              f"{verdict(sac['projected_800x50k_s'] <= sac['goal_s'])} |",
-             f"| AD training, batch {scale.batches[0]}, context {scale.speed_context} | {best:.0f} updates/s | "
-             f"{train['goal_updates_per_s_at_64']} | {verdict(best >= train['goal_updates_per_s_at_64'])} |"]
+             f"| AD training, batch {scale.batches[0]}, context {scale.speed_context} | {best:.0f} iterations/s | "
+             f"{train['goal_iterations_per_s']} | {verdict(best >= train['goal_iterations_per_s'])} |"]
     lines += [f"| AD training, batch {row['batch']}, {'compiled' if row['compile'] else 'eager'} | "
-              f"{row['updates_per_s']:.0f} updates/s, MFU {100 * row['mfu']:.1f}% | | |" for row in train["rows"]]
+              f"{row['iterations_per_s']:.0f} iterations/s, MFU {100 * row['mfu']:.1f}% | | |" for row in train["rows"]]
     lines += [f"| `ad_train.py` at context {name[len('ad_train_ctx'):]}, {row['iterations']} iterations | "
               f"{row['iterations_per_s']:.0f} iterations/s in its own loop | | |"
               for name, row in speeds.items() if name.startswith("ad_train_ctx")]
@@ -271,7 +273,8 @@ def write_report(args: Args, scale: Scale, speeds: dict, stages: dict, results: 
               f"context {evaluation['context']} | {evaluation['seconds']:.0f} s ({eval_632:.0f} s scaled to 632 tasks) | "
               f"{evaluation['goal_s_for_632']} s | "
               f"{verdict(eval_632 <= evaluation['goal_s_for_632'])} |",
-              "", "| stage | seconds |", "|---|---|"]
+              f"| the whole check | {stages['total']:.0f} s | {args.budget_s:.0f} s | "
+              f"{verdict(stages['total'] <= args.budget_s)} |", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in stages.items()]
     lines += ["", f"| AD context | first 500 steps | last 5 episodes | envs reaching MA(10) 1.8 | "
               f"(test tasks, 95% CI over tasks) |", "|---|---|---|---|---|"]

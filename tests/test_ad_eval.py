@@ -158,8 +158,14 @@ def test_end_to_end(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "random policy" in out and "first 500 steps (95% CI)" in out and "source agents" not in out
     again = E.main(eval_args([ckpt], tmp_path, out_dir=str(tmp_path / "eval2")))
-    assert again[0] == rows[0]  # seeded
+    assert again[0].pop("out") == str(tmp_path / "eval2" / "m__test3_steps120_seed1.npz")
+    assert again[0] == {k: v for k, v in rows[0].items() if k != "out"}  # seeded
     assert E.main(eval_args([ckpt], tmp_path))[0] == rows[0]  # rerun: the same file, rewritten
+    # a checkpoint outside a checkpoints/ folder: its evaluation goes beside it, with no source row
+    loose = tmp_path / "loose" / "m.pt"
+    write_checkpoint(loose)
+    E.main(eval_args([loose], tmp_path, out_dir=None, steps=60))
+    assert (tmp_path / "loose" / "eval" / "m__test3_steps60_seed1.npz").exists()
     # the validation split: the fixed 20 tasks, whatever the seed
     E.main(eval_args([ckpt], tmp_path, split="validation", num_envs=20, steps=60, seed=5))
     with np.load(tmp_path / "eval" / "m__validation20_steps60_seed5.npz", allow_pickle=False) as data:
@@ -189,6 +195,10 @@ def test_eval_files_of_different_checkpoints_never_share_a_name(tmp_path, monkey
     written = (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes()
     with pytest.raises(ValueError, match="holds the evaluation of"):
         E.main(eval_args([second], tmp_path))
+    broken = tmp_path / "eval" / "x__test3_steps60_seed1.npz"
+    broken.write_bytes(b"")  # an empty file where an evaluation file would go
+    with pytest.raises(ValueError, match="not a readable evaluation file"):
+        E.main(eval_args([first], tmp_path, steps=60))
     assert (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes() == written  # nothing lost
 
 

@@ -215,8 +215,8 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     events = EventAccumulator(run_dir)
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("losses/train_loss", "losses/val_loss", "charts/action_accuracy", "charts/learning_rate",
-                "charts/tokens_per_second", "charts/SPS", "eval/return"):
+    for tag in ("losses/train_loss", "losses/val_loss", "charts/accuracy", "charts/learning_rate",
+                "charts/tokens_per_second", "charts/iterations_per_second", "charts/val_accuracy", "eval/return"):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("eval/return")] == [15, 30]
     assert [e.step for e in events.Scalars("losses/val_loss")] == [10, 20, 30]
