@@ -17,6 +17,7 @@ evaluation file holds the model's episodes and a uniform-random policy's on the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -75,11 +76,16 @@ def random_rollout(tasks: np.ndarray, steps: int, size: int, seed: int) -> dict:
     return K.stream_episodes(rewards, dones)
 
 
-def source_histories(folder: str, runs: int) -> list[dict]:
-    """The first `runs` source learning histories, read (and checked) before any rollout."""
-    if runs <= 0 or not os.path.isdir(folder):
-        return []
-    return [K.load_history(path)[0] for path in K.history_paths(folder)[:runs]]
+def source_histories(folder: str, runs: int, size: int) -> list[dict]:
+    """The first `runs` source learning histories, read (and checked: the checkpoint's grid) before any rollout."""
+    histories = []
+    for path in K.history_paths(folder)[:runs] if runs > 0 and os.path.isdir(folder) else []:
+        history, history_config = K.load_history(path)
+        if history_config.get("size") != size:
+            raise ValueError(f"{path} is a {history_config.get('size')}x{history_config.get('size')} run, the checkpoint "
+                             f"was trained on {size}x{size}; pass --source-runs 0 or fix the dataset folder")
+        histories.append(history)
+    return histories
 
 
 def source_episodes(histories: list[dict], steps: int) -> dict:
@@ -193,19 +199,25 @@ def plan(args: Args, device: torch.device) -> list[dict]:
         out = os.path.join(out_dir, f"{name}__{args.split}{args.num_envs}_steps{args.steps}_seed{args.seed}"
                                     f"{'_greedy' if args.greedy else ''}.npz")
         if out in outputs:
-            raise ValueError(f"{outputs[out]} and {path} would both write {out}; pass --out-dir to evaluate them apart")
+            raise ValueError(f"{outputs[out]} and {path} would both write {out}: evaluate them in runs with "
+                             "different --out-dir")
         outputs[out] = path
         if os.path.exists(out):
             try:
                 with np.load(out, allow_pickle=False) as existing:
-                    written_by = json.loads(str(existing["meta"])).get("checkpoint")
+                    written = json.loads(str(existing["meta"]))
             except Exception as e:  # truncated, not a zip, no meta: all say the same to the user
                 raise ValueError(f"{out} exists but is not a readable evaluation file ({type(e).__name__}); "
                                  "move it away or pass another --out-dir") from None
-            if os.path.realpath(written_by) != os.path.realpath(path):
+            # the same training run (its name holds its start time) may be evaluated again, wherever it moved
+            same = written.get("run_name") == checkpoint["run_name"] if "run_name" in written else \
+                os.path.realpath(written.get("checkpoint", "")) == os.path.realpath(path)
+            if not same:
+                written_by = written.get("checkpoint")
                 raise ValueError(f"{out} holds the evaluation of {written_by or 'another file'}, not of {path}; "
                                  "move it away or pass another --out-dir")
-        source = source_histories(os.path.join(data_dir, data["dataset"]), args.source_runs) if data_dir else []
+        source_folder = os.path.join(data_dir, data["dataset"]) if data_dir else ""  # none: no source row
+        source = source_histories(source_folder, args.source_runs, data["size"])
         jobs.append({"path": path, "name": name, "checkpoint": checkpoint, "out": out, "source": source,
                      "tasks": K.eval_tasks(data["size"], args.split, args.num_envs, args.seed)})
     for out_dir in sorted({os.path.dirname(job["out"]) for job in jobs}):  # last: a refused run creates nothing
@@ -241,7 +253,8 @@ def main(args: Args) -> list[dict]:
         key = (size, tasks.tobytes())
         if key not in random_cache:
             random_cache[key] = random_rollout(tasks, args.steps, size, args.seed)
-        meta = {"algorithm": "ad", "checkpoint": job["path"], "exp_name": checkpoint["args"]["exp_name"],
+        meta = {"algorithm": "ad", "checkpoint": job["path"], "run_name": checkpoint["run_name"],
+                "exp_name": checkpoint["args"]["exp_name"],
                 "dataset": checkpoint["data"]["dataset"], "model_config": checkpoint["model_config"],
                 "data": checkpoint["data"], "iteration": checkpoint["iteration"], "split": args.split,
                 "num_envs": args.num_envs, "steps": args.steps, "seed": args.seed, "greedy": args.greedy,
@@ -269,7 +282,10 @@ def main(args: Args) -> list[dict]:
                         "title": f"{job['name']}\nctx {model.config.context}: first 500 {table[0]['first500']:.2f}, "
                                  f"last 5 {table[0]['last5']:.2f}"})
     if args.plot:
-        png = os.path.splitext(results[-1]["out"])[0] + (f"__and_{len(results) - 1}_more" if len(results) > 1 else "") + ".png"
+        # one figure per set of checkpoints: their files' names, or a digest of them when there are several
+        digest = hashlib.sha256("\n".join(result["out"] for result in results).encode()).hexdigest()[:10]
+        more = f"__and_{len(results) - 1}_more_{digest}" if len(results) > 1 else ""
+        png = os.path.splitext(results[0]["out"])[0] + more + ".png"
         plot(results, png)
         print(f"figure: {png}")
     return [result["row"] for result in results]

@@ -371,7 +371,7 @@ def remove_stale_parts(folder: str, max_age_s: float = 3600.0) -> list[str]:
         if not (name.startswith(PART_PREFIX) and name.endswith(".part")):
             continue
         path = os.path.join(folder, name)
-        fields = name[len(PART_PREFIX):].rsplit("-", 2)  # host, pid, mkstemp's random part
+        fields = name[len(PART_PREFIX):].rsplit("-", 2)  # host, pid, random part
         dead = len(fields) == 3 and fields[0] == host and fields[1].isdigit() and not _process_alive(int(fields[1]))
         try:
             if dead or time.time() - os.path.getmtime(path) > max_age_s:
@@ -393,10 +393,14 @@ def _process_alive(pid: int) -> bool:
 
 
 def check_writable(folder: str) -> str:
-    """Create `folder` if needed and prove that a file can be written there, before any work is done."""
+    """Prove, before any work, that files can be written in `folder` (made later if missing); creates nothing."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):  # the nearest existing folder above decides
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OSError(f"{folder}: cannot write there ({existing} is a file, not a folder)")
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
         raise OSError(f"{folder}: cannot write there ({e.strerror or type(e).__name__})") from None
@@ -448,6 +452,8 @@ def check_history(history: dict[str, np.ndarray], name: str, size: int | None = 
     if cells.min() < 0 or (size is not None and cells.max() > validate_size(size) - 1):
         raise ValueError(f"{name}: task cells outside the {size}x{size} grid" if size else
                          f"{name}: negative task cells")
+    if (cells[:, :2] == cells[:, 2:]).all(axis=1).any():
+        raise ValueError(f"{name}: a task with its key on its door's cell")
 
 
 def load_history(path: str) -> tuple[dict[str, np.ndarray], dict]:

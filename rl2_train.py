@@ -122,7 +122,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd)
 
     def forward(self, x: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
-        """x (B, T, E); with `cache`, the T new tokens attend to the cached ones and the cache grows."""
+        """x (B, T, E). `cache` (this layer's "k", "v") is filled from empty by a window, then grows a token a call."""
         B, T, E = x.shape
         q, k, v = self.qkv(x).split(E, dim=2)
         q, k, v = (t.view(B, T, self.n_head, E // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
@@ -131,18 +131,12 @@ class SelfAttention(nn.Module):
                 cache["k"] = k.new_empty(B, self.n_head, self.context, E // self.n_head)
                 cache["v"], cache["len"] = torch.empty_like(cache["k"]), 0
             end = cache["len"] + T
-            if end > self.context:
-                raise ValueError(f"KV cache overflow: {end} tokens for a context of {self.context}")
+            # several new tokens over cached ones would need a block-causal mask, which the rollout never needs
+            assert end <= self.context and (cache["len"] == 0 or T == 1), f"KV cache misuse: {cache['len']} + {T}"
             cache["k"][:, :, cache["len"]:end], cache["v"][:, :, cache["len"]:end] = k, v
             k, v, cache["len"] = cache["k"][:, :, :end], cache["v"][:, :, :end], end
-        past = k.shape[2] - T
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:  # one new token sees everything cached
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # causal over a window from its start; one token after a filled cache sees all of it
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=k.shape[2] == T)
         return self.proj(y.transpose(1, 2).reshape(B, T, E))
 
 
@@ -350,7 +344,7 @@ def read_curve(path: str, header: str, upto: int) -> list[str]:
     return kept
 
 
-def load_checkpoint(path: str, config: ModelConfig, device: torch.device) -> dict:
+def load_checkpoint(path: str, model_config: ModelConfig, device: torch.device) -> dict:
     """The checkpoint at `path`, checked against the model of this run; a one-line error otherwise."""
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
@@ -358,9 +352,9 @@ def load_checkpoint(path: str, config: ModelConfig, device: torch.device) -> dic
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}); move it away") from None
     keys = {"model", "optimizer", "iteration", "args", "model_config", "run_name", "seconds"}
     if (not isinstance(checkpoint, dict) or not keys <= checkpoint.keys()
-            or set(checkpoint["model_config"]) != set(asdict(config))):
+            or set(checkpoint["model_config"]) != set(asdict(model_config))):
         raise ValueError(f"{path}: not a checkpoint of this version of rl2_train.py; move it away or change --exp-name")
-    if checkpoint["model_config"] != asdict(config):
+    if checkpoint["model_config"] != asdict(model_config):
         raise ValueError(f"{path} holds a model of another shape; move it away or change --exp-name")
     return checkpoint
 
@@ -375,6 +369,9 @@ def validate(args: Args) -> None:
         (min(args.update_epochs, args.save_every, args.n_layer, args.d_ff) >= 1,
          "--update-epochs, --save-every, --n-layer and --d-ff must be >= 1"),
         (args.eval_every >= 0, "--eval-every must be >= 0"),
+        (min(args.lr, args.max_grad_norm, args.clip_coef) > 0, "--lr, --max-grad-norm and --clip-coef must be > 0"),
+        (0 <= min(args.gamma, args.gae_lambda) <= max(args.gamma, args.gae_lambda) <= 1,
+         "--gamma and --gae-lambda must lie in [0, 1]"),
     ]:
         if not ok:
             raise ValueError(message)
@@ -389,6 +386,7 @@ def main(args: Args) -> dict:
     for folder in (data_folder, checkpoint_folder, eval_folder):
         K.check_writable(folder)
         K.remove_stale_parts(folder)  # left by a run killed while writing
+    K.check_writable("runs")  # TensorBoard
     stem = f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks and eval files
     path = os.path.join(checkpoint_folder, f"{stem}.pt")
     curve_path = os.path.join(eval_folder, f"{stem}__curve.csv")
@@ -401,13 +399,13 @@ def main(args: Args) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    config = ModelConfig(obs_dim=K.DARK_OBS_DIM, context=args.episodes_per_trial * K.EPISODE_STEPS,  # one whole trial
+    model_config = ModelConfig(obs_dim=K.DARK_OBS_DIM, context=args.episodes_per_trial * K.EPISODE_STEPS,  # one whole trial
                          n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, d_ff=args.d_ff, arrival=args.arrival_token)
-    model = ActorCritic(config).to(device)
+    model = ActorCritic(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
     start, seconds, run_name = 0, 0.0, f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if os.path.exists(path):
-        checkpoint = load_checkpoint(path, config, device)
+        checkpoint = load_checkpoint(path, model_config, device)
         start, seconds, run_name = checkpoint["iteration"], checkpoint["seconds"], checkpoint["run_name"]
         # one curve, one set of tasks: training goes on with the evaluation it started with
         split, envs = checkpoint["args"].get("eval_split", "validation"), checkpoint["args"].get("eval_envs")
@@ -472,7 +470,7 @@ def main(args: Args) -> dict:
                 K.save_history(os.path.join(data_folder, f"{stem}__run_{i:05d}_it{first:06d}.npz"), history, history_config)
             pending = [[] for _ in range(args.num_envs)]
             checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": completed,
-                          "args": asdict(args), "model_config": asdict(config), "run_name": run_name,
+                          "args": asdict(args), "model_config": asdict(model_config), "run_name": run_name,
                           "seconds": time.time() - clock}
             K.atomic_write(path, lambda f: torch.save(checkpoint, f))
     if start < args.iterations:
@@ -482,8 +480,8 @@ def main(args: Args) -> dict:
     if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
         result = evaluate(model, args, eval_tasks, device)
     floor = random_trials(eval_tasks, args.size, args.episodes_per_trial, args.seed)
-    meta = {"algorithm": "rl2", "checkpoint": path, "model_config": asdict(config), "split": args.eval_split,
-            "num_envs": args.eval_envs, "steps": config.context, "seed": args.seed, "size": args.size, "obs": "dark",
+    meta = {"algorithm": "rl2", "checkpoint": path, "model_config": asdict(model_config), "split": args.eval_split,
+            "num_envs": args.eval_envs, "steps": model_config.context, "seed": args.seed, "size": args.size, "obs": "dark",
             "episodes_per_trial": args.episodes_per_trial, "iteration": max(start, args.iterations)}
     payload = {"tasks": eval_tasks, "meta": np.array(json.dumps(meta)),
                **{f"episode_{k}": v for k, v in result["episodes"].items()},

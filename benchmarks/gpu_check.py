@@ -166,6 +166,7 @@ def main(args: Args) -> dict:
         raise ValueError(f"{args.out} is not empty: pass a new --out (a rerun there would resume, not measure)")
     K.check_writable(args.out)
     out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
     data = os.path.join(out, "data")
     started, stages, speeds, results = time.time(), {}, {}, []
     print(f"gpu_check: {'smoke scale on the CPU' if args.smoke else torch.cuda.get_device_name()} -> {out}")
@@ -276,8 +277,8 @@ def write_report(args: Args, scale: Scale, speeds: dict, stages: dict, results: 
               f"| the whole check | {stages['total']:.0f} s | {args.budget_s:.0f} s | "
               f"{verdict(stages['total'] <= args.budget_s)} |", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in stages.items()]
-    lines += ["", f"| AD context | first 500 steps | last 5 episodes | envs reaching MA(10) 1.8 | "
-              f"(test tasks, 95% CI over tasks) |", "|---|---|---|---|---|"]
+    lines += ["", "| AD context | first 500 steps | last 5 episodes | envs reaching MA(10) 1.8 | "
+              "(test tasks, 95% CI over tasks) |", "|---|---|---|---|---|"]
     lines += [f"| {r['context']} | {r['first500']:.2f} ± {r['first500_ci']:.2f} | "
               f"{r['last5']:.2f} ± {r['last5_ci']:.2f} | {r['reached']}/{r['envs']} | |" for r in results]
     report = "\n".join(lines) + "\n"

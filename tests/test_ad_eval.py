@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,13 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNG = {"sampler": torch.Generator().get_state(), "torch": torch.get_rng_state(), "cuda": torch.empty(0, dtype=torch.uint8)}
 
 
-def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light", arrival=False):
+def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light", arrival=False, run_name="test"):
     torch.manual_seed(0)
     config = A.ModelConfig(obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0,
                            arrival=arrival)
     model = A.DecisionModel(config)
     checkpoint = {"model": model.state_dict(), "optimizer": model.optimizer(1e-3, 0.1, torch.device("cpu")).state_dict(),
-                  "iteration": 1, "args": {"exp_name": "ad"}, "model_config": A.asdict(config), "run_name": "test",
+                  "iteration": 1, "args": {"exp_name": "ad"}, "model_config": A.asdict(config), "run_name": run_name,
                   "rng": RNG,
                   "data": {"dataset": dataset, "size": size, "light_obs": obs_dim == 8, "obs_dim": obs_dim}}
     K.atomic_write(str(path), lambda f: torch.save(checkpoint, f))
@@ -154,7 +155,8 @@ def test_end_to_end(tmp_path, monkeypatch, capsys):
     assert meta["exp_name"] == "ad" and meta["dataset"] == "nx1-light" and meta["iteration"] == 1
     for key, value in E.random_rollout(tasks, 120, 5, 1).items():
         np.testing.assert_array_equal(random_episodes[key], value)
-    assert (tmp_path / "eval" / "arrival__test3_steps120_seed1__and_2_more.png").exists()
+    (png,) = [p for p in os.listdir(tmp_path / "eval") if p.endswith(".png")]
+    assert png.startswith("m__test3_steps120_seed1__and_2_more_")  # a digest of the set of checkpoints
     out = capsys.readouterr().out
     assert "random policy" in out and "first 500 steps (95% CI)" in out and "source agents" not in out
     again = E.main(eval_args([ckpt], tmp_path, out_dir=str(tmp_path / "eval2")))
@@ -186,8 +188,8 @@ def test_default_out_dir_is_beside_the_checkpoints(tmp_path, monkeypatch):
 def test_eval_files_of_different_checkpoints_never_share_a_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first, second = tmp_path / "data" / "checkpoints" / "x.pt", tmp_path / "data9" / "checkpoints" / "x.pt"
-    write_checkpoint(first)
-    write_checkpoint(second, context=20)
+    write_checkpoint(first, run_name="KeyDoor-Dark-5x5__ad__1__1700000000")
+    write_checkpoint(second, context=20, run_name="KeyDoor-Dark-5x5__ad__1__1700000099")
     with pytest.raises(ValueError, match="would both write"):  # before any rollout
         E.main(eval_args([first, second], tmp_path))
     assert not (tmp_path / "eval").exists()
@@ -195,10 +197,18 @@ def test_eval_files_of_different_checkpoints_never_share_a_name(tmp_path, monkey
     written = (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes()
     with pytest.raises(ValueError, match="holds the evaluation of"):
         E.main(eval_args([second], tmp_path))
+    # the same training run may be evaluated again after its folder moved; another run with the same
+    # file name, given by the same relative path, may not overwrite it
+    shutil.move(str(tmp_path / "data"), str(tmp_path / "moved"))
+    E.main(eval_args([tmp_path / "moved" / "checkpoints" / "x.pt"], tmp_path))
+    written = (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes()
+    os.chdir(tmp_path / "data9")
+    with pytest.raises(ValueError, match="holds the evaluation of"):
+        E.main(eval_args(["checkpoints/x.pt"], tmp_path))
     broken = tmp_path / "eval" / "x__test3_steps60_seed1.npz"
     broken.write_bytes(b"")  # an empty file where an evaluation file would go
     with pytest.raises(ValueError, match="not a readable evaluation file"):
-        E.main(eval_args([first], tmp_path, steps=60))
+        E.main(eval_args([tmp_path / "moved" / "checkpoints" / "x.pt"], tmp_path, steps=60))
     assert (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes() == written  # nothing lost
 
 
@@ -226,6 +236,20 @@ def test_bad_input(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="run_00000.npz: not a readable"):
         E.main(eval_args([ckpt], tmp_path))
     assert not (tmp_path / "eval").exists()
+    # a source run of another grid than the checkpoint's is refused before any rollout
+    history = {"observations": np.zeros((60, 4), np.float32), "actions": np.zeros(60, np.int64),
+               "rewards": np.zeros(60, np.float32), "terminations": np.zeros(60, bool),
+               "truncations": np.arange(60) % 50 == 49, "tasks": np.tile([1, 1, 2, 2], (60, 1))}
+    K.save_history(str(source / "run_00000.npz"), history, {"size": 5})
+    with pytest.raises(ValueError, match="run_00000.npz is a 5x5 run, the checkpoint was trained on 4x4"):
+        E.main(eval_args([ckpt], tmp_path))
+    assert not (tmp_path / "eval").exists()
+    # TensorBoard's runs/ that cannot be written is reported before any rollout too
+    (tmp_path / "runs").write_bytes(b"")
+    with pytest.raises(OSError, match="runs: cannot write there"):
+        E.main(eval_args([ckpt], tmp_path, source_runs=0))
+    assert not (tmp_path / "eval").exists()
+    os.remove(tmp_path / "runs")
     # an output folder that cannot be written is reported before any rollout
     (tmp_path / "a_file").write_bytes(b"")
     with pytest.raises(OSError, match="cannot write"):

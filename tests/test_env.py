@@ -339,11 +339,14 @@ def test_history_value_checks(tmp_path):
     for key, value, match in (("actions", 5, "actions outside"), ("actions", -1, "actions outside"),
                               ("rewards", 0.5, "rewards other"), ("observations", 1.5, "outside"),
                               ("observations", np.nan, "NaN"), ("tasks", 4, "outside the 4x4 grid"),
-                              ("tasks", -1, "negative task")):
+                              ("tasks", -1, "negative task"), ("tasks", "key on door", "key on its door")):
         bad = {k: v.copy() for k, v in hist.items()}
-        bad[key][3] = value
+        if value == "key on door":
+            bad[key][3, 2:] = bad[key][3, :2]
+        else:
+            bad[key][3] = value
         with pytest.raises(ValueError, match=match):
-            K.save_history(str(tmp_path / "bad.npz"), bad, {"size": 4} if key == "tasks" and value > 0 else {})
+            K.save_history(str(tmp_path / "bad.npz"), bad, {"size": 4} if key == "tasks" and value == 4 else {})
     all_nan = dict(hist, observations=np.full_like(hist["observations"], np.nan))
     with pytest.raises(ValueError, match="NaN"):
         K.save_history(str(tmp_path / "bad.npz"), all_nan, {"size": 4})
@@ -380,15 +383,16 @@ def test_stale_parts_of_dead_writers_are_removed(tmp_path):
 
 def test_check_writable_and_history_paths(tmp_path):
     assert K.check_writable(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
-    assert os.listdir(tmp_path / "a" / "b") == []
+    assert os.listdir(tmp_path) == []  # a check creates nothing
+    (tmp_path / "a").mkdir()
     if os.geteuid() != 0:  # root writes anywhere
         readonly = tmp_path / "ro"
         readonly.mkdir(mode=0o500)
         with pytest.raises(OSError, match="cannot write"):
             K.check_writable(str(readonly))
     (tmp_path / "a_file").write_bytes(b"")
-    with pytest.raises(OSError, match="cannot write"):
-        K.check_writable(str(tmp_path / "a_file" / "x"))
+    with pytest.raises(OSError, match="a_file is a file, not a folder"):
+        K.check_writable(str(tmp_path / "a_file" / "x" / "y"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         K.history_paths(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="no .npz"):
