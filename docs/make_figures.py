@@ -33,6 +33,7 @@ import numpy as np
 import tyro
 
 import keydoor_env as K
+from ad_eval import binned_curve, source_episodes, source_histories  # the protocol's metrics, computed once
 
 EVAL_ARRAYS = ("tasks", "episode_env", "episode_return", "episode_end_step",
                "random_episode_env", "random_episode_return", "random_episode_end_step")
@@ -93,34 +94,8 @@ def load_eval(path: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Metrics: per env first, then across envs (as ad_eval.py computes them)
+# Metrics: per env first, then across envs (binned curves and the first 500 steps as ad_eval.py computes them)
 # ----------------------------------------------------------------------------------------------
-def binned_curve(episodes: dict, num_envs: int, steps: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per bin of `width` env steps: mean over envs of each env's mean episode return in the bin."""
-    edges = np.arange(0, steps + width, width)
-    centers, values = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        in_bin = (episodes["end_step"] > lo) & (episodes["end_step"] <= hi)
-        per_env = [episodes["return"][in_bin & (episodes["env"] == i)].mean() for i in range(num_envs)
-                   if (in_bin & (episodes["env"] == i)).any()]
-        if per_env:
-            centers.append(hi), values.append(np.mean(per_env))
-    return np.array(centers), np.array(values)
-
-
-def first_500(episodes: dict, num_envs: int) -> np.ndarray:
-    """Per env, the mean return of the episodes that ended within the first 500 steps (NaN if none)."""
-    values = np.full(num_envs, np.nan)
-    for i in range(num_envs):
-        mask = episodes["env"] == i
-        returns, ends = episodes["return"][mask], episodes["end_step"][mask]
-        if len(returns) == 0:
-            continue
-        early = returns[ends <= 500]
-        values[i] = early.mean() if len(early) else np.nan
-    return values
-
-
 def final_returns(run: dict, steps: int) -> np.ndarray:
     """Per env, the mean return of the episodes that ended in the last `steps` env steps (NaN if none)."""
     episodes, late = run["episodes"], run["episodes"]["end_step"] > run["steps"] - steps
@@ -275,20 +250,6 @@ class Ad:
     """where the PNG and CSV files go"""
 
 
-def source_episodes(folder: str, runs: int, steps: int) -> Optional[dict]:
-    """The source agents' own learning curves: their first `steps` steps, one env per history."""
-    names = K.history_paths(folder)[:runs]
-    episodes = {"env": [], "return": [], "end_step": []}
-    for i, path in enumerate(names):
-        history, _ = K.load_history(path)
-        dones = (history["terminations"] | history["truncations"])[:steps]
-        returns, ends = K.episode_returns(history["rewards"][:steps], dones)
-        episodes["env"] += [i] * len(returns)
-        episodes["return"] += returns.tolist()
-        episodes["end_step"] += (ends + 1).tolist()
-    return {k: np.array(v) for k, v in episodes.items()}
-
-
 def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     steps, values = binned_curve(run["episodes"], run["num_envs"], run["steps"], width)
     return steps, values, [{"figure": figure, "curve": label, "env_step": int(s), "mean_return": round(float(v), 4)}
@@ -306,7 +267,8 @@ def ad(args: Ad) -> None:
     source = None
     if args.fig3 and args.source:
         first = runs[args.fig3[0]]
-        source = {"episodes": source_episodes(args.source, 20, first["steps"]), "steps": first["steps"]}
+        histories = source_histories(args.source, 20, first["meta"]["size"])
+        source = {"episodes": source_episodes(histories, first["steps"]), "steps": first["steps"]}
         source["num_envs"] = int(source["episodes"]["env"].max()) + 1
     prepare_output(args.out_dir)
     plt = pyplot()
@@ -341,7 +303,7 @@ def ad(args: Ad) -> None:
         for run in sorted((runs[p] for p in args.fig4), key=lambda run: run["meta"]["context"]):
             final = final_returns(run, args.final_steps)
             rows.append({"figure": "4", "context": run["meta"]["context"], "curve": run["label"],
-                         "first500": round(float(np.nanmean(first_500(run["episodes"], run["num_envs"]))), 4),
+                         "first500": round(float(np.nanmean(K.early_return(run["episodes"], run["num_envs"]))), 4),
                          "final": round(float(np.nanmean(final)), 4),
                          "final_sem": round(float(np.nanstd(final) / np.sqrt(np.isfinite(final).sum())), 4)})
         fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -384,7 +346,7 @@ def ad(args: Ad) -> None:
                     by_index[i, : len(returns)] = returns
                 by_index = by_index[:, ~np.isnan(by_index).all(0)]  # a trial may hold fewer than 10 episodes
                 mean = np.nanmean(by_index, axis=0)
-                early = float(np.nanmean(first_500(run["episodes"], run["num_envs"])))
+                early = float(np.nanmean(K.early_return(run["episodes"], run["num_envs"])))
                 axes["rl2"].plot(np.arange(1, len(mean) + 1), mean, marker="o", label=f"{run['label']} (first 500 steps: {early:.2f})")
                 rows += [{"figure": "6 right", "curve": run["label"], "episode": k + 1, "mean_return": round(float(v), 4),
                           "first500": round(early, 4)} for k, v in enumerate(mean)]
@@ -476,7 +438,7 @@ def table(args: Table) -> None:
     print(f"{'evaluation':<56} {'first 500':>9} {'best bin':>9} {f'last {args.final_steps:,}':>11} "
           f"{f'solved after a success in {args.window}':>30} {'solved otherwise':>22}")
     for run in runs:
-        early = np.nanmean(first_500(run["episodes"], run["num_envs"]))
+        early = np.nanmean(K.early_return(run["episodes"], run["num_envs"]))
         best = binned_curve(run["episodes"], run["num_envs"], run["steps"], args.bin)[1].max()
         cells = [f"{s / max(1, n):.2f} ({s:,}/{n:,})" for s, n in solved_after(run, args.window).values()]
         print(f"{run['name'][:56]:<56} {early:>9.2f} {best:>9.2f} {np.nanmean(final_returns(run, args.final_steps)):>11.2f} "
