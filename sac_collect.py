@@ -257,7 +257,7 @@ class GraphedUpdate:
                 with torch.cuda.graph(graph):
                     self.outputs = self.update(*self.inputs)
                 self.graph = graph  # capture only recorded this call's update: the replay below runs it
-            except Exception as e:  # nothing ran during the failed capture, so eager updates take over cleanly
+            except Exception as e:  # the capture's own error (it may surface only as the capture closes): go eager
                 print(f"warning: CUDA graph capture of the SAC update failed ({type(e).__name__}: {e}); updating eagerly")
                 self.failed = True
         if self.failed:
