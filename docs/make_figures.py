@@ -5,6 +5,7 @@
         --fig6-light light.npz --fig6-dark dark.npz --fig6-rl2 rl2.npz
     python -m docs.make_figures rl2 --curve data/eval/rl2__9x9__1__curve.csv --out docs/9x9/rl2_curve
     python -m docs.make_figures table --evals a.npz b.npz --window 250
+    python -m docs.make_figures seeds --evals docs/laptop/test/*.npz
 
 `sac` draws Figure 2 (source learning curves from sac_collect.py's histories: mean over runs and
 the 10-90% band, in bins of `--bin` env steps). `ad` draws Figures 3 to 6 from evaluation files
@@ -14,6 +15,9 @@ PNG comes with a CSV of the numbers it shows. `table` draws nothing: it prints, 
 file, the returns over the first 500 steps, the best bin and the last steps, and how often the
 policy solves its task after a solved episode in the last `--window` steps and after none (keeping
 a solution against finding one), with the first file's uniform-random policy as the last row.
+`seeds` prints each model's mean over its training seeds (files of one model that differ only in
+seed), the lowest and highest seed, a 95% confidence interval over tasks, and paired differences
+between models on the same tasks.
 
 An evaluation file holds `tasks` (N, 4), the episodes of the policy (`episode_env`,
 `episode_return`, `episode_end_step`, flat), those of a uniform-random policy on the same tasks and
@@ -33,7 +37,7 @@ import numpy as np
 import tyro
 
 import keydoor_env as K
-from ad_eval import binned_curve, source_episodes, source_histories  # the protocol's metrics, computed once
+from ad_eval import binned_curve, mean_and_interval, source_episodes, source_histories  # the protocol's metrics
 
 EVAL_ARRAYS = ("tasks", "episode_env", "episode_return", "episode_end_step",
                "random_episode_env", "random_episode_return", "random_episode_end_step")
@@ -445,7 +449,55 @@ def table(args: Table) -> None:
               f"{cells[0]:>30} {cells[1]:>22}")
 
 
-COMMANDS = {"sac": (Sac, sac), "ad": (Ad, ad), "rl2": (Rl2, rl2), "table": (Table, table)}
+# ----------------------------------------------------------------------------------------------
+# seeds: each model's mean over its training seeds on one set of tasks, the spread between seeds,
+# and paired differences between models on the same tasks
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Seeds:
+    evals: Sequence[str]
+    """evaluation files on the same tasks; the files of one model that differ only in training seed are grouped"""
+    final_steps: int = 2500
+    """the "last steps" columns: episodes that ended in this many last env steps"""
+
+
+def seeds(args: Seeds) -> None:
+    if args.final_steps < 1 or not args.evals:
+        raise ValueError("--evals needs at least one evaluation file and --final-steps must be >= 1")
+    runs = [load_eval(path) for path in args.evals]
+    if any(not np.array_equal(run["tasks"], runs[0]["tasks"]) for run in runs):
+        raise ValueError("the evaluation files hold different tasks: paired comparisons need the same ones")
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:  # a model is all its settings but the training seed
+        meta = run["meta"]
+        key = (meta["algorithm"], meta.get("exp_name", ""), meta.get("dataset", ""), meta["obs"],
+               bool(meta.get("arrival")), meta.get("context", 0))
+        groups.setdefault(key, []).append(run)
+    models = [(members[0]["label"], members) for _, members in sorted(groups.items())]
+    models.append(("random policy", [runs[0]["random"]]))  # every file holds the same random episodes
+    # per model, (seeds, tasks) arrays; per task, the mean over seeds (the unit of the paired comparisons)
+    early = {label: np.stack([K.early_return(r["episodes"], r["num_envs"]) for r in ms]) for label, ms in models}
+    late = {label: np.stack([final_returns(r, args.final_steps) for r in ms]) for label, ms in models}
+    print(f"{len(runs[0]['tasks'])} tasks ({runs[0]['meta']['split']}); mean over training seeds ± 95% CI over tasks "
+          f"[lowest and highest seed]")
+    print(f"{'model':<52} {'seeds':>5} {'first 500 steps':>28} {f'last {args.final_steps:,} steps':>28}")
+    for label, members in models:
+        cells = []
+        for values in (early[label], late[label]):
+            mean, interval = mean_and_interval(np.nanmean(values, axis=0))
+            per_seed = np.nanmean(values, axis=1)
+            cells.append(f"{mean:.2f} ± {interval:.2f} [{per_seed.min():.2f}, {per_seed.max():.2f}]")
+        print(f"{label[:52]:<52} {len(members):>5} {cells[0]:>28} {cells[1]:>28}")
+    print(f"\npaired differences of the last {args.final_steps:,} steps on the same tasks (95% CI; * excludes 0):")
+    labels = [label for label, _ in models]
+    pairs = [(a, b) for a, b in zip(labels[:-2], labels[1:-1])] + [(label, "random policy") for label in labels[:-1]]
+    for a, b in pairs:
+        mean, interval = mean_and_interval(np.nanmean(late[a], axis=0) - np.nanmean(late[b], axis=0))
+        mark = "*" if abs(mean) > interval else " "
+        print(f"  {a[:44]:<44} - {b[:44]:<44} {mean:+.2f} ± {interval:.2f} {mark}")
+
+
+COMMANDS = {"sac": (Sac, sac), "ad": (Ad, ad), "rl2": (Rl2, rl2), "table": (Table, table), "seeds": (Seeds, seeds)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

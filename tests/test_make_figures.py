@@ -232,3 +232,26 @@ def test_no_sys_path_change_and_no_import_of_other_scripts():
     code = "import sys, docs.make_figures; print(sorted(m for m in ('rl2_train', 'sac_collect') if m in sys.modules))"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
+
+
+def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path, capsys):
+    # two training seeds at context 10, one at context 50; env 0 and env 1, 1000 steps, --final-steps 500
+    a1 = write_eval(tmp_path / "a1.npz", {0: [(500, 0.0), (1000, 2.0)], 1: [(500, 0.0), (1000, 0.0)]}, RANDOM, 1000,
+                    **ad_meta("ad", 10))
+    a2 = write_eval(tmp_path / "a2.npz", {0: [(500, 0.0), (1000, 1.0)], 1: [(500, 1.0), (1000, 1.0)]}, RANDOM, 1000,
+                    **ad_meta("ad", 10))
+    b1 = write_eval(tmp_path / "b1.npz", {0: [(500, 2.0), (1000, 2.0)], 1: [(500, 2.0), (1000, 2.0)]}, RANDOM, 1000,
+                    **ad_meta("ad", 50))
+    M.main(["seeds", "--evals", a1, a2, b1, "--final-steps", "500"])
+    out = capsys.readouterr().out
+    # context 10, last 500 steps: per seed (2 + 0) / 2 = 1.0 and (1 + 1) / 2 = 1.0; per task over seeds 1.5 and 0.5
+    ctx10 = next(line for line in out.splitlines() if line.startswith("ad on nx1-light, dark obs, ctx 10"))
+    assert ctx10.split()[7:9] == ["2", "0.25"] and "[0.00, 0.50]" in ctx10 and "1.00 ±" in ctx10
+    ctx50 = next(line for line in out.splitlines() if line.startswith("ad on nx1-light, dark obs, ctx 50"))
+    assert ctx50.split()[7] == "1" and "2.00 ± 0.00 [2.00, 2.00]" in ctx50  # one seed, the same on both tasks
+    # ctx 10 - ctx 50 per task: 1.5 - 2 and 0.5 - 2: mean -1.00; random: 1.0 per task (both envs' episode at 700/800)
+    assert "ctx 10" in out and "-1.00 ±" in out and "random policy" in out
+    other_tasks = write_eval(tmp_path / "c.npz", {0: [(500, 0.0)]}, RANDOM, 1000, num_envs=2, size=6, **ad_meta("ad", 10))
+    with pytest.raises(SystemExit):
+        M.main(["seeds", "--evals", a1, other_tasks])
+    assert "different tasks" in capsys.readouterr().err
