@@ -480,14 +480,15 @@ def seeds(args: Seeds) -> None:
     late = {label: np.stack([final_returns(r, args.final_steps) for r in ms]) for label, ms in models}
     print(f"{len(runs[0]['tasks'])} tasks ({runs[0]['meta']['split']}); mean over training seeds ± 95% CI over tasks "
           f"[lowest and highest seed]")
-    print(f"{'model':<52} {'seeds':>5} {'first 500 steps':>28} {f'last {args.final_steps:,} steps':>28}")
-    for label, members in models:
+    print(f"{'model':<52} {'seeds':>5} {'first 500 steps':>28} {f'last {args.final_steps:,} steps':>28} "
+          f"{'rise (last - first)':>28}")
+    for label, members in models:  # the rise within an evaluation is what in-context learning must show
         cells = []
-        for values in (early[label], late[label]):
+        for values, sign in ((early[label], ""), (late[label], ""), (late[label] - early[label], "+")):
             mean, interval = mean_and_interval(np.nanmean(values, axis=0))
             per_seed = np.nanmean(values, axis=1)
-            cells.append(f"{mean:.2f} ± {interval:.2f} [{per_seed.min():.2f}, {per_seed.max():.2f}]")
-        print(f"{label[:52]:<52} {len(members):>5} {cells[0]:>28} {cells[1]:>28}")
+            cells.append(f"{mean:{sign}.2f} ± {interval:.2f} [{per_seed.min():{sign}.2f}, {per_seed.max():{sign}.2f}]")
+        print(f"{label[:52]:<52} {len(members):>5} {cells[0]:>28} {cells[1]:>28} {cells[2]:>28}")
     print(f"\npaired differences of the last {args.final_steps:,} steps on the same tasks (95% CI; * excludes 0):")
     labels = [label for label, _ in models]
     pairs = [(a, b) for a, b in zip(labels[:-2], labels[1:-1])] + [(label, "random policy") for label in labels[:-1]]

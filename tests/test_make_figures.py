@@ -251,6 +251,7 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
     assert ctx50.split()[7] == "1" and "2.00 ± 0.00 [2.00, 2.00]" in ctx50  # one seed, the same on both tasks
     # ctx 10 - ctx 50 per task: 1.5 - 2 and 0.5 - 2: mean -1.00; random: 1.0 per task (both envs' episode at 700/800)
     assert "ctx 10" in out and "-1.00 ±" in out and "random policy" in out
+    assert "+0.75 ± " in ctx10  # the rise: per task (1.5 - 0) and (0.5 - 0.5) over seeds, mean 0.75
     other_tasks = write_eval(tmp_path / "c.npz", {0: [(500, 0.0)]}, RANDOM, 1000, num_envs=2, size=6, **ad_meta("ad", 10))
     with pytest.raises(SystemExit):
         M.main(["seeds", "--evals", a1, other_tasks])
