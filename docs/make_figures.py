@@ -9,14 +9,16 @@
 
 `sac` draws Figure 2 (source learning curves from sac_collect.py's histories: mean over runs and
 the 10-90% band, in bins of `--bin` env steps). `ad` draws Figures 3 to 6 from evaluation files
+(Figure 4 groups the files of a model that differ only in training seed: mean over seeds, 95% CI
+over tasks, and the lowest to highest seed)
 (ad_eval.py's, and rl2_train.py's held-out trials in the same layout). `rl2` draws RL²'s learning
 curve from the `<stem>__curve.csv` that rl2_train.py writes at every in-training evaluation. Each
 PNG comes with a CSV of the numbers it shows. `table` draws nothing: it prints, per evaluation
 file, the returns over the first 500 steps, the best bin and the last steps, and how often the
 policy solves its task after a solved episode in the last `--window` steps and after none (keeping
-a solution against finding one), with the first file's uniform-random policy as the last row.
+a solution against finding one; rates per env, then averaged over envs), with the first file's uniform-random policy as the last row.
 `seeds` prints each model's mean over its training seeds (files of one model that differ only in
-seed), the lowest and highest seed, a 95% confidence interval over tasks, and paired differences
+seed: first episode, first 500 steps, last steps and the rise between them), the lowest and highest seed, a 95% confidence interval over tasks, and paired differences
 between models on the same tasks.
 
 An evaluation file holds `tasks` (N, 4), the episodes of the policy (`episode_env`,
@@ -107,20 +109,37 @@ def final_returns(run: dict, steps: int) -> np.ndarray:
                      else np.nan for i in range(run["num_envs"])])
 
 
-def solved_after(run: dict, window: int) -> dict[str, tuple[int, int]]:
-    """(solved, episodes) over all envs, for episodes with a solved episode (return 2) that ended fewer
-    than `window` env steps before their start ("recent success") and for the others ("no recent success")."""
-    counts = {"recent success": [0, 0], "no recent success": [0, 0]}
+def first_episode_returns(run: dict) -> np.ndarray:
+    """Per env, the return of its first episode (NaN if it has none): "succeeds at once" is read here."""
+    episodes, first = run["episodes"], np.full(run["num_envs"], np.nan)
+    for i in range(run["num_envs"]):
+        mask = episodes["env"] == i
+        if mask.any():
+            first[i] = episodes["return"][mask][np.argmin(episodes["end_step"][mask])]
+    return first
+
+
+def solved_after(run: dict, window: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per env, (solved, episodes) of the episodes with a solved episode (return 2) that ended fewer than
+    `window` env steps before their start ("recent success") and of the others ("no recent success")."""
+    counts = {key: (np.zeros(run["num_envs"], np.int64), np.zeros(run["num_envs"], np.int64))
+              for key in ("recent success", "no recent success")}
     episodes = run["episodes"]
     for i in range(run["num_envs"]):
         returns, ends = episodes["return"][episodes["env"] == i], episodes["end_step"][episodes["env"] == i]
         starts = np.concatenate([[0], ends[:-1]])  # an episode starts where the one before it ended
         for j in range(len(returns)):
             recent = ((returns[:j] == 2) & (ends[:j] > starts[j] - window)).any()
-            count = counts["recent success" if recent else "no recent success"]
-            count[0] += int(returns[j] == 2)
-            count[1] += 1
-    return {key: (solved, total) for key, (solved, total) in counts.items()}
+            solved, total = counts["recent success" if recent else "no recent success"]
+            solved[i] += int(returns[j] == 2)
+            total[i] += 1
+    return counts
+
+
+def per_env_rate(solved: np.ndarray, total: np.ndarray) -> tuple[float, int]:
+    """The solve rate averaged over envs (each env weighs the same), and how many envs had such episodes."""
+    has = total > 0
+    return (float((solved[has] / total[has]).mean()) if has.any() else float("nan")), int(has.sum())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,22 +321,36 @@ def ad(args: Ad) -> None:
               f"({first['meta']['size']}x{first['meta']['size']})", 7, loc="lower right")
         save(fig, "fig3_ad_dark", rows)
 
-    if args.fig4:  # final return against context length
+    if args.fig4:  # final return against context: each model's mean over its training seeds, 95% CI over tasks
+        models: dict[str, list[dict]] = {}
+        for path in dict.fromkeys(args.fig4):  # files of one label differ only in training seed
+            models.setdefault(runs[path]["label"], []).append(runs[path])
         rows = []
-        for run in sorted((runs[p] for p in args.fig4), key=lambda run: run["meta"]["context"]):
-            final = final_returns(run, args.final_steps)
-            rows.append({"figure": "4", "context": run["meta"]["context"], "curve": run["label"],
-                         "first500": round(float(np.nanmean(K.early_return(run["episodes"], run["num_envs"]))), 4),
-                         "final": round(float(np.nanmean(final)), 4),
-                         "final_sem": round(float(np.nanstd(final) / np.sqrt(np.isfinite(final).sum())), 4)})
+        for label, members in sorted(models.items(), key=lambda item: item[1][0]["meta"]["context"]):
+            if any(not np.array_equal(m["tasks"], members[0]["tasks"]) for m in members):
+                raise ValueError(f"--fig4: the seeds of {label!r} were evaluated on different tasks")
+            final = np.stack([final_returns(m, args.final_steps) for m in members])  # (seeds, tasks)
+            early = np.stack([K.early_return(m["episodes"], m["num_envs"]) for m in members])
+            mean, interval = mean_and_interval(np.nanmean(final, axis=0))  # per task, the mean over seeds
+            per_seed = np.nanmean(final, axis=1)
+            rows.append({"figure": "4", "context": members[0]["meta"]["context"], "curve": label, "seeds": len(members),
+                         "first500": round(float(np.nanmean(early)), 4), "final": round(mean, 4),
+                         "final_ci95": round(interval, 4), "final_seed_min": round(float(per_seed.min()), 4),
+                         "final_seed_max": round(float(per_seed.max()), 4),
+                         "random_final": round(float(np.nanmean(final_returns(members[0]["random"], args.final_steps))), 4)})
         fig, ax = plt.subplots(figsize=(5, 3.6))
         contexts = [r["context"] for r in rows]
-        ax.errorbar(contexts, [r["final"] for r in rows], yerr=[r["final_sem"] for r in rows], marker="o", capsize=3,
-                    label=f"last {args.final_steps:,} steps (mean, s.e. over envs)")
+        ax.errorbar(contexts, [r["final"] for r in rows], yerr=[r["final_ci95"] for r in rows], marker="o", capsize=3,
+                    label=f"last {args.final_steps:,} steps (95% CI over tasks)")
+        for r in rows:  # the spread between training seeds
+            ax.vlines(r["context"], r["final_seed_min"], r["final_seed_max"], color="C0", lw=5, alpha=0.3)
         ax.plot(contexts, [r["first500"] for r in rows], marker="s", ls="--", color="gray", label="first 500 steps")
+        ax.axhline(rows[0]["random_final"], color="gray", ls=":", label="random policy")
         ax.set_xscale("log")
         ax.set_xticks(contexts, [str(c) for c in contexts])
-        style(ax, "context (timesteps)", "AD on held-out Dark tasks: return against context", 8)
+        num_tasks, seeds = len(next(iter(models.values()))[0]["tasks"]), max(r["seeds"] for r in rows)
+        style(ax, "context (timesteps)", f"AD on {num_tasks} held-out Dark tasks, "
+              f"{seeds} training seed{'s' if seeds > 1 else ''}", 8)
         save(fig, "fig4_context", rows)
 
     if args.fig5:  # BC on 1xN data
@@ -444,7 +477,8 @@ def table(args: Table) -> None:
     for run in runs:
         early = np.nanmean(K.early_return(run["episodes"], run["num_envs"]))
         best = binned_curve(run["episodes"], run["num_envs"], run["steps"], args.bin)[1].max()
-        cells = [f"{s / max(1, n):.2f} ({s:,}/{n:,})" for s, n in solved_after(run, args.window).values()]
+        cells = [f"{rate:.2f} ({envs} envs)" for rate, envs in
+                 (per_env_rate(*counts) for counts in solved_after(run, args.window).values())]
         print(f"{run['name'][:56]:<56} {early:>9.2f} {best:>9.2f} {np.nanmean(final_returns(run, args.final_steps)):>11.2f} "
               f"{cells[0]:>30} {cells[1]:>22}")
 
@@ -476,19 +510,20 @@ def seeds(args: Seeds) -> None:
     models = [(members[0]["label"], members) for _, members in sorted(groups.items())]
     models.append(("random policy", [runs[0]["random"]]))  # every file holds the same random episodes
     # per model, (seeds, tasks) arrays; per task, the mean over seeds (the unit of the paired comparisons)
+    first = {label: np.stack([first_episode_returns(r) for r in ms]) for label, ms in models}
     early = {label: np.stack([K.early_return(r["episodes"], r["num_envs"]) for r in ms]) for label, ms in models}
     late = {label: np.stack([final_returns(r, args.final_steps) for r in ms]) for label, ms in models}
     print(f"{len(runs[0]['tasks'])} tasks ({runs[0]['meta']['split']}); mean over training seeds ± 95% CI over tasks "
           f"[lowest and highest seed]")
-    print(f"{'model':<52} {'seeds':>5} {'first 500 steps':>28} {f'last {args.final_steps:,} steps':>28} "
+    print(f"{'model':<52} {'seeds':>5} {'first episode':>28} {'first 500 steps':>28} {f'last {args.final_steps:,} steps':>28} "
           f"{'rise (last - first)':>28}")
     for label, members in models:  # the rise within an evaluation is what in-context learning must show
         cells = []
-        for values, sign in ((early[label], ""), (late[label], ""), (late[label] - early[label], "+")):
+        for values, sign in ((first[label], ""), (early[label], ""), (late[label], ""), (late[label] - early[label], "+")):
             mean, interval = mean_and_interval(np.nanmean(values, axis=0))
             per_seed = np.nanmean(values, axis=1)
             cells.append(f"{mean:{sign}.2f} ± {interval:.2f} [{per_seed.min():{sign}.2f}, {per_seed.max():{sign}.2f}]")
-        print(f"{label[:52]:<52} {len(members):>5} {cells[0]:>28} {cells[1]:>28} {cells[2]:>28}")
+        print(f"{label[:52]:<52} {len(members):>5} " + " ".join(f"{cell:>28}" for cell in cells))
     print(f"\npaired differences of the last {args.final_steps:,} steps on the same tasks (95% CI; * excludes 0):")
     labels = [label for label, _ in models]
     pairs = [(a, b) for a, b in zip(labels[:-2], labels[1:-1])] + [(label, "random policy") for label in labels[:-1]]

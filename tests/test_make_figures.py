@@ -117,9 +117,12 @@ def test_figures_3_to_6_against_hand_computed_values(tmp_path, evals):
     assert ("source SAC (2 runs, own tasks)", 1000) not in fig3
     fig4 = read_csv(out / "fig4_context.csv")
     assert [int(r["context"]) for r in fig4] == [4, 16]  # sorted by context
-    # context 16: first 500 steps: env 0 mean 2, env 1 mean 0 -> 1.0; last 500 steps: env 0 0, env 1 1 -> 0.5, s.e. 0.5/sqrt(2)
+    # context 16: first 500 steps: env 0 mean 2, env 1 mean 0 -> 1.0; last 500 steps: env 0 0, env 1 1 -> 0.5,
+    # and the 95% CI over the two tasks (0 and 1), from ad_eval's Student-t interval (std with ddof=1)
     assert float(fig4[1]["first500"]) == 1.0 and float(fig4[1]["final"]) == 0.5
-    assert float(fig4[1]["final_sem"]) == pytest.approx(round(0.5 / np.sqrt(2), 4))
+    assert float(fig4[1]["final_ci95"]) == pytest.approx(round(M.mean_and_interval(np.array([0.0, 1.0]))[1], 4))
+    assert float(fig4[1]["final_ci95"]) > 0.5 / np.sqrt(2) and int(fig4[1]["seeds"]) == 1  # wider than a s.e.
+    assert float(fig4[1]["random_final"]) == 1.0  # RANDOM's last 500 steps: env 0 1, env 1 1
     assert float(fig4[0]["first500"]) == 1.0 and float(fig4[0]["final"]) == 1.0  # ctx 4: env 1 has no early episode
     assert {r["curve"] for r in read_csv(out / "fig5_bc.csv")} == {"ad on nx1-light, dark obs, ctx 4"}
     fig6 = read_csv(out / "fig6_light_rl2.csv")
@@ -141,9 +144,10 @@ def test_table_rows_and_the_random_row_from_the_file(evals, capsys):
     first500, best, last = (float(x) for x in rows["ad__nx1-light__dark__ctx16__1"][1:4])
     assert (first500, best, last) == (1.0, 1.0, 0.5)
     # env 0 of LONG: episodes 2 to 11 start where a solved episode ended: 10 with a recent success, 9 solved (the
-    # 11th fails); its first episode and all 11 of env 1 have none: 1 of 12 solved.
-    assert rows["ad__nx1-light__dark__ctx16__1"][4:6] == ["0.90", "(9/10)"]
-    assert rows["ad__nx1-light__dark__ctx16__1"][6:8] == ["0.08", "(1/12)"]
+    # 11th fails); env 1 has none. No recent success: env 0's first episode (solved, 1/1), env 1's 11 (0/11):
+    # per env (1 + 0) / 2 = 0.5, where pooling episodes would give 1/12.
+    assert rows["ad__nx1-light__dark__ctx16__1"][4:7] == ["0.90", "(1", "envs)"]
+    assert rows["ad__nx1-light__dark__ctx16__1"][7:10] == ["0.50", "(2", "envs)"]
     # random row: the random episodes of the first file (RANDOM): first 500 (0 + 1) / 2, bins 0.5 and 1.0, last 1.0
     assert [float(x) for x in rows["random"][2:5]] == [0.5, 1.0, 1.0]
 
@@ -155,8 +159,11 @@ def test_solved_after_a_recent_success():
     counts = M.solved_after({"episodes": episodes, "num_envs": 2}, window=60)
     # recent success: the 2nd, 3rd and 4th episodes of env 0 (a success ended at most 60 steps before they started);
     # the last episode of env 0 starts at 300, 210 steps after the success that ended at 90
-    assert counts == {"recent success": (1, 3), "no recent success": (3, 3)}
-    assert M.solved_after({"episodes": episodes, "num_envs": 2}, window=0)["recent success"] == (0, 0)
+    assert {key: (list(solved), list(total)) for key, (solved, total) in counts.items()} == {
+        "recent success": ([1, 0], [3, 0]), "no recent success": ([2, 1], [2, 1])}
+    assert M.per_env_rate(*counts["recent success"]) == (pytest.approx(1 / 3), 1)  # env 1 had no such episode
+    assert M.per_env_rate(*counts["no recent success"]) == (1.0, 2)
+    assert M.solved_after({"episodes": episodes, "num_envs": 2}, window=0)["recent success"][1].sum() == 0
 
 
 def test_rl2_learning_curve_from_the_curve_csv(tmp_path):
@@ -252,7 +259,25 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
     # ctx 10 - ctx 50 per task: 1.5 - 2 and 0.5 - 2: mean -1.00; random: 1.0 per task (both envs' episode at 700/800)
     assert "ctx 10" in out and "-1.00 ±" in out and "random policy" in out
     assert "+0.75 ± " in ctx10  # the rise: per task (1.5 - 0) and (0.5 - 0.5) over seeds, mean 0.75
+    # the first episode per env, averaged over seeds then tasks: env 0 (0 + 0) / 2, env 1 (0 + 1) / 2 -> 0.25
+    assert ctx10.split()[8:10] == ["0.25", "±"] and "[0.00, 0.50]" in ctx10
     other_tasks = write_eval(tmp_path / "c.npz", {0: [(500, 0.0)]}, RANDOM, 1000, num_envs=2, size=6, **ad_meta("ad", 10))
     with pytest.raises(SystemExit):
         M.main(["seeds", "--evals", a1, other_tasks])
     assert "different tasks" in capsys.readouterr().err
+
+
+def test_figure_4_groups_training_seeds_and_refuses_different_tasks(tmp_path, evals):
+    # a second training seed of the context-16 model: SHORT's episodes (last 500 steps: env 0 1, env 1 (2 + 0) / 2)
+    seed2 = write_eval(tmp_path / "eval" / "ad__nx1-light__dark__ctx16__2.npz", SHORT, RANDOM, 1000, **ad_meta("ad", 16))
+    M.ad(M.Ad(fig4=[evals["long"], seed2, evals["short"]], bin=500, final_steps=500, out_dir=str(tmp_path / "f")))
+    rows = read_csv(tmp_path / "f" / "fig4_context.csv")
+    assert [(int(r["context"]), int(r["seeds"])) for r in rows] == [(4, 1), (16, 2)]
+    # per task, the mean over seeds: env 0 (0 + 1) / 2, env 1 (1 + 1) / 2 -> 0.75; per seed: LONG 0.5, SHORT 1.0
+    assert float(rows[1]["final"]) == 0.75
+    assert float(rows[1]["final_ci95"]) == pytest.approx(round(M.mean_and_interval(np.array([0.5, 1.0]))[1], 4))
+    assert (float(rows[1]["final_seed_min"]), float(rows[1]["final_seed_max"])) == (0.5, 1.0)
+    other = write_eval(tmp_path / "eval" / "ad__nx1-light__dark__ctx16__3.npz", SHORT, RANDOM, 1000, num_envs=3,
+                       **ad_meta("ad", 16))
+    with pytest.raises(ValueError, match="different tasks"):
+        M.ad(M.Ad(fig4=[evals["long"], other], bin=500, final_steps=500, out_dir=str(tmp_path / "g")))
