@@ -428,9 +428,10 @@ def main(args: Args) -> dict:
     start = 0
     if os.path.exists(path):
         checkpoint = load_checkpoint(path, map_location=device)
-        if (checkpoint["model_config"], checkpoint["data"]) != (fixed["model_config"], fixed["data"]):
-            raise ValueError(f"{path} holds a model of another shape or data ({checkpoint['model_config']}, "
-                             f"{checkpoint['data']}); move it away or change --exp-name")
+        tuned = ("batch_size", "lr", "warmup_iterations", "weight_decay", "max_grad_norm")  # --iterations may grow
+        trained = (checkpoint["model_config"], checkpoint["data"], {k: checkpoint["args"][k] for k in tuned})
+        if trained != (fixed["model_config"], fixed["data"], {k: getattr(args, k) for k in tuned}):
+            raise ValueError(f"{path} holds another model, data or optimizer {trained}; move it away or change --exp-name")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         start, fixed["run_name"], states = checkpoint["iteration"], checkpoint["run_name"], checkpoint["rng"]
@@ -452,9 +453,8 @@ def main(args: Args) -> dict:
     loop_start, last_time, last_iteration, stats = time.time(), time.time(), start, {}
     bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
     for iteration in bar:
-        lr = lr_at(iteration, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in optimizer.param_groups:  # decayed and not: one schedule
+            group["lr"] = lr = lr_at(iteration, args)
         loss, accuracy = loss_and_accuracy(step_model, *train_data.sample(args.batch_size, generator), autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

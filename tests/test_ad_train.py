@@ -234,13 +234,17 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     assert "resuming" in out and "at iteration 30" in out
     assert A.load_checkpoint(resumed["checkpoint"])["iteration"] == 40
     # resuming onto other training windows is refused
-    with pytest.raises(ValueError, match="another shape or data"):
+    with pytest.raises(ValueError, match="another model, data"):
         A.main(tiny_args(data, iterations=50, history_steps=200))
     # a checkpoint of another shape is refused, the arrival token included
-    with pytest.raises(ValueError, match="another shape"):
+    with pytest.raises(ValueError, match="another model"):
         A.main(tiny_args(data, iterations=50, n_embd=32))
-    with pytest.raises(ValueError, match="another shape"):
+    with pytest.raises(ValueError, match="another model"):
         A.main(tiny_args(data, iterations=50, arrival_token=True))
+    # and so is a changed optimizer: the run would not be the one its name and hyperparameter table say
+    for changed in ({"lr": 1e-2}, {"batch_size": 3}, {"warmup_iterations": 1}, {"max_grad_norm": 0.5}):
+        with pytest.raises(ValueError, match="optimizer"):
+            A.main(tiny_args(data, iterations=50, **changed))
 
 
 def test_resume_after_a_kill_is_bit_identical(sac_data, tmp_path, monkeypatch):
