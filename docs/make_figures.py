@@ -342,8 +342,9 @@ def ad(args: Ad) -> None:
         contexts = [r["context"] for r in rows]
         ax.errorbar(contexts, [r["final"] for r in rows], yerr=[r["final_ci95"] for r in rows], marker="o", capsize=3,
                     label=f"last {args.final_steps:,} steps (95% CI over tasks)")
-        for r in rows:  # the spread between training seeds
-            ax.vlines(r["context"], r["final_seed_min"], r["final_seed_max"], color="C0", lw=5, alpha=0.3)
+        for i, r in enumerate(rows):  # the spread between training seeds
+            ax.vlines(r["context"], r["final_seed_min"], r["final_seed_max"], color="C0", lw=5, alpha=0.3,
+                      label="lowest to highest seed" if i == 0 else None)
         ax.plot(contexts, [r["first500"] for r in rows], marker="s", ls="--", color="gray", label="first 500 steps")
         ax.axhline(rows[0]["random_final"], color="gray", ls=":", label="random policy")
         ax.set_xscale("log")
