@@ -525,13 +525,15 @@ def seeds(args: Seeds) -> None:
             per_seed = np.nanmean(values, axis=1)
             cells.append(f"{mean:{sign}.2f} ± {interval:.2f} [{per_seed.min():{sign}.2f}, {per_seed.max():{sign}.2f}]")
         print(f"{label[:52]:<52} {len(members):>5} " + " ".join(f"{cell:>28}" for cell in cells))
-    print(f"\npaired differences of the last {args.final_steps:,} steps on the same tasks (95% CI; * excludes 0):")
+    print(f"\npaired differences on the same tasks, first 500 steps and last {args.final_steps:,} (95% CI; * excludes 0):")
     labels = [label for label, _ in models]
     pairs = [(a, b) for a, b in zip(labels[:-2], labels[1:-1])] + [(label, "random policy") for label in labels[:-1]]
     for a, b in pairs:
-        mean, interval = mean_and_interval(np.nanmean(late[a], axis=0) - np.nanmean(late[b], axis=0))
-        mark = "*" if abs(mean) > interval else " "
-        print(f"  {a[:44]:<44} - {b[:44]:<44} {mean:+.2f} ± {interval:.2f} {mark}")
+        cells = []
+        for values in (early, late):  # (RL²'s trials are 500 steps: compare it over the first 500)
+            mean, interval = mean_and_interval(np.nanmean(values[a], axis=0) - np.nanmean(values[b], axis=0))
+            cells.append(f"{mean:+.2f} ± {interval:.2f} {'*' if abs(mean) > interval else ' '}")
+        print(f"  {a[:44]:<44} - {b[:44]:<44} {cells[0]:>14} {cells[1]:>14}")
 
 
 COMMANDS = {"sac": (Sac, sac), "ad": (Ad, ad), "rl2": (Rl2, rl2), "table": (Table, table), "seeds": (Seeds, seeds)}

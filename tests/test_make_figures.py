@@ -258,6 +258,8 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
     assert ctx50.split()[7] == "1" and "2.00 ± 0.00 [2.00, 2.00]" in ctx50  # one seed, the same on both tasks
     # ctx 10 - ctx 50 per task: 1.5 - 2 and 0.5 - 2: mean -1.00; random: 1.0 per task (both envs' episode at 700/800)
     assert "ctx 10" in out and "-1.00 ±" in out and "random policy" in out
+    # and over the first 500 steps: ctx 10 per task (0 + 0) / 2 and (0 + 1) / 2, ctx 50 2 and 2: mean -1.75
+    assert "-1.75 ± " in out
     assert "+0.75 ± " in ctx10  # the rise: per task (1.5 - 0) and (0.5 - 0.5) over seeds, mean 0.75
     # the first episode per env, averaged over seeds then tasks: env 0 (0 + 0) / 2, env 1 (0 + 1) / 2 -> 0.25
     assert ctx10.split()[8:10] == ["0.25", "±"] and "[0.00, 0.50]" in ctx10
