@@ -88,6 +88,8 @@ class Args:
     """held-out tasks to evaluate on: validation (20 fixed tasks, for choosing settings) or test (for reporting)"""
     eval_envs: int = 20
     """held-out tasks per evaluation (at most what the split holds)"""
+    eval_seed: int = 0
+    """seed of the choice of held-out tasks (0: --seed); ad_eval.py's --seed S picks the same tasks as --eval-seed S"""
     save_every: int = 10
     """iterations between checkpoints (and dataset chunks)"""
     data_dir: str = "data"
@@ -381,7 +383,7 @@ def validate(args: Args) -> None:
 def main(args: Args) -> dict:
     # 1. every input and output checked before any work
     validate(args)
-    eval_tasks = K.eval_tasks(args.size, args.eval_split, args.eval_envs, args.seed)  # (eval_envs, 4); too many: error
+    eval_tasks = K.eval_tasks(args.size, args.eval_split, args.eval_envs, args.eval_seed or args.seed)  # (eval_envs, 4)
     data_folder, checkpoint_folder, eval_folder = (os.path.join(args.data_dir, name) for name in ("rl2", "checkpoints", "eval"))
     for folder in (data_folder, checkpoint_folder, eval_folder):
         K.check_writable(folder)
@@ -392,7 +394,7 @@ def main(args: Args) -> dict:
     curve_path = os.path.join(eval_folder, f"{stem}__curve.csv")
     episode_columns = [f"episode_{i + 1}" for i in range(args.episodes_per_trial)]
     header = ",".join(["iteration", "episodes", "first_500", "episodes_5_to_10"] + episode_columns + ["minutes"])
-    out = os.path.join(eval_folder, f"{stem}__{args.eval_split}{args.eval_envs}_trial_seed{args.seed}.npz")
+    out = os.path.join(eval_folder, f"{stem}__{args.eval_split}{args.eval_envs}_trial_seed{args.eval_seed or args.seed}.npz")
 
     # 2. the model, resumed from the checkpoint if there is one
     random.seed(args.seed)
@@ -408,10 +410,10 @@ def main(args: Args) -> dict:
         checkpoint = load_checkpoint(path, model_config, device)
         start, seconds, run_name = checkpoint["iteration"], checkpoint["seconds"], checkpoint["run_name"]
         # one curve, one set of tasks: training goes on with the evaluation it started with
-        split, envs = checkpoint["args"].get("eval_split", "validation"), checkpoint["args"].get("eval_envs")
-        if start < args.iterations and (split, envs) != (args.eval_split, args.eval_envs):
+        split, envs, seed = (checkpoint["args"].get(k, 0) for k in ("eval_split", "eval_envs", "eval_seed"))
+        if start < args.iterations and (split, envs, seed) != (args.eval_split, args.eval_envs, args.eval_seed):
             raise ValueError(f"{path}: its learning curve is measured on {envs} {split} tasks; "
-                             f"resume its training with --eval-split {split} --eval-envs {envs}")
+                             f"resume its training with --eval-split {split} --eval-envs {envs} --eval-seed {seed}")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         print(f"resuming {path} at iteration {start}")

@@ -163,8 +163,13 @@ def test_end_to_end_files_curve_and_reevaluation(tmp_path, monkeypatch, capsys):
         assert (meta["split"], meta["num_envs"], meta["iteration"]) == ("test", 5, 3)
         np.testing.assert_array_equal(f["tasks"], K.eval_tasks(4, "test", 5, seed=1))
     # training on, but measured on other tasks than its curve so far: refused before any work
-    with pytest.raises(ValueError, match="resume its training with --eval-split validation --eval-envs 3"):
+    with pytest.raises(ValueError, match="resume its training with --eval-split validation --eval-envs 3 --eval-seed 0"):
         R.main(tiny(tmp_path, iterations=4, eval_split="test", eval_envs=5))
+    # --eval-seed picks ad_eval.py's tasks for that seed, whatever the training seed (paired comparisons)
+    other = R.main(tiny(tmp_path, eval_split="test", eval_envs=5, eval_seed=7))
+    assert other["eval"].endswith("rl2__4x4__1__test5_trial_seed7.npz")
+    with np.load(other["eval"], allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["tasks"], K.eval_tasks(4, "test", 5, seed=7))
     # resume: more iterations continue from the checkpoint and the curve
     R.main(tiny(tmp_path, iterations=4))
     assert torch.load(result["checkpoint"], weights_only=True)["iteration"] == 4
