@@ -109,6 +109,17 @@ def final_returns(run: dict, steps: int) -> np.ndarray:
                      else np.nan for i in range(run["num_envs"])])
 
 
+def group_by_model(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(label, runs) per model, in a fixed order: a model is all its settings but the training seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        meta = run["meta"]
+        key = (meta["algorithm"], meta.get("exp_name", ""), meta.get("dataset", ""), meta["obs"],
+               bool(meta.get("arrival")), meta.get("context", 0))
+        groups.setdefault(key, []).append(run)
+    return [(members[0]["label"], members) for _, members in sorted(groups.items())]
+
+
 def first_episode_returns(run: dict) -> np.ndarray:
     """Per env, the return of its first episode (NaN if it has none): "succeeds at once" is read here."""
     episodes, first = run["episodes"], np.full(run["num_envs"], np.nan)
@@ -322,11 +333,9 @@ def ad(args: Ad) -> None:
         save(fig, "fig3_ad_dark", rows)
 
     if args.fig4:  # final return against context: each model's mean over its training seeds, 95% CI over tasks
-        models: dict[str, list[dict]] = {}
-        for path in dict.fromkeys(args.fig4):  # files of one label differ only in training seed
-            models.setdefault(runs[path]["label"], []).append(runs[path])
+        models = group_by_model([runs[path] for path in dict.fromkeys(args.fig4)])
         rows = []
-        for label, members in sorted(models.items(), key=lambda item: item[1][0]["meta"]["context"]):
+        for label, members in sorted(models, key=lambda model: model[1][0]["meta"]["context"]):
             if any(not np.array_equal(m["tasks"], members[0]["tasks"]) for m in members):
                 raise ValueError(f"--fig4: the seeds of {label!r} were evaluated on different tasks")
             final = np.stack([final_returns(m, args.final_steps) for m in members])  # (seeds, tasks)
@@ -349,7 +358,7 @@ def ad(args: Ad) -> None:
         ax.axhline(rows[0]["random_final"], color="gray", ls=":", label="random policy")
         ax.set_xscale("log")
         ax.set_xticks(contexts, [str(c) for c in contexts])
-        num_tasks, seeds = len(next(iter(models.values()))[0]["tasks"]), max(r["seeds"] for r in rows)
+        num_tasks, seeds = len(models[0][1][0]["tasks"]), max(r["seeds"] for r in rows)
         style(ax, "context (timesteps)", f"AD on {num_tasks} held-out Dark tasks, "
               f"{seeds} training seed{'s' if seeds > 1 else ''}", 8)
         save(fig, "fig4_context", rows)
@@ -502,13 +511,7 @@ def seeds(args: Seeds) -> None:
     runs = [load_eval(path) for path in args.evals]
     if any(not np.array_equal(run["tasks"], runs[0]["tasks"]) for run in runs):
         raise ValueError("the evaluation files hold different tasks: paired comparisons need the same ones")
-    groups: dict[tuple, list[dict]] = {}
-    for run in runs:  # a model is all its settings but the training seed
-        meta = run["meta"]
-        key = (meta["algorithm"], meta.get("exp_name", ""), meta.get("dataset", ""), meta["obs"],
-               bool(meta.get("arrival")), meta.get("context", 0))
-        groups.setdefault(key, []).append(run)
-    models = [(members[0]["label"], members) for _, members in sorted(groups.items())]
+    models = group_by_model(runs)
     models.append(("random policy", [runs[0]["random"]]))  # every file holds the same random episodes
     # per model, (seeds, tasks) arrays; per task, the mean over seeds (the unit of the paired comparisons)
     first = {label: np.stack([first_episode_returns(r) for r in ms]) for label, ms in models}

@@ -279,6 +279,10 @@ def test_figure_4_groups_training_seeds_and_refuses_different_tasks(tmp_path, ev
     assert float(rows[1]["final"]) == 0.75
     assert float(rows[1]["final_ci95"]) == pytest.approx(round(M.mean_and_interval(np.array([0.5, 1.0]))[1], 4))
     assert (float(rows[1]["final_seed_min"]), float(rows[1]["final_seed_max"])) == (0.5, 1.0)
+    # a model is all its settings but the seed: the same label with the arrival token is another model
+    arrival = write_eval(tmp_path / "eval" / "arrival.npz", SHORT, RANDOM, 1000, **{**ad_meta("ad", 16), "arrival": True})
+    M.ad(M.Ad(fig4=[evals["long"], seed2, arrival], bin=500, final_steps=500, out_dir=str(tmp_path / "h")))
+    assert [int(r["seeds"]) for r in read_csv(tmp_path / "h" / "fig4_context.csv")] == [2, 1]
     other = write_eval(tmp_path / "eval" / "ad__nx1-light__dark__ctx16__3.npz", SHORT, RANDOM, 1000, num_envs=3,
                        **ad_meta("ad", 16))
     with pytest.raises(ValueError, match="different tasks"):
