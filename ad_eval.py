@@ -24,7 +24,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class Args:
     """take the argmax action instead of sampling"""
     full_recompute: bool = False
     """recompute every window from scratch (the reference path) instead of the KV cache"""
-    out_dir: Optional[str] = None
+    out_dir: str | None = None
     """where the evaluation files (and the PNG) go; default: <data dir>/eval for <data dir>/checkpoints/*.pt, else eval/ beside the checkpoint"""
     source_runs: int = 20
     """source learning histories read for the baseline row (0: none)"""
@@ -82,8 +82,10 @@ def source_histories(folder: str, runs: int, size: int) -> list[dict]:
     for path in K.history_paths(folder)[:runs] if runs > 0 and os.path.isdir(folder) else []:
         history, history_config = K.load_history(path)
         if history_config.get("size") != size:
-            raise ValueError(f"{path} is a {history_config.get('size')}x{history_config.get('size')} run, the checkpoint "
-                             f"was trained on {size}x{size}; pass --source-runs 0 or fix the dataset folder")
+            raise ValueError(
+                f"{path} is a {history_config.get('size')}x{history_config.get('size')} run, the checkpoint "
+                f"was trained on {size}x{size}; pass --source-runs 0 or fix the dataset folder"
+            )
         histories.append(history)
     return histories
 
@@ -91,7 +93,10 @@ def source_histories(folder: str, runs: int, size: int) -> list[dict]:
 def source_episodes(histories: list[dict], steps: int) -> dict:
     """The source agents' own learning curves over their first `steps` steps, one env per history."""
     lengths = np.array([min(steps, len(h["rewards"])) for h in histories])
-    rewards, dones = np.zeros((len(histories), lengths.max()), np.float32), np.zeros((len(histories), lengths.max()), bool)
+    rewards, dones = (
+        np.zeros((len(histories), lengths.max()), np.float32),
+        np.zeros((len(histories), lengths.max()), bool),
+    )
     for i, (history, length) in enumerate(zip(histories, lengths)):
         rewards[i, :length] = history["rewards"][:length]
         dones[i, :length] = (history["terminations"] | history["truncations"])[:length]
@@ -130,19 +135,30 @@ def summary_row(name: str, episodes: dict, num_envs: int) -> dict:
     reached = np.isfinite(metrics["steps_to_1.8"])
     first500, first500_ci = mean_and_interval(metrics["first500"])
     last5, last5_ci = mean_and_interval(metrics["last5"])
-    return {"name": name, "first500": first500, "first500_ci": first500_ci, "last5": last5, "last5_ci": last5_ci,
-            "reached": int(reached.sum()), "envs": num_envs,
-            "median_steps_to_1.8": float(np.median(metrics["steps_to_1.8"])) if reached.any() else float("inf")}
+    return {
+        "name": name,
+        "first500": first500,
+        "first500_ci": first500_ci,
+        "last5": last5,
+        "last5_ci": last5_ci,
+        "reached": int(reached.sum()),
+        "envs": num_envs,
+        "median_steps_to_1.8": float(np.median(metrics["steps_to_1.8"])) if reached.any() else float("inf"),
+    }
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'policy':<44} {'first 500 steps (95% CI)':>25} {'last 5 episodes':>16} {'steps to MA(10) 1.8':>28}",
-             "-" * 116]
+    lines = [
+        f"{'policy':<44} {'first 500 steps (95% CI)':>25} {'last 5 episodes':>16} {'steps to MA(10) 1.8':>28}",
+        "-" * 116,
+    ]
     for row in rows:
         steps = f"{row['median_steps_to_1.8']:,.0f}" if np.isfinite(row["median_steps_to_1.8"]) else "never"
         steps += f" (median; {row['reached']}/{row['envs']} envs)"
-        lines.append(f"{row['name'][:44]:<44} {row['first500']:>16.2f} ± {row['first500_ci']:.2f}"
-                     f" {row['last5']:>9.2f} ± {row['last5_ci']:.2f} {steps:>28}")
+        lines.append(
+            f"{row['name'][:44]:<44} {row['first500']:>16.2f} ± {row['first500_ci']:.2f}"
+            f" {row['last5']:>9.2f} ± {row['last5_ci']:.2f} {steps:>28}"
+        )
     return "\n".join(lines)
 
 
@@ -196,30 +212,49 @@ def plan(args: Args, device: torch.device) -> list[dict]:
         # ad_train.py writes <data dir>/checkpoints/: its data dir holds the dataset and gets the eval files
         data_dir = os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else None
         out_dir = args.out_dir or os.path.join(data_dir or folder, "eval")
-        out = os.path.join(out_dir, f"{name}__{args.split}{args.num_envs}_steps{args.steps}_seed{args.seed}"
-                                    f"{'_greedy' if args.greedy else ''}.npz")
+        out = os.path.join(
+            out_dir,
+            f"{name}__{args.split}{args.num_envs}_steps{args.steps}_seed{args.seed}"
+            f"{'_greedy' if args.greedy else ''}.npz",
+        )
         if out in outputs:
-            raise ValueError(f"{outputs[out]} and {path} would both write {out}: evaluate them in runs with "
-                             "different --out-dir")
+            raise ValueError(
+                f"{outputs[out]} and {path} would both write {out}: evaluate them in runs with different --out-dir"
+            )
         outputs[out] = path
         if os.path.exists(out):
             try:
                 with np.load(out, allow_pickle=False) as existing:
                     written = json.loads(str(existing["meta"]))
             except Exception as e:  # truncated, not a zip, no meta: all say the same to the user
-                raise ValueError(f"{out} exists but is not a readable evaluation file ({type(e).__name__}); "
-                                 "move it away or pass another --out-dir") from None
+                raise ValueError(
+                    f"{out} exists but is not a readable evaluation file ({type(e).__name__}); "
+                    "move it away or pass another --out-dir"
+                ) from None
             # the same training run (its name holds its start time) may be evaluated again, wherever it moved
-            same = written.get("run_name") == checkpoint["run_name"] if "run_name" in written else \
-                os.path.realpath(written.get("checkpoint", "")) == os.path.realpath(path)
+            same = (
+                written.get("run_name") == checkpoint["run_name"]
+                if "run_name" in written
+                else os.path.realpath(written.get("checkpoint", "")) == os.path.realpath(path)
+            )
             if not same:
                 written_by = written.get("checkpoint")
-                raise ValueError(f"{out} holds the evaluation of {written_by or 'another file'}, not of {path}; "
-                                 "move it away or pass another --out-dir")
+                raise ValueError(
+                    f"{out} holds the evaluation of {written_by or 'another file'}, not of {path}; "
+                    "move it away or pass another --out-dir"
+                )
         source_folder = os.path.join(data_dir, data["dataset"]) if data_dir else ""  # none: no source row
         source = source_histories(source_folder, args.source_runs, data["size"])
-        jobs.append({"path": path, "name": name, "checkpoint": checkpoint, "out": out, "source": source,
-                     "tasks": K.eval_tasks(data["size"], args.split, args.num_envs, args.seed)})
+        jobs.append(
+            {
+                "path": path,
+                "name": name,
+                "checkpoint": checkpoint,
+                "out": out,
+                "source": source,
+                "tasks": K.eval_tasks(data["size"], args.split, args.num_envs, args.seed),
+            }
+        )
     for out_dir in sorted({os.path.dirname(job["out"]) for job in jobs}):  # last: a refused run creates nothing
         K.check_writable(out_dir)
         K.remove_stale_parts(out_dir)
@@ -229,7 +264,9 @@ def plan(args: Args, device: torch.device) -> list[dict]:
 
 def main(args: Args) -> list[dict]:
     if args.num_envs < 1 or args.steps < 1 or args.curve_bin < 1:
-        raise ValueError(f"--num-envs, --steps and --curve-bin must be >= 1, got {args.num_envs}, {args.steps}, {args.curve_bin}")
+        raise ValueError(
+            f"--num-envs, --steps and --curve-bin must be >= 1, got {args.num_envs}, {args.steps}, {args.curve_bin}"
+        )
     if not args.checkpoints:
         raise ValueError("--checkpoints needs at least one .pt file")
     random.seed(args.seed)
@@ -247,22 +284,50 @@ def main(args: Args) -> list[dict]:
         checkpoint, tasks, size = job["checkpoint"], job["tasks"], job["checkpoint"]["data"]["size"]
         model = model_from_checkpoint(checkpoint).to(device)
         started = time.time()
-        episodes = rollout(model, tasks, args.steps, size, args.seed, device, greedy=args.greedy,
-                           full_recompute=args.full_recompute, progress=args.progress, desc=job["name"])["episodes"]
+        episodes = rollout(
+            model,
+            tasks,
+            args.steps,
+            size,
+            args.seed,
+            device,
+            greedy=args.greedy,
+            full_recompute=args.full_recompute,
+            progress=args.progress,
+            desc=job["name"],
+        )["episodes"]
         seconds = time.time() - started
         key = (size, tasks.tobytes())
         if key not in random_cache:
             random_cache[key] = random_rollout(tasks, args.steps, size, args.seed)
-        meta = {"algorithm": "ad", "checkpoint": job["path"], "run_name": checkpoint["run_name"],
-                "exp_name": checkpoint["args"]["exp_name"],
-                "dataset": checkpoint["data"]["dataset"], "model_config": checkpoint["model_config"],
-                "data": checkpoint["data"], "iteration": checkpoint["iteration"], "split": args.split,
-                "num_envs": args.num_envs, "steps": args.steps, "seed": args.seed, "greedy": args.greedy,
-                "size": size, "obs": "light" if checkpoint["data"]["obs_dim"] == K.LIGHT_OBS_DIM else "dark",
-                "context": model.config.context, "arrival": model.config.arrival,
-                "full_recompute": args.full_recompute, "seconds": seconds, "device": str(device)}
-        payload = {"tasks": tasks, **{f"episode_{k}": v for k, v in episodes.items()},
-                   **{f"random_episode_{k}": v for k, v in random_cache[key].items()}, "meta": np.array(json.dumps(meta))}
+        meta = {
+            "algorithm": "ad",
+            "checkpoint": job["path"],
+            "run_name": checkpoint["run_name"],
+            "exp_name": checkpoint["args"]["exp_name"],
+            "dataset": checkpoint["data"]["dataset"],
+            "model_config": checkpoint["model_config"],
+            "data": checkpoint["data"],
+            "iteration": checkpoint["iteration"],
+            "split": args.split,
+            "num_envs": args.num_envs,
+            "steps": args.steps,
+            "seed": args.seed,
+            "greedy": args.greedy,
+            "size": size,
+            "obs": "light" if checkpoint["data"]["obs_dim"] == K.LIGHT_OBS_DIM else "dark",
+            "context": model.config.context,
+            "arrival": model.config.arrival,
+            "full_recompute": args.full_recompute,
+            "seconds": seconds,
+            "device": str(device),
+        }
+        payload = {
+            "tasks": tasks,
+            **{f"episode_{k}": v for k, v in episodes.items()},
+            **{f"random_episode_{k}": v for k, v in random_cache[key].items()},
+            "meta": np.array(json.dumps(meta)),
+        }
         K.atomic_write(job["out"], lambda f: np.savez_compressed(f, **payload))
 
         writer = SummaryWriter(os.path.join("runs", f"{checkpoint['run_name']}__eval_{args.split}__{args.seed}"))
@@ -270,17 +335,31 @@ def main(args: Args) -> list[dict]:
             writer.add_scalar("eval/return", value, int(step))
         writer.close()
 
-        table = [summary_row(f"{job['name']} (ctx {model.config.context})", episodes, args.num_envs),
-                 summary_row("random policy", random_cache[key], args.num_envs)]
+        table = [
+            summary_row(f"{job['name']} (ctx {model.config.context})", episodes, args.num_envs),
+            summary_row("random policy", random_cache[key], args.num_envs),
+        ]
         if job["source"]:
             source = source_episodes(job["source"], args.steps)
-            table.append(summary_row(f"source agents ({checkpoint['data']['dataset']}, own tasks)", source, len(job["source"])))
-        print(f"\n{job['path']}: {args.num_envs} {args.split} tasks x {args.steps:,} steps in {seconds:.0f} s -> {job['out']}")
+            table.append(
+                summary_row(f"source agents ({checkpoint['data']['dataset']}, own tasks)", source, len(job["source"]))
+            )
+        print(
+            f"\n{job['path']}: {args.num_envs} {args.split} tasks x {args.steps:,} steps in {seconds:.0f} s -> {job['out']}"
+        )
         print(format_table(table))
-        results.append({"episodes": episodes, "random": random_cache[key], "steps": args.steps, "num_envs": args.num_envs,
-                        "row": {**table[0], "out": job["out"]}, "out": job["out"],
-                        "title": f"{job['name']}\nctx {model.config.context}: first 500 {table[0]['first500']:.2f}, "
-                                 f"last 5 {table[0]['last5']:.2f}"})
+        results.append(
+            {
+                "episodes": episodes,
+                "random": random_cache[key],
+                "steps": args.steps,
+                "num_envs": args.num_envs,
+                "row": {**table[0], "out": job["out"]},
+                "out": job["out"],
+                "title": f"{job['name']}\nctx {model.config.context}: first 500 {table[0]['first500']:.2f}, "
+                f"last 5 {table[0]['last5']:.2f}",
+            }
+        )
     if args.plot:
         # one figure per set of checkpoints: their files' names, or a digest of them when there are several
         digest = hashlib.sha256("\n".join(result["out"] for result in results).encode()).hexdigest()[:10]

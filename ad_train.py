@@ -104,8 +104,10 @@ def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, min_steps
         name, dim, size = os.path.basename(path), history["observations"].shape[1], history_config.get("size")
         first = first or (name, dim, size)
         if size is None or (dim, size) != first[1:]:
-            raise ValueError(f"{folder}: {first[0]} has {first[1]} observation features on a {first[2]}x{first[2]} "
-                             f"grid, {name} has {dim} on {size}x{size}: one dataset, one layout")
+            raise ValueError(
+                f"{folder}: {first[0]} has {first[1]} observation features on a {first[2]}x{first[2]} "
+                f"grid, {name} has {dim} on {size}x{size}: one dataset, one layout"
+            )
         if light_obs and dim != K.LIGHT_OBS_DIM:
             raise ValueError(f"--light-obs needs Light data, but {path} holds Dark observations")
         if arrival:
@@ -125,10 +127,14 @@ def arrival_cells(history: dict, size: int, name: str) -> np.ndarray:
     cells = np.rint(history["observations"][:, :2] * (size - 1)).astype(np.int64)  # (T, 2)
     moved = np.clip(cells + K.ACTION_DELTAS[history["actions"]], 0, size - 1)
     going_on, opened = ~(history["terminations"] | history["truncations"])[:-1], history["terminations"]
-    if not (np.array_equal(moved[:-1][going_on], cells[1:][going_on])
-            and np.array_equal(moved[opened], history["tasks"][opened, 2:])):
-        raise ValueError(f"{name}: observations do not follow the moves of the {size}x{size} grid, "
-                         "so --arrival-token cannot compute the arrival cells")
+    if not (
+        np.array_equal(moved[:-1][going_on], cells[1:][going_on])
+        and np.array_equal(moved[opened], history["tasks"][opened, 2:])
+    ):
+        raise ValueError(
+            f"{name}: observations do not follow the moves of the {size}x{size} grid, "
+            "so --arrival-token cannot compute the arrival cells"
+        )
     return moved.astype(np.uint8)
 
 
@@ -141,10 +147,13 @@ def select_steps(history: dict, history_steps: int, min_steps: int = 1) -> dict:
         history_steps = len(dones) if solved is None else max(2 * solved, min_steps)
     keep = slice(None, history_steps or None)
     actions = history["actions"][keep].astype(np.uint8)
-    run = {"observations": history["observations"][keep], "actions": actions,
-           "prev_actions": np.concatenate([[FIRST_PREV_ACTION], actions[:-1]]).astype(np.uint8),
-           "prev_rewards": np.concatenate([[0], history["rewards"][keep][:-1]]).astype(np.uint8),
-           "prev_dones": np.concatenate([[FIRST_PREV_DONE], dones[keep][:-1]]).astype(bool)}
+    run = {
+        "observations": history["observations"][keep],
+        "actions": actions,
+        "prev_actions": np.concatenate([[FIRST_PREV_ACTION], actions[:-1]]).astype(np.uint8),
+        "prev_rewards": np.concatenate([[0], history["rewards"][keep][:-1]]).astype(np.uint8),
+        "prev_dones": np.concatenate([[FIRST_PREV_DONE], dones[keep][:-1]]).astype(bool),
+    }
     if "arrivals" in history:
         run["prev_arrivals"] = np.concatenate([[FIRST_PREV_ARRIVAL], history["arrivals"][keep][:-1]]).astype(np.uint8)
     return run
@@ -227,11 +236,12 @@ class SelfAttention(nn.Module):
             end = cache["len"] + T
             # several new tokens over cached ones would need a block-causal mask, which rollout never needs
             assert end <= self.context and (cache["len"] == 0 or T == 1), f"KV cache misuse: {cache['len']} + {T}"
-            cache["k"][:, :, cache["len"]:end], cache["v"][:, :, cache["len"]:end] = k, v
+            cache["k"][:, :, cache["len"] : end], cache["v"][:, :, cache["len"] : end] = k, v
             k, v, cache["len"] = cache["k"][:, :, :end], cache["v"][:, :, :end], end
         # causal over a window from its start; one token after a filled cache sees all of it
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=k.shape[2] == T,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=k.shape[2] == T, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.proj_dropout(self.proj(y.transpose(1, 2).reshape(B, T, E)))
 
 
@@ -242,8 +252,12 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(config.n_embd), nn.LayerNorm(config.n_embd)
         self.attn = SelfAttention(config)
-        self.mlp = nn.Sequential(nn.Linear(config.n_embd, config.d_ff), nn.GELU(),
-                                 nn.Linear(config.d_ff, config.n_embd), nn.Dropout(config.dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(config.n_embd, config.d_ff),
+            nn.GELU(),
+            nn.Linear(config.d_ff, config.n_embd),
+            nn.Dropout(config.dropout),
+        )
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache)
@@ -269,15 +283,20 @@ class DecisionModel(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 
-    def forward(self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, *, positions=None,
-                caches=None):
+    def forward(
+        self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, *, positions=None, caches=None
+    ):
         """observations (B, T, obs_dim); prev_actions (B, T) int64 in 0..4; prev_rewards, prev_dones (B, T);
         prev_arrivals (B, T, 2) scaled cells, read only with `config.arrival`. positions (T,) int64 (default
         0..T-1); caches: one dict per block for incremental decoding. Returns logits (B, T, 5)."""
         B, T, _ = observations.shape
         positions = torch.arange(T, device=observations.device) if positions is None else positions
-        parts = [observations, F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
-                 prev_rewards[..., None], prev_dones[..., None]]
+        parts = [
+            observations,
+            F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
+            prev_rewards[..., None],
+            prev_dones[..., None],
+        ]
         if self.config.arrival:
             if prev_arrivals is None:
                 raise ValueError("this model was trained with --arrival-token: it needs prev_arrivals")
@@ -291,8 +310,10 @@ class DecisionModel(nn.Module):
     def optimizer(self, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
         """AdamW with weight decay on matrices only (not biases, norms)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
@@ -305,8 +326,19 @@ def window_starts(steps: int, context: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed: int, device: torch.device, *,
-            greedy: bool = False, full_recompute: bool = False, progress: bool = False, desc: str = "") -> dict:
+def rollout(
+    model: DecisionModel,
+    tasks: np.ndarray,
+    steps: int,
+    size: int,
+    seed: int,
+    device: torch.device,
+    *,
+    greedy: bool = False,
+    full_recompute: bool = False,
+    progress: bool = False,
+    desc: str = "",
+) -> dict:
     """Run `model` in context on `tasks` (N, 4) for `steps` env steps each, the same task after every reset, in one
     batch on `device` (the env too: no host round trip per step), sampling with a generator seeded by `seed`.
     `full_recompute` is the KV cache's reference. Returns "episodes" (env, return, end_step) and the "tokens" fed."""
@@ -314,8 +346,13 @@ def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed
     model.eval()
     env = K.TorchVectorEnv(tasks, size, light=config.obs_dim == K.LIGHT_OBS_DIM, device=device)
     zeros = lambda *shape, dtype=torch.float32: torch.zeros(N, steps, *shape, dtype=dtype, device=device)
-    tokens = {"observations": zeros(config.obs_dim), "prev_actions": zeros(dtype=torch.long) + FIRST_PREV_ACTION,
-              "prev_rewards": zeros(), "prev_dones": zeros(), "prev_arrivals": zeros(2)}  # first arrival: (0, 0)
+    tokens = {
+        "observations": zeros(config.obs_dim),
+        "prev_actions": zeros(dtype=torch.long) + FIRST_PREV_ACTION,
+        "prev_rewards": zeros(),
+        "prev_dones": zeros(),
+        "prev_arrivals": zeros(2),
+    }  # first arrival: (0, 0)
     tokens["prev_dones"][:, 0] = FIRST_PREV_DONE
     rewards, dones = zeros(), zeros(dtype=torch.bool)
     starts, positions = window_starts(steps, config.context), torch.arange(config.context, device=device)
@@ -329,7 +366,7 @@ def rollout(model: DecisionModel, tasks: np.ndarray, steps: int, size: int, seed
             caches = None if full_recompute else [{} for _ in model.blocks]
             logits = model(**window(start, t + 1), caches=caches)[:, -1]
         else:
-            logits = model(**window(t, t + 1), positions=positions[t - start:t - start + 1], caches=caches)[:, -1]
+            logits = model(**window(t, t + 1), positions=positions[t - start : t - start + 1], caches=caches)[:, -1]
         logits = logits.float()
         actions = logits.argmax(-1) if greedy else torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
         observations, rewards[:, t], terminations, truncations, final = env.step(actions)
@@ -380,15 +417,30 @@ def model_from_checkpoint(checkpoint: dict) -> DecisionModel:
 
 def validate(args: Args) -> None:
     """Every flag's range, before any work."""
-    positive = ["context", "iterations", "batch_size", "n_layer", "n_head", "n_embd", "d_ff", "log_every", "save_every",
-                "val_every", "warmup_iterations"] + (["eval_envs", "eval_steps"] if args.eval_every else [])
-    checks = [(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-              for name in positive]  # first, in this order: a later check divides by --n-head
-    checks += [(args.n_embd % max(1, args.n_head) == 0, f"--n-embd {args.n_embd} must be a multiple of --n-head"),
-               (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
-               (args.eval_every >= 0 and 0 <= args.dropout < 1, "--eval-every must be >= 0 and --dropout in [0, 1)"),
-               (min(args.lr, args.max_grad_norm) > 0, "--lr and --max-grad-norm must be > 0"),
-               (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}")]
+    positive = [
+        "context",
+        "iterations",
+        "batch_size",
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "d_ff",
+        "log_every",
+        "save_every",
+        "val_every",
+        "warmup_iterations",
+    ] + (["eval_envs", "eval_steps"] if args.eval_every else [])
+    checks = [
+        (getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        for name in positive
+    ]  # first, in this order: a later check divides by --n-head
+    checks += [
+        (args.n_embd % max(1, args.n_head) == 0, f"--n-embd {args.n_embd} must be a multiple of --n-head"),
+        (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
+        (args.eval_every >= 0 and 0 <= args.dropout < 1, "--eval-every must be >= 0 and --dropout in [0, 1)"),
+        (min(args.lr, args.max_grad_norm) > 0, "--lr and --max-grad-norm must be > 0"),
+        (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}"),
+    ]
     if failed := [message for ok, message in checks if not ok]:
         raise ValueError(failed[0])
 
@@ -421,8 +473,14 @@ def main(args: Args) -> dict:
     optimizer = model.optimizer(args.lr, args.weight_decay, device)
     generator = torch.Generator().manual_seed(args.seed * 7919)
     # the model and what its windows are drawn from: a resume must not silently change them
-    data_info = {"dataset": args.dataset, "size": meta["size"], "light_obs": args.light_obs, "obs_dim": meta["obs_dim"],
-                 "history_steps": args.history_steps, "val_fraction": args.val_fraction}
+    data_info = {
+        "dataset": args.dataset,
+        "size": meta["size"],
+        "light_obs": args.light_obs,
+        "obs_dim": meta["obs_dim"],
+        "history_steps": args.history_steps,
+        "val_fraction": args.val_fraction,
+    }
     run_name = f"KeyDoor-{obs.title()}-{meta['size']}x{meta['size']}__{args.exp_name}__{args.seed}__{int(time.time())}"
     fixed = {"args": asdict(args), "model_config": asdict(model_config), "data": data_info, "run_name": run_name}
     start = 0
@@ -431,7 +489,9 @@ def main(args: Args) -> dict:
         tuned = ("batch_size", "lr", "warmup_iterations", "weight_decay", "max_grad_norm")  # --iterations may grow
         trained = (checkpoint["model_config"], checkpoint["data"], {k: checkpoint["args"][k] for k in tuned})
         if trained != (fixed["model_config"], fixed["data"], {k: getattr(args, k) for k in tuned}):
-            raise ValueError(f"{path} holds another model, data or optimizer {trained}; move it away or change --exp-name")
+            raise ValueError(
+                f"{path} holds another model, data or optimizer {trained}; move it away or change --exp-name"
+            )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         start, fixed["run_name"], states = checkpoint["iteration"], checkpoint["run_name"], checkpoint["rng"]
@@ -446,9 +506,13 @@ def main(args: Args) -> dict:
 
     # 3. the training loop
     writer = SummaryWriter(os.path.join("runs", fixed["run_name"]))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    print(f"{folder}: {len(runs)} runs, {train_data.tokens:,} training tokens; model "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters on {device}")
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    )
+    print(
+        f"{folder}: {len(runs)} runs, {train_data.tokens:,} training tokens; model "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters on {device}"
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     loop_start, last_time, last_iteration, stats = time.time(), time.time(), start, {}
     bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
@@ -464,9 +528,13 @@ def main(args: Args) -> dict:
         if completed % args.log_every == 0 or last:  # .item() waits for the GPU: only here
             stats.update(train_loss=loss.item(), accuracy=accuracy.item())
             per_second = (completed - last_iteration) / (time.time() - last_time)
-            for tag, value in [("losses/train_loss", stats["train_loss"]), ("charts/accuracy", stats["accuracy"]),
-                               ("charts/learning_rate", lr), ("charts/iterations_per_second", per_second),
-                               ("charts/tokens_per_second", per_second * args.batch_size * args.context)]:
+            for tag, value in [
+                ("losses/train_loss", stats["train_loss"]),
+                ("charts/accuracy", stats["accuracy"]),
+                ("charts/learning_rate", lr),
+                ("charts/iterations_per_second", per_second),
+                ("charts/tokens_per_second", per_second * args.batch_size * args.context),
+            ]:
                 writer.add_scalar(tag, value, completed)
             bar.set_postfix(loss=f"{stats['train_loss']:.3f}", acc=f"{stats['accuracy']:.2f}")
             last_time, last_iteration = time.time(), completed
@@ -481,14 +549,21 @@ def main(args: Args) -> dict:
         if args.eval_every and (completed % args.eval_every == 0 or last):
             episodes = rollout(model, eval_tasks, args.eval_steps, meta["size"], args.seed, device)["episodes"]
             returns = [episodes["return"][episodes["env"] == i] for i in range(len(eval_tasks))]  # per env first
-            stats["eval_return"] = float(np.mean([r[-max(1, len(r) // 4):].mean() if len(r) else 0.0 for r in returns]))
+            stats["eval_return"] = float(
+                np.mean([r[-max(1, len(r) // 4) :].mean() if len(r) else 0.0 for r in returns])
+            )
             writer.add_scalar("eval/return", stats["eval_return"], completed)
         if completed % args.save_every == 0 or last:
             cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
             # every generator an iteration draws from: the sampler's, and the global ones dropout uses
             rng = {"sampler": generator.get_state(), "torch": torch.get_rng_state(), "cuda": cuda_rng}
-            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": completed,
-                          "rng": rng, **fixed}
+            checkpoint = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iteration": completed,
+                "rng": rng,
+                **fixed,
+            }
             K.atomic_write(path, lambda f: torch.save(checkpoint, f))
     writer.close()
     stats["iterations_per_second"] = max(0, args.iterations - start) / (time.time() - loop_start)

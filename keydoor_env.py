@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -76,7 +77,7 @@ def all_tasks(size: int) -> np.ndarray:
     return np.array([key + door for key in cells for door in cells if key != door], dtype=np.int64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _splits(size: int) -> dict[str, np.ndarray]:
     tasks = all_tasks(size)
     # Rank tasks by a cryptographic hash of (size, task): the same split on every machine, numpy
@@ -89,8 +90,12 @@ def _splits(size: int) -> dict[str, np.ndarray]:
     # project's settings were chosen); test: the rest, on which results are reported
     shuffled = held_out[np.random.default_rng(1).permutation(len(held_out))]
     num_validation = min(VALIDATION_TASKS, len(held_out) // 2)
-    splits = {"train": tasks[np.sort(order[num_held_out:])], "validation": shuffled[:num_validation],
-              "test": shuffled[num_validation:], "all": tasks}
+    splits = {
+        "train": tasks[np.sort(order[num_held_out:])],
+        "validation": shuffled[:num_validation],
+        "test": shuffled[num_validation:],
+        "all": tasks,
+    }
     for array in splits.values():
         array.flags.writeable = False
     return splits
@@ -114,8 +119,10 @@ def eval_tasks(size: int, split: str, num: int, seed: int) -> np.ndarray:
         raise ValueError(f"evaluation uses held-out tasks: split must be 'validation' or 'test', got {split!r}")
     tasks = task_split(size, split)
     if not 1 <= num <= len(tasks):
-        raise ValueError(f"{num} evaluation envs: the {split} split of the {size}x{size} grid holds {len(tasks)} tasks "
-                         f"(ask for 1..{len(tasks)})")
+        raise ValueError(
+            f"{num} evaluation envs: the {split} split of the {size}x{size} grid holds {len(tasks)} tasks "
+            f"(ask for 1..{len(tasks)})"
+        )
     if split == "test":
         tasks = tasks[np.random.default_rng(seed).permutation(len(tasks))]
     return tasks[:num].copy()
@@ -183,8 +190,15 @@ class KeyDoorVectorEnv(_Rules, VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int, size: int = 9, light: bool = False, tasks: Any = None,
-                 resample: Any = False, split: str = "train"):
+    def __init__(
+        self,
+        num_envs: int,
+        size: int = 9,
+        light: bool = False,
+        tasks: Any = None,
+        resample: Any = False,
+        split: str = "train",
+    ):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         self._init_rules(np.zeros((num_envs, 4), dtype=np.int64), validate_size(size), bool(light), to=np.asarray)
@@ -242,8 +256,9 @@ class KeyDoorVectorEnv(_Rules, VectorEnv):
             raise RuntimeError("call reset() before step()")
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs,) or actions.dtype.kind not in "iu":
-            raise ValueError(f"actions must be {self.num_envs} integers, got shape {actions.shape} "
-                             f"dtype {actions.dtype}")
+            raise ValueError(
+                f"actions must be {self.num_envs} integers, got shape {actions.shape} dtype {actions.dtype}"
+            )
         if actions.min() < 0 or actions.max() >= NUM_ACTIONS:
             raise ValueError(f"actions must lie in 0..{NUM_ACTIONS - 1}, got {actions.min()}..{actions.max()}")
         rewards, terminations, truncations = self._advance(actions)
@@ -263,8 +278,15 @@ class KeyDoorEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
-    def __init__(self, size: int = 9, light: bool = False, task: Any = None, resample: bool = False,
-                 split: str = "train", render_mode: str | None = None):
+    def __init__(
+        self,
+        size: int = 9,
+        light: bool = False,
+        task: Any = None,
+        resample: bool = False,
+        split: str = "train",
+        render_mode: str | None = None,
+    ):
         self._env = KeyDoorVectorEnv(1, size, light, resample=bool(resample), split=split)
         self.size, self.light = self._env.size, self._env.light
         if render_mode not in (None, "ansi"):
@@ -339,8 +361,14 @@ def final_observations(observations: np.ndarray, infos: dict) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the `.npz` learning-history contract, safe files
-HISTORY_DTYPES = {"observations": np.float32, "actions": np.int64, "rewards": np.float32, "terminations": np.bool_,
-                  "truncations": np.bool_, "tasks": np.int64}
+HISTORY_DTYPES = {
+    "observations": np.float32,
+    "actions": np.int64,
+    "rewards": np.float32,
+    "terminations": np.bool_,
+    "truncations": np.bool_,
+    "tasks": np.int64,
+}
 """One learning history: T steps of observation (T, 4 or 8) seen before action (T,), then reward, terminations,
 truncations (T,) and the task (T, 4) of that step; plus "config", a 0-d JSON string."""
 PART_PREFIX = ".tmp-"
@@ -371,7 +399,7 @@ def remove_stale_parts(folder: str, max_age_s: float = 3600.0) -> list[str]:
         if not (name.startswith(PART_PREFIX) and name.endswith(".part")):
             continue
         path = os.path.join(folder, name)
-        fields = name[len(PART_PREFIX):].rsplit("-", 2)  # host, pid, random part
+        fields = name[len(PART_PREFIX) :].rsplit("-", 2)  # host, pid, random part
         dead = len(fields) == 3 and fields[0] == host and fields[1].isdigit() and not _process_alive(int(fields[1]))
         try:
             if dead or time.time() - os.path.getmtime(path) > max_age_s:
@@ -450,8 +478,9 @@ def check_history(history: dict[str, np.ndarray], name: str, size: int | None = 
         raise ValueError(f"{name}: observations that are NaN or outside [0, 1]")
     cells = history["tasks"]
     if cells.min() < 0 or (size is not None and cells.max() > validate_size(size) - 1):
-        raise ValueError(f"{name}: task cells outside the {size}x{size} grid" if size else
-                         f"{name}: negative task cells")
+        raise ValueError(
+            f"{name}: task cells outside the {size}x{size} grid" if size else f"{name}: negative task cells"
+        )
     if (cells[:, :2] == cells[:, 2:]).all(axis=1).any():
         raise ValueError(f"{name}: a task with its key on its door's cell")
 

@@ -32,7 +32,6 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -123,7 +122,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
 
-    def forward(self, x: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         """x (B, T, E). `cache` (this layer's "k", "v") is filled from empty by a window, then grows a token a call."""
         B, T, E = x.shape
         q, k, v = self.qkv(x).split(E, dim=2)
@@ -135,7 +134,7 @@ class SelfAttention(nn.Module):
             end = cache["len"] + T
             # several new tokens over cached ones would need a block-causal mask, which the rollout never needs
             assert end <= self.context and (cache["len"] == 0 or T == 1), f"KV cache misuse: {cache['len']} + {T}"
-            cache["k"][:, :, cache["len"]:end], cache["v"][:, :, cache["len"]:end] = k, v
+            cache["k"][:, :, cache["len"] : end], cache["v"][:, :, cache["len"] : end] = k, v
             k, v, cache["len"] = cache["k"][:, :, :end], cache["v"][:, :, :end], end
         # causal over a window from its start; one token after a filled cache sees all of it
         y = F.scaled_dot_product_attention(q, k, v, is_causal=k.shape[2] == T)
@@ -147,9 +146,11 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(config.n_embd), nn.LayerNorm(config.n_embd)
         self.attn = SelfAttention(config)
-        self.mlp = nn.Sequential(nn.Linear(config.n_embd, config.d_ff), nn.GELU(), nn.Linear(config.d_ff, config.n_embd))
+        self.mlp = nn.Sequential(
+            nn.Linear(config.n_embd, config.d_ff), nn.GELU(), nn.Linear(config.d_ff, config.n_embd)
+        )
 
-    def forward(self, x: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
 
@@ -173,13 +174,18 @@ class ActorCritic(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.policy.weight, std=0.002)  # a near-uniform first policy
 
-    def forward(self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, start: int = 0,
-                caches=None):
+    def forward(
+        self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, start: int = 0, caches=None
+    ):
         """Inputs (B, T, ...) for positions start..start+T-1; `prev_arrivals` (B, T, 2), the scaled (x, y) the
         previous action led to, is read only by a model with `config.arrival`. Returns logits (B, T, 5), values (B, T)."""
         T = observations.shape[1]
-        parts = [observations, F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
-                 prev_rewards[..., None], prev_dones[..., None]] + ([prev_arrivals] if self.config.arrival else [])
+        parts = [
+            observations,
+            F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
+            prev_rewards[..., None],
+            prev_dones[..., None],
+        ] + ([prev_arrivals] if self.config.arrival else [])
         features = torch.cat(parts, dim=-1)  # (B, T, obs_dim + 7 [+ 2])
         x = self.embed(features) + self.pos(torch.arange(start, start + T, device=observations.device))
         for i, block in enumerate(self.blocks):
@@ -190,8 +196,14 @@ class ActorCritic(nn.Module):
 
 # --- Rollout of one trial per env, and its episodes
 @torch.no_grad()
-def run_trials(model: ActorCritic, env: K.KeyDoorVectorEnv, tasks: np.ndarray, episodes: int,
-               generator: torch.Generator, device: torch.device) -> dict:
+def run_trials(
+    model: ActorCritic,
+    env: K.KeyDoorVectorEnv,
+    tasks: np.ndarray,
+    episodes: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict:
     """One trial of `episodes` episodes per env on `tasks` (N, 4), all envs together, KV cache.
 
     Returns (N, L) tensors, L = episodes * 50: tokens, actions, log-probs, values, rewards and `active` (the
@@ -201,10 +213,13 @@ def run_trials(model: ActorCritic, env: K.KeyDoorVectorEnv, tasks: np.ndarray, e
     N, L = len(tasks), episodes * K.EPISODE_STEPS
     observations, _ = env.reset(options={"tasks": tasks})
     obs_dim = observations.shape[1]
-    buf = {"observations": torch.zeros(N, L, obs_dim), "prev_arrivals": torch.zeros(N, L, 2),  # (N, L, obs_dim), (N, L, 2)
-           **{k: torch.zeros(N, L) for k in ("prev_rewards", "prev_dones", "logprobs", "values", "rewards")},
-           **{k: torch.zeros(N, L, dtype=torch.long) for k in ("prev_actions", "actions")},
-           **{k: torch.zeros(N, L, dtype=torch.bool) for k in ("terminations", "truncations", "active")}}
+    buf = {
+        "observations": torch.zeros(N, L, obs_dim),
+        "prev_arrivals": torch.zeros(N, L, 2),  # (N, L, obs_dim), (N, L, 2)
+        **{k: torch.zeros(N, L) for k in ("prev_rewards", "prev_dones", "logprobs", "values", "rewards")},
+        **{k: torch.zeros(N, L, dtype=torch.long) for k in ("prev_actions", "actions")},
+        **{k: torch.zeros(N, L, dtype=torch.bool) for k in ("terminations", "truncations", "active")},
+    }
     buf["prev_dones"][:, 0] = 1.0  # the first token of a trial looks like the start of any episode
     finished = np.zeros(N, dtype=np.int64)  # episodes finished in this trial
     caches = [{} for _ in model.blocks]
@@ -218,8 +233,15 @@ def run_trials(model: ActorCritic, env: K.KeyDoorVectorEnv, tasks: np.ndarray, e
         buf["observations"][:, t], buf["prev_actions"][:, t] = obs_t, prev_action
         buf["prev_rewards"][:, t], buf["prev_dones"][:, t] = prev_reward, prev_done
         buf["prev_arrivals"][:, t] = prev_arrival
-        logits, values = model(obs_t[:, None].to(device), prev_action[:, None].to(device), prev_reward[:, None].to(device),
-                               prev_done[:, None].to(device), prev_arrival[:, None].to(device), start=t, caches=caches)
+        logits, values = model(
+            obs_t[:, None].to(device),
+            prev_action[:, None].to(device),
+            prev_reward[:, None].to(device),
+            prev_done[:, None].to(device),
+            prev_arrival[:, None].to(device),
+            start=t,
+            caches=caches,
+        )
         dist = torch.distributions.Categorical(logits=logits[:, 0].float().cpu())
         action = torch.multinomial(dist.probs, 1, generator=generator)[:, 0]
         observations, rewards, terminated, truncated, infos = env.step(action.numpy())
@@ -244,8 +266,12 @@ def trial_metrics(buf: dict, episodes_per_trial: int) -> dict:
     episodes = K.stream_episodes(buf["rewards"].numpy(), dones, buf["active"].sum(1).numpy())
     # an episode lasts at most 50 steps, so every trial holds exactly its E episodes, env by env in order
     by_episode = episodes["return"].reshape(num_envs, episodes_per_trial).mean(0, dtype=np.float64)
-    return {"episodes": episodes, "by_episode": by_episode, "first_500": float(np.nanmean(K.early_return(episodes, num_envs))),
-            "episodes_5_to_10": float(by_episode[4:].mean()) if episodes_per_trial > 4 else float("nan")}
+    return {
+        "episodes": episodes,
+        "by_episode": by_episode,
+        "first_500": float(np.nanmean(K.early_return(episodes, num_envs))),
+        "episodes_5_to_10": float(by_episode[4:].mean()) if episodes_per_trial > 4 else float("nan"),
+    }
 
 
 def gae(buf: dict, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,14 +293,16 @@ def ppo_update(model, optimizer, buf, args: Args, generator: torch.Generator, de
     advantages, returns = gae(buf, args.gamma, args.gae_lambda)
     mask = buf["active"]
     length = int(mask.any(0).nonzero().max()) + 1  # steps up to the last active one
-    tokens = {k: buf[k][:, :length] for k in ("observations", "prev_actions", "prev_rewards", "prev_dones", "prev_arrivals")}
+    tokens = {
+        k: buf[k][:, :length] for k in ("observations", "prev_actions", "prev_rewards", "prev_dones", "prev_arrivals")
+    }
     N = mask.shape[0]
     per_batch = max(1, N // args.num_minibatches)
     stats = {}
     for _ in range(args.update_epochs):
         order = torch.randperm(N, generator=generator)
         for lo in range(0, N, per_batch):
-            idx = order[lo:lo + per_batch]
+            idx = order[lo : lo + per_batch]
             m = mask[idx, :length].to(device).float()
             logits, values = model(**{k: v[idx].to(device) for k, v in tokens.items()})
             logp_all = torch.log_softmax(logits.float(), -1)
@@ -291,9 +319,12 @@ def ppo_update(model, optimizer, buf, args: Args, generator: torch.Generator, de
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
-            stats = {"policy_loss": masked(pg).item(), "value_loss": masked(v_loss).item(),
-                     "entropy": masked(entropy).item(),
-                     "approx_kl": masked((ratio - 1) - (logp - buf["logprobs"][idx, :length].to(device))).item()}
+            stats = {
+                "policy_loss": masked(pg).item(),
+                "value_loss": masked(v_loss).item(),
+                "entropy": masked(entropy).item(),
+                "approx_kl": masked((ratio - 1) - (logp - buf["logprobs"][idx, :length].to(device))).item(),
+            }
     return stats
 
 
@@ -353,8 +384,11 @@ def load_checkpoint(path: str, model_config: ModelConfig, device: torch.device) 
     except Exception as e:  # truncated, not a torch file, or holding objects other than tensors
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}); move it away") from None
     keys = {"model", "optimizer", "iteration", "args", "model_config", "run_name", "seconds"}
-    if (not isinstance(checkpoint, dict) or not keys <= checkpoint.keys()
-            or set(checkpoint["model_config"]) != set(asdict(model_config))):
+    if (
+        not isinstance(checkpoint, dict)
+        or not keys <= checkpoint.keys()
+        or set(checkpoint["model_config"]) != set(asdict(model_config))
+    ):
         raise ValueError(f"{path}: not a checkpoint of this version of rl2_train.py; move it away or change --exp-name")
     if checkpoint["model_config"] != asdict(model_config):
         raise ValueError(f"{path} holds a model of another shape; move it away or change --exp-name")
@@ -364,16 +398,22 @@ def load_checkpoint(path: str, model_config: ModelConfig, device: torch.device) 
 def validate(args: Args) -> None:
     """One-line errors for bad flags (the eval split and envs are checked by `K.eval_tasks`)."""
     for ok, message in [
-        (min(args.iterations, args.num_envs, args.episodes_per_trial) >= 1,
-         "--iterations, --num-envs and --episodes-per-trial must be >= 1"),
+        (
+            min(args.iterations, args.num_envs, args.episodes_per_trial) >= 1,
+            "--iterations, --num-envs and --episodes-per-trial must be >= 1",
+        ),
         (1 <= args.num_minibatches <= args.num_envs, "--num-minibatches must lie in 1..--num-envs"),
         (args.n_head >= 1 and args.n_embd % args.n_head == 0, "--n-embd must be divisible by --n-head"),
-        (min(args.update_epochs, args.save_every, args.n_layer, args.d_ff) >= 1,
-         "--update-epochs, --save-every, --n-layer and --d-ff must be >= 1"),
+        (
+            min(args.update_epochs, args.save_every, args.n_layer, args.d_ff) >= 1,
+            "--update-epochs, --save-every, --n-layer and --d-ff must be >= 1",
+        ),
         (args.eval_every >= 0, "--eval-every must be >= 0"),
         (min(args.lr, args.max_grad_norm, args.clip_coef) > 0, "--lr, --max-grad-norm and --clip-coef must be > 0"),
-        (0 <= min(args.gamma, args.gae_lambda) <= max(args.gamma, args.gae_lambda) <= 1,
-         "--gamma and --gae-lambda must lie in [0, 1]"),
+        (
+            0 <= min(args.gamma, args.gae_lambda) <= max(args.gamma, args.gae_lambda) <= 1,
+            "--gamma and --gae-lambda must lie in [0, 1]",
+        ),
     ]:
         if not ok:
             raise ValueError(message)
@@ -384,36 +424,55 @@ def main(args: Args) -> dict:
     # 1. every input and output checked before any work
     validate(args)
     eval_tasks = K.eval_tasks(args.size, args.eval_split, args.eval_envs, args.eval_seed or args.seed)  # (eval_envs, 4)
-    data_folder, checkpoint_folder, eval_folder = (os.path.join(args.data_dir, name) for name in ("rl2", "checkpoints", "eval"))
+    data_folder, checkpoint_folder, eval_folder = (
+        os.path.join(args.data_dir, name) for name in ("rl2", "checkpoints", "eval")
+    )
     for folder in (data_folder, checkpoint_folder, eval_folder):
         K.check_writable(folder)
         K.remove_stale_parts(folder)  # left by a run killed while writing
     K.check_writable("runs")  # TensorBoard
-    stem = f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks and eval files
+    stem = (
+        f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks and eval files
+    )
     path = os.path.join(checkpoint_folder, f"{stem}.pt")
     curve_path = os.path.join(eval_folder, f"{stem}__curve.csv")
     episode_columns = [f"episode_{i + 1}" for i in range(args.episodes_per_trial)]
     header = ",".join(["iteration", "episodes", "first_500", "episodes_5_to_10"] + episode_columns + ["minutes"])
-    out = os.path.join(eval_folder, f"{stem}__{args.eval_split}{args.eval_envs}_trial_seed{args.eval_seed or args.seed}.npz")
+    out = os.path.join(
+        eval_folder, f"{stem}__{args.eval_split}{args.eval_envs}_trial_seed{args.eval_seed or args.seed}.npz"
+    )
 
     # 2. the model, resumed from the checkpoint if there is one
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    model_config = ModelConfig(obs_dim=K.DARK_OBS_DIM, context=args.episodes_per_trial * K.EPISODE_STEPS,  # one whole trial
-                         n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, d_ff=args.d_ff, arrival=args.arrival_token)
+    model_config = ModelConfig(
+        obs_dim=K.DARK_OBS_DIM,
+        context=args.episodes_per_trial * K.EPISODE_STEPS,  # one whole trial
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        d_ff=args.d_ff,
+        arrival=args.arrival_token,
+    )
     model = ActorCritic(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
-    start, seconds, run_name = 0, 0.0, f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    start, seconds, run_name = (
+        0,
+        0.0,
+        f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}",
+    )
     if os.path.exists(path):
         checkpoint = load_checkpoint(path, model_config, device)
         start, seconds, run_name = checkpoint["iteration"], checkpoint["seconds"], checkpoint["run_name"]
         # one curve, one set of tasks: training goes on with the evaluation it started with
         split, envs, seed = (checkpoint["args"].get(k, 0) for k in ("eval_split", "eval_envs", "eval_seed"))
         if start < args.iterations and (split, envs, seed) != (args.eval_split, args.eval_envs, args.eval_seed):
-            raise ValueError(f"{path}: its learning curve is measured on {envs} {split} tasks; "
-                             f"resume its training with --eval-split {split} --eval-envs {envs} --eval-seed {seed}")
+            raise ValueError(
+                f"{path}: its learning curve is measured on {envs} {split} tasks; "
+                f"resume its training with --eval-split {split} --eval-envs {envs} --eval-seed {seed}"
+            )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         print(f"resuming {path} at iteration {start}")
@@ -425,7 +484,9 @@ def main(args: Args) -> dict:
     env.reset(seed=args.seed)
     if start < args.iterations:  # (a finished run rerun only evaluates: no TensorBoard run)
         writer = SummaryWriter(os.path.join("runs", run_name))
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+        )
     pending: list[list[dict]] = [[] for _ in range(args.num_envs)]  # trials since the last dataset chunk
     result: dict = {}
     clock = time.time() - seconds  # the run's training wall-clock, pauses between resumes left out
@@ -441,11 +502,14 @@ def main(args: Args) -> dict:
         completed = iteration + 1  # iterations completed, counting this one
         step = completed * args.num_envs * args.episodes_per_trial  # x axis: episodes of experience
         metrics = trial_metrics(buf, args.episodes_per_trial)
-        scalars = {"charts/trial_return": metrics["by_episode"].sum(), "charts/return_first_500": metrics["first_500"],
-                   "charts/episode_1_return": metrics["by_episode"][0],
-                   f"charts/episode_{args.episodes_per_trial}_return": metrics["by_episode"][-1],
-                   "charts/SPS": int(buf["active"].sum()) / (time.time() - started),
-                   **{f"losses/{name}": value for name, value in stats.items()}}
+        scalars = {
+            "charts/trial_return": metrics["by_episode"].sum(),
+            "charts/return_first_500": metrics["first_500"],
+            "charts/episode_1_return": metrics["by_episode"][0],
+            f"charts/episode_{args.episodes_per_trial}_return": metrics["by_episode"][-1],
+            "charts/SPS": int(buf["active"].sum()) / (time.time() - started),
+            **{f"losses/{name}": value for name, value in stats.items()},
+        }
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, step)
         bar.set_postfix(ep1=f"{metrics['by_episode'][0]:.2f}", ep10=f"{metrics['by_episode'][-1]:.2f}")
@@ -454,7 +518,9 @@ def main(args: Args) -> dict:
         if args.eval_every and completed % args.eval_every == 0 or completed == args.iterations:
             result = evaluate(model, args, eval_tasks, device)
             values = [result["first_500"], result["episodes_5_to_10"], *result["by_episode"]]
-            tags = ["eval/return_first_500", "eval/return_episodes_5_to_10"] + [f"eval/{c}_return" for c in episode_columns]
+            tags = ["eval/return_first_500", "eval/return_episodes_5_to_10"] + [
+                f"eval/{c}_return" for c in episode_columns
+            ]
             for tag, value in zip(tags, values):
                 writer.add_scalar(tag, value, step)
             minutes = f"{(time.time() - clock) / 60:.1f}"  # the only column a resumed run does not repeat bit for bit
@@ -466,14 +532,29 @@ def main(args: Args) -> dict:
             first = completed - len(pending[0]) + 1  # the chunk's first iteration names it: never reused
             for i in range(args.num_envs):
                 history = {k: np.concatenate([h[k] for h in pending[i]]) for k in pending[i][0]}
-                history_config = {"size": args.size, "style": "rl2", "light": False, "seed": args.seed, "run": i,
-                                  "iterations": [first, completed], "algorithm": "rl2-ppo"}
+                history_config = {
+                    "size": args.size,
+                    "style": "rl2",
+                    "light": False,
+                    "seed": args.seed,
+                    "run": i,
+                    "iterations": [first, completed],
+                    "algorithm": "rl2-ppo",
+                }
                 # named after the run as well: two runs (another --exp-name, seed or size) never overwrite each other
-                K.save_history(os.path.join(data_folder, f"{stem}__run_{i:05d}_it{first:06d}.npz"), history, history_config)
+                K.save_history(
+                    os.path.join(data_folder, f"{stem}__run_{i:05d}_it{first:06d}.npz"), history, history_config
+                )
             pending = [[] for _ in range(args.num_envs)]
-            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": completed,
-                          "args": asdict(args), "model_config": asdict(model_config), "run_name": run_name,
-                          "seconds": time.time() - clock}
+            checkpoint = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iteration": completed,
+                "args": asdict(args),
+                "model_config": asdict(model_config),
+                "run_name": run_name,
+                "seconds": time.time() - clock,
+            }
             K.atomic_write(path, lambda f: torch.save(checkpoint, f))
     if start < args.iterations:
         writer.close()
@@ -482,16 +563,31 @@ def main(args: Args) -> dict:
     if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
         result = evaluate(model, args, eval_tasks, device)
     floor = random_trials(eval_tasks, args.size, args.episodes_per_trial, args.seed)
-    meta = {"algorithm": "rl2", "checkpoint": path, "model_config": asdict(model_config), "split": args.eval_split,
-            "num_envs": args.eval_envs, "steps": model_config.context, "seed": args.seed, "size": args.size, "obs": "dark",
-            "episodes_per_trial": args.episodes_per_trial, "iteration": max(start, args.iterations)}
-    payload = {"tasks": eval_tasks, "meta": np.array(json.dumps(meta)),
-               **{f"episode_{k}": v for k, v in result["episodes"].items()},
-               **{f"random_episode_{k}": v for k, v in floor.items()}}
+    meta = {
+        "algorithm": "rl2",
+        "checkpoint": path,
+        "model_config": asdict(model_config),
+        "split": args.eval_split,
+        "num_envs": args.eval_envs,
+        "steps": model_config.context,
+        "seed": args.seed,
+        "size": args.size,
+        "obs": "dark",
+        "episodes_per_trial": args.episodes_per_trial,
+        "iteration": max(start, args.iterations),
+    }
+    payload = {
+        "tasks": eval_tasks,
+        "meta": np.array(json.dumps(meta)),
+        **{f"episode_{k}": v for k, v in result["episodes"].items()},
+        **{f"random_episode_{k}": v for k, v in floor.items()},
+    }
     K.atomic_write(out, lambda f: np.savez_compressed(f, **payload))
     random_500 = float(np.nanmean(K.early_return(floor, args.eval_envs)))
-    print(f"{args.eval_split} tasks ({args.eval_envs}): return by episode {np.round(result['by_episode'], 2).tolist()}, first 500 "
-          f"steps {result['first_500']:.2f} (random {random_500:.2f}), episodes 5-10 {result['episodes_5_to_10']:.2f} -> {out}")
+    print(
+        f"{args.eval_split} tasks ({args.eval_envs}): return by episode {np.round(result['by_episode'], 2).tolist()}, first 500 "
+        f"steps {result['first_500']:.2f} (random {random_500:.2f}), episodes 5-10 {result['episodes_5_to_10']:.2f} -> {out}"
+    )
     return {"checkpoint": path, "eval": out, "curve": curve_path, **result}
 
 

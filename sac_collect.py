@@ -24,7 +24,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,9 +40,9 @@ class Args:
     """nx1: each run keeps one fixed train task; 1xn: a new train task at every reset"""
     light: bool = False
     """collect Light observations (key and door positions appended); Nx1 is collected Light and read Dark"""
-    num_runs: Optional[int] = None
+    num_runs: int | None = None
     """independent SAC runs (default: 800 for nx1, 1 for 1xn)"""
-    steps: Optional[int] = None
+    steps: int | None = None
     """environment steps per run (default: 50,000 for nx1, 100,000 for 1xn)"""
     size: int = 9
     """grid size"""
@@ -88,8 +88,24 @@ class Args:
 
 # Settings that change what a run writes. Files in one dataset folder must agree on all of them;
 # run count, sharding, device and logging may change between invocations.
-DATA_FIELDS = ("style", "light", "steps", "size", "seed", "group_size", "hidden", "lr", "batch_size", "gamma",
-               "tau", "alpha", "target_entropy_scale", "learning_starts", "update_every", "exploration_bonus")
+DATA_FIELDS = (
+    "style",
+    "light",
+    "steps",
+    "size",
+    "seed",
+    "group_size",
+    "hidden",
+    "lr",
+    "batch_size",
+    "gamma",
+    "tau",
+    "alpha",
+    "target_entropy_scale",
+    "learning_starts",
+    "update_every",
+    "exploration_bonus",
+)
 
 
 def resolve(args: Args) -> Args:
@@ -101,9 +117,15 @@ def resolve(args: Args) -> Args:
         (args.num_runs >= 1, f"--num-runs must be >= 1, got {args.num_runs}"),
         (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
         (args.num_shards >= 1, f"--num-shards must be >= 1, got {args.num_shards}"),
-        (0 <= args.shard_index < args.num_shards, f"--shard-index must lie in 0..{args.num_shards - 1}, got {args.shard_index}"),
+        (
+            0 <= args.shard_index < args.num_shards,
+            f"--shard-index must lie in 0..{args.num_shards - 1}, got {args.shard_index}",
+        ),
         (args.group_size >= 1, f"--group-size must be >= 1, got {args.group_size}"),
-        (min(args.batch_size, args.hidden, args.update_every) >= 1, "--batch-size, --hidden and --update-every must be >= 1"),
+        (
+            min(args.batch_size, args.hidden, args.update_every) >= 1,
+            "--batch-size, --hidden and --update-every must be >= 1",
+        ),
         (args.learning_starts >= 1, f"--learning-starts must be >= 1, got {args.learning_starts}"),
         (args.log_every >= 1, f"--log-every must be >= 1, got {args.log_every}"),
         (args.alpha > 0 and args.lr > 0, f"--alpha and --lr must be > 0, got {args.alpha} and {args.lr}"),
@@ -146,7 +168,9 @@ class Codec:
         return ((cell * 2 + scaled[:, 2]) * (K.EPISODE_STEPS + 1) + scaled[:, 3]).to(torch.int16)
 
     def encode_tasks(self, tasks: np.ndarray) -> np.ndarray:
-        return (((tasks[:, 0] * self.size + tasks[:, 1]) * self.size + tasks[:, 2]) * self.size + tasks[:, 3]).astype(np.int16)
+        return (((tasks[:, 0] * self.size + tasks[:, 1]) * self.size + tasks[:, 2]) * self.size + tasks[:, 3]).astype(
+            np.int16
+        )
 
     def observations(self, state_codes: torch.Tensor, task_codes: torch.Tensor) -> torch.Tensor:
         """Float observations (..., obs_dim) of code tensors (...)."""
@@ -192,8 +216,9 @@ class Population:
         self.target_entropy = args.target_entropy_scale * 0.98 * math.log(K.NUM_ACTIONS)
         # Adam is elementwise, so one optimizer over the stacked tensors is A independent optimizers;
         # fused: one kernel per tensor, CPU or CUDA; capturable on CUDA, so that a CUDA graph can hold its step.
-        self.optimizer = torch.optim.Adam(self.actor + self.critic + [self.log_alpha], lr=args.lr, fused=True,
-                                          capturable=device.type == "cuda")
+        self.optimizer = torch.optim.Adam(
+            self.actor + self.critic + [self.log_alpha], lr=args.lr, fused=True, capturable=device.type == "cuda"
+        )
 
     @torch.no_grad()
     def act(self, observations: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -230,8 +255,12 @@ class Population:
         self.optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(self.critic_target, [p.detach() for p in self.critic], self.args.tau)
-        return {"qf_loss": qf_loss.detach(), "actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
-                "entropy": entropy.mean(1)}
+        return {
+            "qf_loss": qf_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "alpha_loss": alpha_loss.detach(),
+            "entropy": entropy.mean(1),
+        }
 
 
 class GraphedUpdate:
@@ -258,7 +287,9 @@ class GraphedUpdate:
                     self.outputs = self.update(*self.inputs)
                 self.graph = graph  # capture only recorded this call's update: the replay below runs it
             except Exception as e:  # the capture's own error (it may surface only as the capture closes): go eager
-                print(f"warning: CUDA graph capture of the SAC update failed ({type(e).__name__}: {e}); updating eagerly")
+                print(
+                    f"warning: CUDA graph capture of the SAC update failed ({type(e).__name__}: {e}); updating eagerly"
+                )
                 self.failed = True
         if self.failed:
             return self.update(*inputs)
@@ -292,11 +323,20 @@ class NumpyEnv:
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         *outputs, infos = self.env.step(actions.cpu().numpy())  # observations, rewards, terminations, truncations
-        return tuple(torch.as_tensor(a, device=self.device) for a in (*outputs, K.final_observations(outputs[0], infos)))
+        return tuple(
+            torch.as_tensor(a, device=self.device) for a in (*outputs, K.final_observations(outputs[0], infos))
+        )
 
 
-def collect_group(args: Args, runs: list[int], device: torch.device, writer: SummaryWriter | None, *,
-                  numpy_env: bool = False, graph: bool = True) -> list[dict[str, np.ndarray]]:
+def collect_group(
+    args: Args,
+    runs: list[int],
+    device: torch.device,
+    writer: SummaryWriter | None,
+    *,
+    numpy_env: bool = False,
+    graph: bool = True,
+) -> list[dict[str, np.ndarray]]:
     """Train the runs of one group together for `args.steps` steps; return their histories. `numpy_env`
     (Nx1 stepped on the host) and `graph=False` (eager CUDA updates) are the path before the GPU work,
     which the tests and benchmarks/bench_sac.py compare against (the same data on the CPU)."""
@@ -309,7 +349,11 @@ def collect_group(args: Args, runs: list[int], device: torch.device, writer: Sum
     # Per-step draws on the device: a draw on the host would be copied over, and the copy waits for the GPU.
     draws = generator if device.type == "cpu" else torch.Generator(device).manual_seed(args.seed * 1_000_003 + runs[0])
     tasks = run_tasks(args)[runs] if args.style == "nx1" else None  # (A, 4), or None: 1xn draws them
-    env = NumpyEnv(args, runs, device, tasks) if tasks is None or numpy_env else K.TorchVectorEnv(tasks, args.size, args.light, device)
+    env = (
+        NumpyEnv(args, runs, device, tasks)
+        if tasks is None or numpy_env
+        else K.TorchVectorEnv(tasks, args.size, args.light, device)
+    )
     observations = env.reset()  # (A, obs_dim)
     task_code = torch.as_tensor(codec.encode_tasks(env.tasks), device=device)  # (A,); 1xn refreshes it every step
 
@@ -332,7 +376,9 @@ def collect_group(args: Args, runs: list[int], device: torch.device, writer: Sum
         if step < args.learning_starts:
             action = torch.randint(0, K.NUM_ACTIONS, (A,), generator=draws, device=device)
         else:
-            action = agents.act(codec.observations(state_code, task_code), torch.rand((A,), generator=draws, device=device))
+            action = agents.act(
+                codec.observations(state_code, task_code), torch.rand((A,), generator=draws, device=device)
+            )
         observations, reward, terminated, truncated, final = env.step(action)
         next_code = codec.encode_states(final)
         states[:, step] = state_code
@@ -355,12 +401,16 @@ def collect_group(args: Args, runs: list[int], device: torch.device, writer: Sum
             if args.exploration_bonus > 0:
                 slot = next_states.view(-1)[index].long().view(A, B) // (K.EPISODE_STEPS + 1)  # (A, B)
                 reward_batch = reward_batch + args.exploration_bonus * visits.gather(1, slot).rsqrt()
-            losses = update(obs_batch, actions.view(-1)[index].long().view(A, B), reward_batch, next_obs_batch, done_batch)
+            losses = update(
+                obs_batch, actions.view(-1)[index].long().view(A, B), reward_batch, next_obs_batch, done_batch
+            )
 
         if (step + 1) % args.log_every == 0 or step + 1 == T:
             means = window_means(rewards, terminations | truncations, last_log, step + 1)  # waits for the device
             if writer is not None and not np.isnan(means).all():
-                log_population(writer, step + 1, means, losses, agents, A * (step + 1 - last_log) / (time.time() - start_time))
+                log_population(
+                    writer, step + 1, means, losses, agents, A * (step + 1 - last_log) / (time.time() - start_time)
+                )
             bar.set_postfix(ret=f"{np.nanmean(means):.2f}" if not np.isnan(means).all() else "-")
             start_time, last_log = time.time(), step + 1
         bar.update(1)
@@ -368,10 +418,19 @@ def collect_group(args: Args, runs: list[int], device: torch.device, writer: Sum
 
     observations = [codec.observations(states[i], task_codes[i]).cpu().numpy() for i in range(A)]  # (T, obs_dim) each
     task_codes, actions, rewards, terminations, truncations = (
-        buffer.cpu().numpy() for buffer in (task_codes, actions, rewards, terminations, truncations))
-    return [{"observations": observations[i], "actions": actions[i].astype(np.int64),
-             "rewards": rewards[i].astype(np.float32), "terminations": terminations[i], "truncations": truncations[i],
-             "tasks": codec.task_cells[task_codes[i]].astype(np.int64)} for i in range(A)]
+        buffer.cpu().numpy() for buffer in (task_codes, actions, rewards, terminations, truncations)
+    )
+    return [
+        {
+            "observations": observations[i],
+            "actions": actions[i].astype(np.int64),
+            "rewards": rewards[i].astype(np.float32),
+            "terminations": terminations[i],
+            "truncations": truncations[i],
+            "tasks": codec.task_cells[task_codes[i]].astype(np.int64),
+        }
+        for i in range(A)
+    ]
 
 
 def window_means(rewards: torch.Tensor, dones: torch.Tensor, start: int, end: int) -> np.ndarray:
@@ -419,8 +478,10 @@ def check_folder(folder: str, history_config: dict) -> None:
             raise ValueError(f"{message}; delete or move it away, then rerun: its group is collected again") from None
         for field in DATA_FIELDS:
             if existing.get(field) != history_config[field]:
-                raise ValueError(f"{path} was written with {field}={existing.get(field)!r}, this command has "
-                                 f"{field}={history_config[field]!r}; use another --data-dir or matching flags")
+                raise ValueError(
+                    f"{path} was written with {field}={existing.get(field)!r}, this command has "
+                    f"{field}={history_config[field]!r}; use another --data-dir or matching flags"
+                )
 
 
 def summarize(folder: str) -> dict:
@@ -431,13 +492,16 @@ def summarize(folder: str) -> dict:
         history, _ = K.load_history(os.path.join(folder, name))
         dones = history["terminations"] | history["truncations"]
         returns, _ = K.episode_returns(history["rewards"], dones)
-        final.append(returns[-K.SOLVED_WINDOW:].mean() if len(returns) else 0.0)
+        final.append(returns[-K.SOLVED_WINDOW :].mean() if len(returns) else 0.0)
         solved_at.append(K.first_solved_step(history["rewards"], dones) or np.inf)  # steps count from 1
     final, solved_at = np.array(final), np.array(solved_at)
     median = float(np.median(solved_at)) if len(solved_at) else np.inf
-    return {"runs": len(names), "solved_fraction": float((final >= K.SOLVED_RETURN).mean()) if len(final) else 0.0,
-            "final_return_mean": float(final.mean()) if len(final) else 0.0,
-            "median_first_solved_step": None if not np.isfinite(median) else int(median)}
+    return {
+        "runs": len(names),
+        "solved_fraction": float((final >= K.SOLVED_RETURN).mean()) if len(final) else 0.0,
+        "final_return_mean": float(final.mean()) if len(final) else 0.0,
+        "median_first_solved_step": None if not np.isfinite(median) else int(median),
+    }
 
 
 def keep_freed_memory() -> None:
@@ -469,19 +533,25 @@ def main(args: Args) -> dict:
 
     # 3. the groups this shard still owes. Groups are laid out over the global run index and dealt to
     #    shards, so that a run's data depends only on the seed and its group, never on the shards.
-    all_groups = [list(range(i, min(i + args.group_size, args.num_runs))) for i in range(0, args.num_runs, args.group_size)]
-    groups = all_groups[args.shard_index::args.num_shards]
+    all_groups = [
+        list(range(i, min(i + args.group_size, args.num_runs))) for i in range(0, args.num_runs, args.group_size)
+    ]
+    groups = all_groups[args.shard_index :: args.num_shards]
     todo = [g for g in groups if not all(os.path.exists(run_path(folder, r)) for r in g)]
     if todo:
         K.check_writable("runs")  # TensorBoard's folder
-    print(f"{folder}: {sum(map(len, groups))} runs in this shard, {len(groups) - len(todo)} of {len(groups)} groups "
-          f"already written; device {device}" + (f"; removed {len(removed)} stale temp files" if removed else ""))
+    print(
+        f"{folder}: {sum(map(len, groups))} runs in this shard, {len(groups) - len(todo)} of {len(groups)} groups "
+        f"already written; device {device}" + (f"; removed {len(removed)} stale temp files" if removed else "")
+    )
 
     # 4. collect group by group; each group's files are written atomically when it finishes
     run_name = f"KeyDoor-{'Light' if args.light else 'Dark'}-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
     for runs in todo:
         writer = SummaryWriter(os.path.join("runs", run_name, f"runs_{runs[0]:05d}-{runs[-1]:05d}"))
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+        )
         histories = collect_group(args, runs, device, writer)
         writer.close()
         for run, history in zip(runs, histories):

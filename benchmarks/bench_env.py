@@ -54,8 +54,10 @@ def measure(step, num_envs: int, seconds: float, device: str | None = None) -> f
 def main(args: Args) -> float:
     vector = K.KeyDoorVectorEnv(args.num_envs, size=args.size)
     vector.reset(seed=0)
-    sync = gym.vector.SyncVectorEnv([lambda: K.KeyDoorEnv(size=args.size) for _ in range(args.num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    sync = gym.vector.SyncVectorEnv(
+        [lambda: K.KeyDoorEnv(size=args.size) for _ in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
     sync.reset(seed=0)
     torch_env = K.TorchVectorEnv(vector.tasks, args.size, light=False, device=args.device)  # the tasks drawn above
     torch_env.reset()

@@ -38,8 +38,9 @@ class Args:
 def main(args: Args) -> float:
     torch.manual_seed(0)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    config = A.ModelConfig(obs_dim=4, context=args.context, n_layer=4, n_head=4, n_embd=128, d_ff=768, dropout=0.0,
-                           arrival=False)  # ad_train's default size
+    config = A.ModelConfig(
+        obs_dim=4, context=args.context, n_layer=4, n_head=4, n_embd=128, d_ff=768, dropout=0.0, arrival=False
+    )  # ad_train's default size
     model = A.DecisionModel(config).to(device).eval()
     tasks = K.eval_tasks(9, "test", args.num_envs, seed=0)
     A.rollout(model, tasks, 8, 9, 0, device)  # untimed: the first calls pay the allocator's and libraries' start-up
@@ -53,8 +54,10 @@ def main(args: Args) -> float:
     print(f"KV cache:       {rates[False]:>8.1f} steps/s")
     print(f"full recompute: {rates[True]:>8.1f} steps/s")
     print(f"ratio: {ratio:.1f}x (goal: >= 20x)")
-    print(f"projected {args.num_envs} x {args.full_steps:,} evaluation: {args.full_steps / rates[False]:.0f} s with the "
-          f"KV cache (goal: < 120 s), {args.full_steps / rates[True]:.0f} s with full recompute")
+    print(
+        f"projected {args.num_envs} x {args.full_steps:,} evaluation: {args.full_steps / rates[False]:.0f} s with the "
+        f"KV cache (goal: < 120 s), {args.full_steps / rates[True]:.0f} s with full recompute"
+    )
     return ratio
 
 

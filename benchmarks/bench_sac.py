@@ -56,8 +56,18 @@ def rate(args: Args, agents: int, before: bool) -> float:
     """Agent-steps per second of `agents` trained together, warm-up excluded; `before`: the path before
     the GPU work (numpy env, eager updates)."""
     device = torch.device(args.device)
-    flags = S.resolve(S.Args(num_runs=agents, steps=args.warmup, group_size=agents, batch_size=args.batch_size,
-                             hidden=args.hidden, size=args.size, learning_starts=1, progress=False))
+    flags = S.resolve(
+        S.Args(
+            num_runs=agents,
+            steps=args.warmup,
+            group_size=agents,
+            batch_size=args.batch_size,
+            hidden=args.hidden,
+            size=args.size,
+            learning_starts=1,
+            progress=False,
+        )
+    )
     paths = dict(numpy_env=before, graph=not before)
     S.collect_group(flags, list(range(agents)), device, None, **paths)  # warm-up: allocator, kernels
     flags.steps = args.steps
@@ -75,15 +85,22 @@ def main(args: Args) -> float:
     alone = rate(args, 1, before=False)
     hours = args.full_runs * args.full_steps / new / 3600
     now = "torch env" + (", CUDA graph" if args.device.startswith("cuda") else "")
-    print(f"{args.device}, {args.size}x{args.size}, batch {args.batch_size}, hidden {args.hidden}, "
-          f"{torch.get_num_threads()} threads")
-    for label, value in [(f"population of {args.population}, numpy env, eager (before)", before),
-                         (f"population of {args.population}, {now} (now)", new), ("one agent alone, now", alone)]:
+    print(
+        f"{args.device}, {args.size}x{args.size}, batch {args.batch_size}, hidden {args.hidden}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    for label, value in [
+        (f"population of {args.population}, numpy env, eager (before)", before),
+        (f"population of {args.population}, {now} (now)", new),
+        ("one agent alone, now", alone),
+    ]:
         print(f"{label:<52} {value:>10,.0f} agent-steps/s")
     print(f"ratio now / before: {new / before:.2f}x (the CPU: about 1x, same data; CUDA: no host round trip per step)")
     print(f"ratio population / alone: {new / alone:.1f}x (goal: >= 20x)")
-    print(f"projected {args.full_runs} x {args.full_steps:,} steps: {hours * 60:.1f} min "
-          f"(goal on one H100/H200 at 9x9: <= 2 min; the CPU: <= 3 h)")
+    print(
+        f"projected {args.full_runs} x {args.full_steps:,} steps: {hours * 60:.1f} min "
+        f"(goal on one H100/H200 at 9x9: <= 2 min; the CPU: <= 3 h)"
+    )
     return new / before
 
 

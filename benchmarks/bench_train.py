@@ -57,13 +57,25 @@ def matmul_peak(seconds: float = 2.0, n: int = 1024) -> float:
 def main(args: Args) -> float:
     peak = matmul_peak()
     torch.manual_seed(0)
-    config = A.ModelConfig(obs_dim=4, context=args.context, n_layer=args.n_layer, n_head=args.n_head,
-                           n_embd=args.n_embd, d_ff=args.d_ff, dropout=0.1, arrival=False)
+    config = A.ModelConfig(
+        obs_dim=4,
+        context=args.context,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        d_ff=args.d_ff,
+        dropout=0.1,
+        arrival=False,
+    )
     model = A.DecisionModel(config)
     optimizer = model.optimizer(3e-4, 0.1, torch.device("cpu"))
     B, T = args.batch_size, args.context
-    inputs = {"observations": torch.rand(B, T, 4), "prev_actions": torch.randint(0, 5, (B, T)),
-              "prev_rewards": torch.randint(0, 2, (B, T)).float(), "prev_dones": torch.zeros(B, T)}
+    inputs = {
+        "observations": torch.rand(B, T, 4),
+        "prev_actions": torch.randint(0, 5, (B, T)),
+        "prev_rewards": torch.randint(0, 2, (B, T)).float(),
+        "prev_dones": torch.zeros(B, T),
+    }
     targets = torch.randint(0, K.NUM_ACTIONS, (B, T))
 
     def update():

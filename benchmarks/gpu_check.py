@@ -25,7 +25,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -46,7 +45,7 @@ class Args:
     """run every stage tiny on the CPU (seconds): the same code paths, no meaningful numbers"""
     budget_s: float = 540.0
     """wall-clock budget of the whole check; AD's training length is fitted to what is left"""
-    contexts: Optional[tuple[int, ...]] = None
+    contexts: tuple[int, ...] | None = None
     """AD contexts trained and evaluated, the first with the most training time (default: 500 50 10; smoke: 40 20 10)"""
     arrival_token: bool = True
     """train AD with the arrival cell in its tokens (the project's best-known 9x9 setting)"""
@@ -61,7 +60,7 @@ class Scale:
     size: int = 9
     runs: int = 800
     steps: int = 8_000
-    model: Optional[tuple] = None  # n_layer, n_head, n_embd, d_ff; None: ad_train's defaults
+    model: tuple | None = None  # n_layer, n_head, n_embd, d_ff; None: ad_train's defaults
     contexts: tuple = (500, 50, 10)
     batches: tuple = (64, 256)  # training batch (ad_train's default), and the batch of the MFU measurement
     iterations: tuple = (1_000, 6_000)  # fewest and most iterations of the longest context
@@ -71,8 +70,19 @@ class Scale:
     eval_steps: int = 17_500
 
 
-SMOKE = Scale(size=5, runs=16, steps=1_200, model=(1, 2, 16, 32), contexts=(40, 20, 10), batches=(8, 16),
-              iterations=(4, 8), speed_context=40, speed_iterations=3, eval_envs=6, eval_steps=200)
+SMOKE = Scale(
+    size=5,
+    runs=16,
+    steps=1_200,
+    model=(1, 2, 16, 32),
+    contexts=(40, 20, 10),
+    batches=(8, 16),
+    iterations=(4, 8),
+    speed_context=40,
+    speed_iterations=3,
+    eval_envs=6,
+    eval_steps=200,
+)
 
 
 @contextlib.contextmanager
@@ -123,8 +133,9 @@ def training_speed(runs: list[dict], meta: dict, scale: Scale, batch: int, compi
     """Iterations per second of ad_train's training iteration (windows gathered on the device, bf16
     autocast on CUDA, fused AdamW, clipping) at `scale.speed_context`, compiled as `--compile` does."""
     defaults, sizes = A.Args(), model_sizes(scale)
-    config = A.ModelConfig(obs_dim=meta["obs_dim"], context=scale.speed_context, dropout=defaults.dropout,
-                           arrival=False, **sizes)
+    config = A.ModelConfig(
+        obs_dim=meta["obs_dim"], context=scale.speed_context, dropout=defaults.dropout, arrival=False, **sizes
+    )
     model = A.DecisionModel(config).to(device)
     optimizer = model.optimizer(defaults.lr, defaults.weight_decay, device)
     torch._dynamo.reset()  # a fresh compile cache per measurement: no recompile limit, no shapes carried over
@@ -149,9 +160,15 @@ def training_speed(runs: list[dict], meta: dict, scale: Scale, batch: int, compi
     synchronize(device)
     per_second = scale.speed_iterations / (time.time() - started)
     params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("pos."))
-    flops_per_token = 6 * params + 6 * sizes["n_layer"] * sizes["n_embd"] * scale.speed_context  # nanoGPT's, causal half
-    return {"batch": batch, "compile": compile, "iterations_per_s": per_second,
-            "model_flops_per_s": per_second * batch * scale.speed_context * flops_per_token}
+    flops_per_token = (
+        6 * params + 6 * sizes["n_layer"] * sizes["n_embd"] * scale.speed_context
+    )  # nanoGPT's, causal half
+    return {
+        "batch": batch,
+        "compile": compile,
+        "iterations_per_s": per_second,
+        "model_flops_per_s": per_second * batch * scale.speed_context * flops_per_token,
+    }
 
 
 def main(args: Args) -> dict:
@@ -173,8 +190,17 @@ def main(args: Args) -> dict:
 
     # 1. collect the Nx1 dataset (Light, read Dark by AD), timing the SAC population
     with inside(out):
-        collect = S.Args(style="nx1", light=True, size=scale.size, num_runs=scale.runs, steps=scale.steps,
-                         group_size=scale.runs, seed=args.seed, data_dir=data, progress=False)
+        collect = S.Args(
+            style="nx1",
+            light=True,
+            size=scale.size,
+            num_runs=scale.runs,
+            steps=scale.steps,
+            group_size=scale.runs,
+            seed=args.seed,
+            data_dir=data,
+            progress=False,
+        )
         summary, stages["collect"] = timed(S.main, collect)
     rate = scale.runs * scale.steps / stages["collect"]
     speeds["sac"] = {"agent_steps_per_s": rate, "projected_800x50k_s": 800 * 50_000 / rate, "goal_s": 120}
@@ -201,8 +227,10 @@ def main(args: Args) -> dict:
     best = max((row for row in measured if row["batch"] == batch), key=lambda row: row["iterations_per_s"])
     compiled = compiled and best["compile"]  # train compiled only where compiling paid
     for row in measured:
-        print(f"training: batch {row['batch']}, {'compiled' if row['compile'] else 'eager'}: "
-              f"{row['iterations_per_s']:.0f} iterations/s, MFU {100 * row['mfu']:.1f}%")
+        print(
+            f"training: batch {row['batch']}, {'compiled' if row['compile'] else 'eager'}: "
+            f"{row['iterations_per_s']:.0f} iterations/s, MFU {100 * row['mfu']:.1f}%"
+        )
 
     # 3. train AD at each context: the longest gets the most of the time left
     left = args.budget_s - (time.time() - started)
@@ -212,36 +240,75 @@ def main(args: Args) -> dict:
         # only the longest context is compiled: a compilation costs tens of seconds, the short ones train fast eagerly
         speed = best if i == 0 else measured[0]  # measured[0]: eager, batch 64
         iterations = int(np.clip(share * left * speed["iterations_per_s"], *scale.iterations))
-        train = A.Args(context=context, iterations=iterations, batch_size=batch, lr=6e-4,
-                       warmup_iterations=min(300, iterations),
-                       arrival_token=args.arrival_token, **model_sizes(scale),
-                       eval_every=0, save_every=iterations, val_every=max(1, iterations // 4),
-                       log_every=max(1, iterations // 20), compile=compiled and i == 0, data_dir=data,
-                       seed=args.seed, exp_name="ad-gpu", progress=False, cuda=device.type == "cuda")
+        train = A.Args(
+            context=context,
+            iterations=iterations,
+            batch_size=batch,
+            lr=6e-4,
+            warmup_iterations=min(300, iterations),
+            arrival_token=args.arrival_token,
+            **model_sizes(scale),
+            eval_every=0,
+            save_every=iterations,
+            val_every=max(1, iterations // 4),
+            log_every=max(1, iterations // 20),
+            compile=compiled and i == 0,
+            data_dir=data,
+            seed=args.seed,
+            exp_name="ad-gpu",
+            progress=False,
+            cuda=device.type == "cuda",
+        )
         torch._dynamo.reset()
         with inside(out):
             result, stages[f"train_ctx{context}"] = timed(A.main, train)
         checkpoints.append(result["checkpoint"])
         per_second, val_loss = result["iterations_per_second"], result.get("val_loss", float("nan"))
-        speeds[f"ad_train_ctx{context}"] = {"iterations": iterations, "iterations_per_s": per_second, "val_loss": val_loss}
-        print(f"train ctx {context}: {iterations} iterations in {stages[f'train_ctx{context}']:.0f} s "
-              f"({per_second:.0f}/s in ad_train.py's loop), val loss {val_loss:.3f}")
+        speeds[f"ad_train_ctx{context}"] = {
+            "iterations": iterations,
+            "iterations_per_s": per_second,
+            "val_loss": val_loss,
+        }
+        print(
+            f"train ctx {context}: {iterations} iterations in {stages[f'train_ctx{context}']:.0f} s "
+            f"({per_second:.0f}/s in ad_train.py's loop), val loss {val_loss:.3f}"
+        )
 
     # 4. evaluate every model on the test tasks, 17,500 steps each, timing the longest context
     for context, checkpoint in zip(contexts, checkpoints):
-        evaluate = E.Args(checkpoints=(checkpoint,), split="test", num_envs=scale.eval_envs, steps=scale.eval_steps,
-                          seed=args.seed, source_runs=20, progress=False, cuda=device.type == "cuda")
+        evaluate = E.Args(
+            checkpoints=(checkpoint,),
+            split="test",
+            num_envs=scale.eval_envs,
+            steps=scale.eval_steps,
+            seed=args.seed,
+            source_runs=20,
+            progress=False,
+            cuda=device.type == "cuda",
+        )
         with inside(out):
             (row,), stages[f"eval_ctx{context}"] = timed(E.main, evaluate)
         results.append({"context": context, "eval_file": row.pop("out"), **row})
-    speeds["eval"] = {"seconds": stages[f"eval_ctx{contexts[0]}"], "tasks": scale.eval_envs,
-                      "steps": scale.eval_steps, "context": contexts[0], "goal_s_for_632": 60}
+    speeds["eval"] = {
+        "seconds": stages[f"eval_ctx{contexts[0]}"],
+        "tasks": scale.eval_envs,
+        "steps": scale.eval_steps,
+        "context": contexts[0],
+        "goal_s_for_632": 60,
+    }
 
     # 5. figures: the source population (Figure 2) and AD over contexts (Figures 3 and 4), with a table
     evals = [result["eval_file"] for result in results]
     with inside(out):
-        M.sac(M.Sac(nx1=os.path.join(data, "nx1-light"), onexn_light="", onexn_dark="", bin=max(50, scale.steps // 40),
-                    out=os.path.join(out, "fig2_sac")))
+        M.sac(
+            M.Sac(
+                nx1=os.path.join(data, "nx1-light"),
+                onexn_light="",
+                onexn_dark="",
+                bin=max(50, scale.steps // 40),
+                out=os.path.join(out, "fig2_sac"),
+            )
+        )
         M.ad(M.Ad(fig3=[evals[0], evals[-1]], fig4=evals, source=os.path.join(data, "nx1-light"), out_dir=out))
         M.table(M.Table(evals=evals))
     stages["total"] = time.time() - started
@@ -252,35 +319,58 @@ def main(args: Args) -> dict:
 
 def write_report(args: Args, scale: Scale, speeds: dict, stages: dict, results: list[dict], out: str) -> str:
     """report.md (what a person reads) and summary.json (the same numbers for a program)."""
+
     def verdict(ok: bool) -> str:
         return "meets the goal" if ok else "misses the goal"
 
     sac, train, evaluation = speeds["sac"], speeds["train"], speeds["eval"]
     eval_632 = evaluation["seconds"] * 632 / evaluation["tasks"]
     best = max(row["iterations_per_s"] for row in train["rows"] if row["batch"] == scale.batches[0])
-    lines = [f"# gpu_check ({'smoke, CPU' if args.smoke else torch.cuda.get_device_name()}), {scale.size}x{scale.size}",
-             "", "| speed | measured | goal | |", "|---|---|---|---|",
-             f"| SAC, {scale.runs} runs x {scale.steps:,} steps | {sac['agent_steps_per_s']:,.0f} agent-steps/s; "
-             f"800 x 50k projected {sac['projected_800x50k_s']:.0f} s | {sac['goal_s']} s | "
-             f"{verdict(sac['projected_800x50k_s'] <= sac['goal_s'])} |",
-             f"| AD training, batch {scale.batches[0]}, context {scale.speed_context} | {best:.0f} iterations/s | "
-             f"{train['goal_iterations_per_s']} | {verdict(best >= train['goal_iterations_per_s'])} |"]
-    lines += [f"| AD training, batch {row['batch']}, {'compiled' if row['compile'] else 'eager'} | "
-              f"{row['iterations_per_s']:.0f} iterations/s, MFU {100 * row['mfu']:.1f}% | | |" for row in train["rows"]]
-    lines += [f"| `ad_train.py` at context {name[len('ad_train_ctx'):]}, {row['iterations']} iterations | "
-              f"{row['iterations_per_s']:.0f} iterations/s in its own loop | | |"
-              for name, row in speeds.items() if name.startswith("ad_train_ctx")]
-    lines += [f"| evaluation, {evaluation['tasks']} tasks x {evaluation['steps']:,} steps, "
-              f"context {evaluation['context']} | {evaluation['seconds']:.0f} s ({eval_632:.0f} s scaled to 632 tasks) | "
-              f"{evaluation['goal_s_for_632']} s | "
-              f"{verdict(eval_632 <= evaluation['goal_s_for_632'])} |",
-              f"| the whole check | {stages['total']:.0f} s | {args.budget_s:.0f} s | "
-              f"{verdict(stages['total'] <= args.budget_s)} |", "", "| stage | seconds |", "|---|---|"]
+    lines = [
+        f"# gpu_check ({'smoke, CPU' if args.smoke else torch.cuda.get_device_name()}), {scale.size}x{scale.size}",
+        "",
+        "| speed | measured | goal | |",
+        "|---|---|---|---|",
+        f"| SAC, {scale.runs} runs x {scale.steps:,} steps | {sac['agent_steps_per_s']:,.0f} agent-steps/s; "
+        f"800 x 50k projected {sac['projected_800x50k_s']:.0f} s | {sac['goal_s']} s | "
+        f"{verdict(sac['projected_800x50k_s'] <= sac['goal_s'])} |",
+        f"| AD training, batch {scale.batches[0]}, context {scale.speed_context} | {best:.0f} iterations/s | "
+        f"{train['goal_iterations_per_s']} | {verdict(best >= train['goal_iterations_per_s'])} |",
+    ]
+    lines += [
+        f"| AD training, batch {row['batch']}, {'compiled' if row['compile'] else 'eager'} | "
+        f"{row['iterations_per_s']:.0f} iterations/s, MFU {100 * row['mfu']:.1f}% | | |"
+        for row in train["rows"]
+    ]
+    lines += [
+        f"| `ad_train.py` at context {name[len('ad_train_ctx') :]}, {row['iterations']} iterations | "
+        f"{row['iterations_per_s']:.0f} iterations/s in its own loop | | |"
+        for name, row in speeds.items()
+        if name.startswith("ad_train_ctx")
+    ]
+    lines += [
+        f"| evaluation, {evaluation['tasks']} tasks x {evaluation['steps']:,} steps, "
+        f"context {evaluation['context']} | {evaluation['seconds']:.0f} s ({eval_632:.0f} s scaled to 632 tasks) | "
+        f"{evaluation['goal_s_for_632']} s | "
+        f"{verdict(eval_632 <= evaluation['goal_s_for_632'])} |",
+        f"| the whole check | {stages['total']:.0f} s | {args.budget_s:.0f} s | "
+        f"{verdict(stages['total'] <= args.budget_s)} |",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in stages.items()]
-    lines += ["", "| AD context | first 500 steps | last 5 episodes | envs reaching MA(10) 1.8 | "
-              "(test tasks, 95% CI over tasks) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['context']} | {r['first500']:.2f} ± {r['first500_ci']:.2f} | "
-              f"{r['last5']:.2f} ± {r['last5_ci']:.2f} | {r['reached']}/{r['envs']} | |" for r in results]
+    lines += [
+        "",
+        "| AD context | first 500 steps | last 5 episodes | envs reaching MA(10) 1.8 | "
+        "(test tasks, 95% CI over tasks) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['context']} | {r['first500']:.2f} ± {r['first500_ci']:.2f} | "
+        f"{r['last5']:.2f} ± {r['last5_ci']:.2f} | {r['reached']}/{r['envs']} | |"
+        for r in results
+    ]
     report = "\n".join(lines) + "\n"
     K.atomic_write(os.path.join(out, "report.md"), lambda f: f.write(report.encode()))
     summary = {"args": asdict(args), "scale": asdict(scale), "speeds": speeds, "stages": stages, "results": results}

@@ -32,8 +32,8 @@ import io
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import tyro
@@ -41,8 +41,15 @@ import tyro
 import keydoor_env as K
 from ad_eval import binned_curve, mean_and_interval, source_episodes, source_histories  # the protocol's metrics
 
-EVAL_ARRAYS = ("tasks", "episode_env", "episode_return", "episode_end_step",
-               "random_episode_env", "random_episode_return", "random_episode_end_step")
+EVAL_ARRAYS = (
+    "tasks",
+    "episode_env",
+    "episode_return",
+    "episode_end_step",
+    "random_episode_env",
+    "random_episode_return",
+    "random_episode_end_step",
+)
 META_KEYS = ("algorithm", "checkpoint", "model_config", "split", "num_envs", "steps", "seed", "size", "obs")
 
 
@@ -74,8 +81,10 @@ def load_eval(path: str) -> dict:
     except Exception as e:  # a truncated zip, a damaged member or bad JSON: all say the same to a reader
         raise ValueError(f"{path}: not a readable evaluation file ({type(e).__name__}: {e})") from None
     if missing:
-        raise ValueError(f"{path}: not an evaluation file in the current layout (no {', '.join(missing)}); "
-                         f"rerun ad_eval.py or rl2_train.py")
+        raise ValueError(
+            f"{path}: not an evaluation file in the current layout (no {', '.join(missing)}); "
+            f"rerun ad_eval.py or rl2_train.py"
+        )
     if not isinstance(meta, dict) or [key for key in META_KEYS if key not in meta]:
         raise ValueError(f"{path}: meta lacks {[key for key in META_KEYS if key not in meta]}")
     if meta["algorithm"] not in ("ad", "rl2") or (meta["algorithm"] == "ad" and "context" not in meta):
@@ -91,12 +100,29 @@ def load_eval(path: str) -> dict:
     if meta["algorithm"] == "rl2":
         label = "RL²"
     else:  # ad_train.py names runs <exp_name> on <dataset>
-        what = f"{meta['exp_name']} on {meta['dataset']}, {meta['obs']} obs" if "exp_name" in meta and "dataset" in meta else name
+        what = (
+            f"{meta['exp_name']} on {meta['dataset']}, {meta['obs']} obs"
+            if "exp_name" in meta and "dataset" in meta
+            else name
+        )
         label = f"{what}, ctx {meta['context']}"
-    random = {"name": "random policy", "label": "random policy", "episodes": runs["random_"], "num_envs": num_envs,
-              "steps": steps}
-    return {"episodes": runs[""], "random": random, "tasks": tasks, "num_envs": num_envs, "steps": steps, "meta": meta,
-            "label": label, "name": name}
+    random = {
+        "name": "random policy",
+        "label": "random policy",
+        "episodes": runs["random_"],
+        "num_envs": num_envs,
+        "steps": steps,
+    }
+    return {
+        "episodes": runs[""],
+        "random": random,
+        "tasks": tasks,
+        "num_envs": num_envs,
+        "steps": steps,
+        "meta": meta,
+        "label": label,
+        "name": name,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,8 +131,14 @@ def load_eval(path: str) -> dict:
 def final_returns(run: dict, steps: int) -> np.ndarray:
     """Per env, the mean return of the episodes that ended in the last `steps` env steps (NaN if none)."""
     episodes, late = run["episodes"], run["episodes"]["end_step"] > run["steps"] - steps
-    return np.array([episodes["return"][late & (episodes["env"] == i)].mean() if (late & (episodes["env"] == i)).any()
-                     else np.nan for i in range(run["num_envs"])])
+    return np.array(
+        [
+            episodes["return"][late & (episodes["env"] == i)].mean()
+            if (late & (episodes["env"] == i)).any()
+            else np.nan
+            for i in range(run["num_envs"])
+        ]
+    )
 
 
 def group_by_model(runs: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -114,8 +146,14 @@ def group_by_model(runs: list[dict]) -> list[tuple[str, list[dict]]]:
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         meta = run["meta"]
-        key = (meta["algorithm"], meta.get("exp_name", ""), meta.get("dataset", ""), meta["obs"],
-               bool(meta.get("arrival")), meta.get("context", 0))
+        key = (
+            meta["algorithm"],
+            meta.get("exp_name", ""),
+            meta.get("dataset", ""),
+            meta["obs"],
+            bool(meta.get("arrival")),
+            meta.get("context", 0),
+        )
         groups.setdefault(key, []).append(run)
     return [(members[0]["label"], members) for _, members in sorted(groups.items())]
 
@@ -133,8 +171,10 @@ def first_episode_returns(run: dict) -> np.ndarray:
 def solved_after(run: dict, window: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per env, (solved, episodes) of the episodes with a solved episode (return 2) that ended fewer than
     `window` env steps before their start ("recent success") and of the others ("no recent success")."""
-    counts = {key: (np.zeros(run["num_envs"], np.int64), np.zeros(run["num_envs"], np.int64))
-              for key in ("recent success", "no recent success")}
+    counts = {
+        key: (np.zeros(run["num_envs"], np.int64), np.zeros(run["num_envs"], np.int64))
+        for key in ("recent success", "no recent success")
+    }
     episodes = run["episodes"]
     for i in range(run["num_envs"]):
         returns, ends = episodes["return"][episodes["env"] == i], episodes["end_step"][episodes["env"] == i]
@@ -220,7 +260,7 @@ def binned_returns(path: str, width: int) -> tuple[np.ndarray, np.ndarray]:
     return edges[1:], values
 
 
-def curves(folder: str, width: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def curves(folder: str, width: int) -> tuple[np.ndarray, np.ndarray] | None:
     if not os.path.isdir(folder):
         return None
     runs = [binned_returns(path, width) for path in K.history_paths(folder)]
@@ -232,8 +272,11 @@ def sac(args: Sac) -> None:
     if args.bin < 1:
         raise ValueError(f"--bin must be >= 1, got {args.bin}")
     prepare_output(os.path.dirname(args.out) or ".")
-    panels = [("Nx1 (one fixed task per run)", args.nx1), ("1xN Light", args.onexn_light),
-              ("1xN Dark", args.onexn_dark)]
+    panels = [
+        ("Nx1 (one fixed task per run)", args.nx1),
+        ("1xN Light", args.onexn_light),
+        ("1xN Dark", args.onexn_dark),
+    ]
     results = [curves(folder, args.bin) for _, folder in panels]  # every history read before drawing
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
@@ -246,12 +289,20 @@ def sac(args: Sac) -> None:
         mean = np.nanmean(values, axis=0)
         ax.plot(steps, mean, color="tab:blue", lw=2)
         if len(values) > 1:
-            ax.fill_between(steps, np.nanpercentile(values, 10, axis=0), np.nanpercentile(values, 90, axis=0),
-                            color="tab:blue", alpha=0.2, lw=0)
+            ax.fill_between(
+                steps,
+                np.nanpercentile(values, 10, axis=0),
+                np.nanpercentile(values, 90, axis=0),
+                color="tab:blue",
+                alpha=0.2,
+                lw=0,
+            )
         ax.set_title(f"{title} ({len(values)} run{'s' if len(values) > 1 else ''})", fontsize=9)
         ax.set_xlabel("env steps")
         ax.set_ylim(-0.05, 2.05)
-        rows += [{"panel": title, "step": int(s), "mean_return": float(m), "runs": len(values)} for s, m in zip(steps, mean)]
+        rows += [
+            {"panel": title, "step": int(s), "mean_return": float(m), "runs": len(values)} for s, m in zip(steps, mean)
+        ]
     axes[0].set_ylabel("episode return")
     save_figure(fig, args.out, rows)
     print(f"wrote {args.out}.png and {args.out}.csv")
@@ -268,13 +319,13 @@ class Ad:
     """Figure 4: evaluation files of one dataset at several contexts"""
     fig5: Sequence[str] = ()
     """Figure 5: evaluation files of BC on 1xN Dark, 1xN Light, 1xN Light at context 2"""
-    fig6_light: Optional[str] = None
+    fig6_light: str | None = None
     """Figure 6, left: AD trained on Light data"""
-    fig6_dark: Optional[str] = None
+    fig6_dark: str | None = None
     """Figure 6, left and right: AD trained on Dark data"""
-    fig6_rl2: Optional[str] = None
+    fig6_rl2: str | None = None
     """Figure 6, right: rl2_train.py's held-out trials"""
-    source: Optional[str] = None
+    source: str | None = None
     """folder of source histories drawn beside Figure 3 (the first 20 runs, on their own tasks)"""
     bin: int = 500
     """env steps per point of the curves"""
@@ -286,8 +337,14 @@ class Ad:
 
 def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     steps, values = binned_curve(run["episodes"], run["num_envs"], run["steps"], width)
-    return steps, values, [{"figure": figure, "curve": label, "env_step": int(s), "mean_return": round(float(v), 4)}
-                           for s, v in zip(steps, values)]
+    return (
+        steps,
+        values,
+        [
+            {"figure": figure, "curve": label, "env_step": int(s), "mean_return": round(float(v), 4)}
+            for s, v in zip(steps, values)
+        ],
+    )
 
 
 def ad(args: Ad) -> None:
@@ -328,8 +385,14 @@ def ad(args: Ad) -> None:
             steps, values, r = curve_rows("3", label, source, args.bin)
             ax.plot(steps, values, color="black", ls="--", label=label)
             rows += r
-        style(ax, "env steps on each held-out task", f"In-context learning on {first['num_envs']} held-out Dark tasks "
-              f"({first['meta']['size']}x{first['meta']['size']})", 7, loc="lower right")
+        style(
+            ax,
+            "env steps on each held-out task",
+            f"In-context learning on {first['num_envs']} held-out Dark tasks "
+            f"({first['meta']['size']}x{first['meta']['size']})",
+            7,
+            loc="lower right",
+        )
         save(fig, "fig3_ad_dark", rows)
 
     if args.fig4:  # final return against context: each model's mean over its training seeds, 95% CI over tasks
@@ -342,25 +405,51 @@ def ad(args: Ad) -> None:
             early = np.stack([K.early_return(m["episodes"], m["num_envs"]) for m in members])
             mean, interval = mean_and_interval(np.nanmean(final, axis=0))  # per task, the mean over seeds
             per_seed = np.nanmean(final, axis=1)
-            rows.append({"figure": "4", "context": members[0]["meta"]["context"], "curve": label, "seeds": len(members),
-                         "first500": round(float(np.nanmean(early)), 4), "final": round(mean, 4),
-                         "final_ci95": round(interval, 4), "final_seed_min": round(float(per_seed.min()), 4),
-                         "final_seed_max": round(float(per_seed.max()), 4),
-                         "random_final": round(float(np.nanmean(final_returns(members[0]["random"], args.final_steps))), 4)})
+            rows.append(
+                {
+                    "figure": "4",
+                    "context": members[0]["meta"]["context"],
+                    "curve": label,
+                    "seeds": len(members),
+                    "first500": round(float(np.nanmean(early)), 4),
+                    "final": round(mean, 4),
+                    "final_ci95": round(interval, 4),
+                    "final_seed_min": round(float(per_seed.min()), 4),
+                    "final_seed_max": round(float(per_seed.max()), 4),
+                    "random_final": round(float(np.nanmean(final_returns(members[0]["random"], args.final_steps))), 4),
+                }
+            )
         fig, ax = plt.subplots(figsize=(5, 3.6))
         contexts = [r["context"] for r in rows]
-        ax.errorbar(contexts, [r["final"] for r in rows], yerr=[r["final_ci95"] for r in rows], marker="o", capsize=3,
-                    label=f"last {args.final_steps:,} steps (95% CI over tasks)")
+        ax.errorbar(
+            contexts,
+            [r["final"] for r in rows],
+            yerr=[r["final_ci95"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=f"last {args.final_steps:,} steps (95% CI over tasks)",
+        )
         for i, r in enumerate(rows):  # the spread between training seeds
-            ax.vlines(r["context"], r["final_seed_min"], r["final_seed_max"], color="C0", lw=5, alpha=0.3,
-                      label="lowest to highest seed" if i == 0 else None)
+            ax.vlines(
+                r["context"],
+                r["final_seed_min"],
+                r["final_seed_max"],
+                color="C0",
+                lw=5,
+                alpha=0.3,
+                label="lowest to highest seed" if i == 0 else None,
+            )
         ax.plot(contexts, [r["first500"] for r in rows], marker="s", ls="--", color="gray", label="first 500 steps")
         ax.axhline(rows[0]["random_final"], color="gray", ls=":", label="random policy")
         ax.set_xscale("log")
         ax.set_xticks(contexts, [str(c) for c in contexts])
         num_tasks, seeds = len(models[0][1][0]["tasks"]), max(r["seeds"] for r in rows)
-        style(ax, "context (timesteps)", f"AD on {num_tasks} held-out Dark tasks, "
-              f"{seeds} training seed{'s' if seeds > 1 else ''}", 8)
+        style(
+            ax,
+            "context (timesteps)",
+            f"AD on {num_tasks} held-out Dark tasks, {seeds} training seed{'s' if seeds > 1 else ''}",
+            8,
+        )
         save(fig, "fig4_context", rows)
 
     if args.fig5:  # BC on 1xN data
@@ -394,11 +483,29 @@ def ad(args: Ad) -> None:
                 by_index = by_index[:, ~np.isnan(by_index).all(0)]  # a trial may hold fewer than 10 episodes
                 mean = np.nanmean(by_index, axis=0)
                 early = float(np.nanmean(K.early_return(run["episodes"], run["num_envs"])))
-                axes["rl2"].plot(np.arange(1, len(mean) + 1), mean, marker="o", label=f"{run['label']} (first 500 steps: {early:.2f})")
-                rows += [{"figure": "6 right", "curve": run["label"], "episode": k + 1, "mean_return": round(float(v), 4),
-                          "first500": round(early, 4)} for k, v in enumerate(mean)]
-            style(axes["rl2"], "episode on the held-out task", "RL² against AD: the first 10 episodes", 7,
-                  ylabel=not args.fig6_light)
+                axes["rl2"].plot(
+                    np.arange(1, len(mean) + 1),
+                    mean,
+                    marker="o",
+                    label=f"{run['label']} (first 500 steps: {early:.2f})",
+                )
+                rows += [
+                    {
+                        "figure": "6 right",
+                        "curve": run["label"],
+                        "episode": k + 1,
+                        "mean_return": round(float(v), 4),
+                        "first500": round(early, 4),
+                    }
+                    for k, v in enumerate(mean)
+                ]
+            style(
+                axes["rl2"],
+                "episode on the held-out task",
+                "RL² against AD: the first 10 episodes",
+                7,
+                ylabel=not args.fig6_light,
+            )
         save(fig, "fig6_light_rl2", rows)
     for name in written:
         print(f"wrote {os.path.join(args.out_dir, name)}.png and .csv")
@@ -427,15 +534,22 @@ def load_curve(path: str) -> list[dict]:
     """The rows of a learning-curve CSV, by iteration: ints for iteration and episodes, floats
     (NaN where empty) for the rest."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such learning-curve file; rl2_train.py writes <data_dir>/eval/<stem>__curve.csv")
+        raise FileNotFoundError(
+            f"{path}: no such learning-curve file; rl2_train.py writes <data_dir>/eval/<stem>__curve.csv"
+        )
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in RL2_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: not a learning curve of rl2_train.py (no column {', '.join(missing)})")
         try:
-            rows = [{key: (int(value) if key in ("iteration", "episodes") else float(value) if value else np.nan)
-                     for key, value in row.items()} for row in reader]
+            rows = [
+                {
+                    key: (int(value) if key in ("iteration", "episodes") else float(value) if value else np.nan)
+                    for key, value in row.items()
+                }
+                for row in reader
+            ]
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: line {reader.line_num}: not a number ({e})") from None
     if not rows:
@@ -454,8 +568,14 @@ def rl2(args: Rl2) -> None:
     ax.axhline(args.bar, color="gray", ls="--", lw=1)
     style(ax, "PPO iteration", args.title, 8)
     # "minutes" (wall-clock since the run began) is kept where the curve file records it
-    out = [{"iteration": row["iteration"], **({"minutes": row["minutes"]} if "minutes" in row else {}),
-            **{label: round(row[column], 4) for column, label in RL2_CURVES.items()}} for row in rows]
+    out = [
+        {
+            "iteration": row["iteration"],
+            **({"minutes": row["minutes"]} if "minutes" in row else {}),
+            **{label: round(row[column], 4) for column, label in RL2_CURVES.items()},
+        }
+        for row in rows
+    ]
     save_figure(fig, args.out, out)
     print(f"wrote {args.out}.png and {args.out}.csv")
 
@@ -482,15 +602,21 @@ def table(args: Table) -> None:
         raise ValueError("--evals needs at least one evaluation file")
     runs = [load_eval(path) for path in args.evals]
     runs.append(runs[0]["random"])  # the floor: the random policy of the first file, as beside Figure 3
-    print(f"{'evaluation':<56} {'first 500':>9} {'best bin':>9} {f'last {args.final_steps:,}':>11} "
-          f"{f'solved after a success in {args.window}':>30} {'solved otherwise':>22}")
+    print(
+        f"{'evaluation':<56} {'first 500':>9} {'best bin':>9} {f'last {args.final_steps:,}':>11} "
+        f"{f'solved after a success in {args.window}':>30} {'solved otherwise':>22}"
+    )
     for run in runs:
         early = np.nanmean(K.early_return(run["episodes"], run["num_envs"]))
         best = binned_curve(run["episodes"], run["num_envs"], run["steps"], args.bin)[1].max()
-        cells = [f"{rate:.2f} ({envs} envs)" for rate, envs in
-                 (per_env_rate(*counts) for counts in solved_after(run, args.window).values())]
-        print(f"{run['name'][:56]:<56} {early:>9.2f} {best:>9.2f} {np.nanmean(final_returns(run, args.final_steps)):>11.2f} "
-              f"{cells[0]:>30} {cells[1]:>22}")
+        cells = [
+            f"{rate:.2f} ({envs} envs)"
+            for rate, envs in (per_env_rate(*counts) for counts in solved_after(run, args.window).values())
+        ]
+        print(
+            f"{run['name'][:56]:<56} {early:>9.2f} {best:>9.2f} {np.nanmean(final_returns(run, args.final_steps)):>11.2f} "
+            f"{cells[0]:>30} {cells[1]:>22}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,18 +643,29 @@ def seeds(args: Seeds) -> None:
     first = {label: np.stack([first_episode_returns(r) for r in ms]) for label, ms in models}
     early = {label: np.stack([K.early_return(r["episodes"], r["num_envs"]) for r in ms]) for label, ms in models}
     late = {label: np.stack([final_returns(r, args.final_steps) for r in ms]) for label, ms in models}
-    print(f"{len(runs[0]['tasks'])} tasks ({runs[0]['meta']['split']}); mean over training seeds ± 95% CI over tasks "
-          f"[lowest and highest seed]")
-    print(f"{'model':<52} {'seeds':>5} {'first episode':>28} {'first 500 steps':>28} {f'last {args.final_steps:,} steps':>28} "
-          f"{'rise (last - first)':>28}")
+    print(
+        f"{len(runs[0]['tasks'])} tasks ({runs[0]['meta']['split']}); mean over training seeds ± 95% CI over tasks "
+        f"[lowest and highest seed]"
+    )
+    print(
+        f"{'model':<52} {'seeds':>5} {'first episode':>28} {'first 500 steps':>28} {f'last {args.final_steps:,} steps':>28} "
+        f"{'rise (last - first)':>28}"
+    )
     for label, members in models:  # the rise within an evaluation is what in-context learning must show
         cells = []
-        for values, sign in ((first[label], ""), (early[label], ""), (late[label], ""), (late[label] - early[label], "+")):
+        for values, sign in (
+            (first[label], ""),
+            (early[label], ""),
+            (late[label], ""),
+            (late[label] - early[label], "+"),
+        ):
             mean, interval = mean_and_interval(np.nanmean(values, axis=0))
             per_seed = np.nanmean(values, axis=1)
             cells.append(f"{mean:{sign}.2f} ± {interval:.2f} [{per_seed.min():{sign}.2f}, {per_seed.max():{sign}.2f}]")
         print(f"{label[:52]:<52} {len(members):>5} " + " ".join(f"{cell:>28}" for cell in cells))
-    print(f"\npaired differences on the same tasks, first 500 steps and last {args.final_steps:,} (95% CI; * excludes 0):")
+    print(
+        f"\npaired differences on the same tasks, first 500 steps and last {args.final_steps:,} (95% CI; * excludes 0):"
+    )
     labels = [label for label, _ in models]
     pairs = [(a, b) for a, b in zip(labels[:-2], labels[1:-1])] + [(label, "random policy") for label in labels[:-1]]
     for a, b in pairs:
@@ -542,7 +679,7 @@ def seeds(args: Seeds) -> None:
 COMMANDS = {"sac": (Sac, sac), "ad": (Ad, ad), "rl2": (Rl2, rl2), "table": (Table, table), "seeds": (Seeds, seeds)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     args = tyro.extras.subcommand_cli_from_dict({name: kind for name, (kind, _) in COMMANDS.items()}, args=argv)
     try:
         next(run for kind, run in COMMANDS.values() if isinstance(args, kind))(args)

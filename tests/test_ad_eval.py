@@ -15,25 +15,42 @@ import ad_train as A
 import keydoor_env as K
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RNG = {"sampler": torch.Generator().get_state(), "torch": torch.get_rng_state(), "cuda": torch.empty(0, dtype=torch.uint8)}
+RNG = {
+    "sampler": torch.Generator().get_state(),
+    "torch": torch.get_rng_state(),
+    "cuda": torch.empty(0, dtype=torch.uint8),
+}
 
 
 def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light", arrival=False, run_name="test"):
     torch.manual_seed(0)
-    config = A.ModelConfig(obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0,
-                           arrival=arrival)
+    config = A.ModelConfig(
+        obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0, arrival=arrival
+    )
     model = A.DecisionModel(config)
-    checkpoint = {"model": model.state_dict(), "optimizer": model.optimizer(1e-3, 0.1, torch.device("cpu")).state_dict(),
-                  "iteration": 1, "args": {"exp_name": "ad"}, "model_config": A.asdict(config), "run_name": run_name,
-                  "rng": RNG,
-                  "data": {"dataset": dataset, "size": size, "light_obs": obs_dim == 8, "obs_dim": obs_dim}}
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": model.optimizer(1e-3, 0.1, torch.device("cpu")).state_dict(),
+        "iteration": 1,
+        "args": {"exp_name": "ad"},
+        "model_config": A.asdict(config),
+        "run_name": run_name,
+        "rng": RNG,
+        "data": {"dataset": dataset, "size": size, "light_obs": obs_dim == 8, "obs_dim": obs_dim},
+    }
     K.atomic_write(str(path), lambda f: torch.save(checkpoint, f))
     return model.eval()
 
 
 def eval_args(checkpoints, tmp_path, **overrides):
-    flags = dict(checkpoints=tuple(str(c) for c in checkpoints), num_envs=3, steps=120, out_dir=str(tmp_path / "eval"),
-                 progress=False, cuda=False)
+    flags = dict(
+        checkpoints=tuple(str(c) for c in checkpoints),
+        num_envs=3,
+        steps=120,
+        out_dir=str(tmp_path / "eval"),
+        progress=False,
+        cuda=False,
+    )
     flags.update(overrides)
     return E.Args(**flags)
 
@@ -51,12 +68,15 @@ def test_kv_cache_rollout_equals_full_recompute(arrival):
     """The fast path (KV cache, refilled at every new window) and the reference (every window recomputed)
     feed the same tokens and take the same actions, greedy and sampled, over many refills."""
     torch.manual_seed(0)
-    model = A.DecisionModel(A.ModelConfig(obs_dim=4, context=12, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0,
-                                          arrival=arrival)).eval()
+    model = A.DecisionModel(
+        A.ModelConfig(obs_dim=4, context=12, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0, arrival=arrival)
+    ).eval()
     tasks = K.task_split(5, "test")[:3]
     for greedy in (True, False):
-        fast, slow = (A.rollout(model, tasks, 150, 5, 3, torch.device("cpu"), greedy=greedy, full_recompute=full)
-                      for full in (False, True))
+        fast, slow = (
+            A.rollout(model, tasks, 150, 5, 3, torch.device("cpu"), greedy=greedy, full_recompute=full)
+            for full in (False, True)
+        )
         for key in ("env", "return", "end_step"):
             np.testing.assert_array_equal(fast["episodes"][key], slow["episodes"][key])
         for key in fast["tokens"]:
@@ -65,8 +85,9 @@ def test_kv_cache_rollout_equals_full_recompute(arrival):
 
 
 def test_rollouts_are_seeded_and_keep_the_training_mode():
-    model = A.DecisionModel(A.ModelConfig(obs_dim=4, context=12, n_layer=1, n_head=2, n_embd=16, d_ff=16, dropout=0.1,
-                                          arrival=False)).train()
+    model = A.DecisionModel(
+        A.ModelConfig(obs_dim=4, context=12, n_layer=1, n_head=2, n_embd=16, d_ff=16, dropout=0.1, arrival=False)
+    ).train()
     tasks = K.task_split(5, "test")[:3]
     runs = [A.rollout(model, tasks, 150, 5, seed, torch.device("cpu"))["episodes"] for seed in (3, 3, 4)]
     assert model.training  # dropout was off during the rollout, and training mode is restored
@@ -78,8 +99,9 @@ def test_rollouts_are_seeded_and_keep_the_training_mode():
 @pytest.mark.parametrize("arrival", [False, True])
 def test_rollout_tokens_match_training_tokens(arrival):
     """The tokens fed at evaluation are exactly those ad_train builds from the same trajectory's file."""
-    model = A.DecisionModel(A.ModelConfig(obs_dim=8, context=30, n_layer=1, n_head=2, n_embd=16, d_ff=16, dropout=0.0,
-                                          arrival=arrival)).eval()
+    model = A.DecisionModel(
+        A.ModelConfig(obs_dim=8, context=30, n_layer=1, n_head=2, n_embd=16, d_ff=16, dropout=0.0, arrival=arrival)
+    ).eval()
     tasks = K.task_split(4, "test")[:2]
     steps = 160
     fed = A.rollout(model, tasks, steps, 4, 0, torch.device("cpu"))["tokens"]
@@ -108,8 +130,11 @@ def test_rollout_tokens_match_training_tokens(arrival):
 
 
 def test_per_env_metrics_weight_envs_equally():
-    episodes = {"env": np.array([0] * 10 + [1] * 2), "return": np.array([2.0] * 10 + [0.0] * 2),
-                "end_step": np.concatenate([np.arange(1, 11) * 10, [50, 100]])}
+    episodes = {
+        "env": np.array([0] * 10 + [1] * 2),
+        "return": np.array([2.0] * 10 + [0.0] * 2),
+        "end_step": np.concatenate([np.arange(1, 11) * 10, [50, 100]]),
+    }
     row = E.summary_row("x", episodes, 2)
     assert row["first500"] == pytest.approx(1.0)  # not 10/6 as a mean over episodes would say
     assert row["reached"] == 1 and row["median_steps_to_1.8"] == np.inf  # the median env never got there
@@ -125,8 +150,11 @@ def test_confidence_interval_is_students_t():
 
 
 def test_binned_curve_weights_envs_equally():
-    episodes = {"env": np.array([0, 0, 0, 1]), "return": np.array([2.0, 2.0, 2.0, 0.0]),
-                "end_step": np.array([10, 20, 60, 50])}
+    episodes = {
+        "env": np.array([0, 0, 0, 1]),
+        "return": np.array([2.0, 2.0, 2.0, 0.0]),
+        "end_step": np.array([10, 20, 60, 50]),
+    }
     steps, values = E.binned_curve(episodes, 2, 120, 50)
     assert steps.tolist() == [50, 100] and values.tolist() == [1.0, 2.0]
     late = dict(episodes, end_step=np.array([10, 20, 110, 50]))
@@ -178,8 +206,13 @@ def test_default_out_dir_is_beside_the_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for folder in ("data", "data9"):
         write_checkpoint(tmp_path / folder / "checkpoints" / "x.pt")
-    E.main(eval_args([tmp_path / "data" / "checkpoints" / "x.pt", tmp_path / "data9" / "checkpoints" / "x.pt"],
-                     tmp_path, out_dir=None))
+    E.main(
+        eval_args(
+            [tmp_path / "data" / "checkpoints" / "x.pt", tmp_path / "data9" / "checkpoints" / "x.pt"],
+            tmp_path,
+            out_dir=None,
+        )
+    )
     for folder in ("data", "data9"):
         with np.load(tmp_path / folder / "eval" / "x__test3_steps120_seed1.npz", allow_pickle=False) as data:
             assert json.loads(str(data["meta"]))["checkpoint"] == str(tmp_path / folder / "checkpoints" / "x.pt")
@@ -237,9 +270,14 @@ def test_bad_input(tmp_path, monkeypatch):
         E.main(eval_args([ckpt], tmp_path))
     assert not (tmp_path / "eval").exists()
     # a source run of another grid than the checkpoint's is refused before any rollout
-    history = {"observations": np.zeros((60, 4), np.float32), "actions": np.zeros(60, np.int64),
-               "rewards": np.zeros(60, np.float32), "terminations": np.zeros(60, bool),
-               "truncations": np.arange(60) % 50 == 49, "tasks": np.tile([1, 1, 2, 2], (60, 1))}
+    history = {
+        "observations": np.zeros((60, 4), np.float32),
+        "actions": np.zeros(60, np.int64),
+        "rewards": np.zeros(60, np.float32),
+        "terminations": np.zeros(60, bool),
+        "truncations": np.arange(60) % 50 == 49,
+        "tasks": np.tile([1, 1, 2, 2], (60, 1)),
+    }
     K.save_history(str(source / "run_00000.npz"), history, {"size": 5})
     with pytest.raises(ValueError, match="run_00000.npz is a 5x5 run, the checkpoint was trained on 4x4"):
         E.main(eval_args([ckpt], tmp_path))
@@ -269,6 +307,10 @@ def test_stale_parts_are_removed(tmp_path, monkeypatch):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "ad_eval.py"), "--checkpoints", "nope.pt"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "ad_eval.py"), "--checkpoints", "nope.pt"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "nope.pt" in result.stderr

@@ -15,22 +15,31 @@ import keydoor_env as K
 import sac_collect as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RNG = {"sampler": torch.Generator().get_state(), "torch": torch.get_rng_state(), "cuda": torch.empty(0, dtype=torch.uint8)}
+RNG = {
+    "sampler": torch.Generator().get_state(),
+    "torch": torch.get_rng_state(),
+    "cuda": torch.empty(0, dtype=torch.uint8),
+}
 
 
 def small_model(obs_dim=4, context=12, dropout=0.0, arrival=False):
     torch.manual_seed(0)
-    return A.DecisionModel(A.ModelConfig(obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32,
-                                         dropout=dropout, arrival=arrival)).eval()
+    return A.DecisionModel(
+        A.ModelConfig(
+            obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=dropout, arrival=arrival
+        )
+    ).eval()
 
 
 def random_inputs(B, T, obs_dim=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"observations": torch.rand((B, T, obs_dim), generator=g),
-            "prev_actions": torch.randint(0, 5, (B, T), generator=g),
-            "prev_rewards": torch.randint(0, 2, (B, T), generator=g).float(),
-            "prev_dones": torch.randint(0, 2, (B, T), generator=g).float(),
-            "prev_arrivals": torch.rand((B, T, 2), generator=g)}
+    return {
+        "observations": torch.rand((B, T, obs_dim), generator=g),
+        "prev_actions": torch.randint(0, 5, (B, T), generator=g),
+        "prev_rewards": torch.randint(0, 2, (B, T), generator=g).float(),
+        "prev_dones": torch.randint(0, 2, (B, T), generator=g).float(),
+        "prev_arrivals": torch.rand((B, T, 2), generator=g),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +49,48 @@ def sac_data(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(tmp)
     try:
-        S.main(S.Args(style="nx1", light=True, num_runs=4, steps=300, size=4, group_size=4, batch_size=16, hidden=16,
-                      learning_starts=100, log_every=100, progress=False, data_dir=str(tmp / "data"), cuda=False))
+        S.main(
+            S.Args(
+                style="nx1",
+                light=True,
+                num_runs=4,
+                steps=300,
+                size=4,
+                group_size=4,
+                batch_size=16,
+                hidden=16,
+                learning_starts=100,
+                log_every=100,
+                progress=False,
+                data_dir=str(tmp / "data"),
+                cuda=False,
+            )
+        )
     finally:
         os.chdir(cwd)
     return tmp / "data"
 
 
 def tiny_args(data_dir, **overrides):
-    flags = dict(data_dir=str(data_dir), context=40, iterations=30, batch_size=8, n_layer=1, n_head=2, n_embd=16, d_ff=32,
-                 warmup_iterations=5, log_every=10, val_every=10, save_every=10, eval_every=15, eval_envs=2, eval_steps=60,
-                 progress=False, cuda=False)
+    flags = dict(
+        data_dir=str(data_dir),
+        context=40,
+        iterations=30,
+        batch_size=8,
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        d_ff=32,
+        warmup_iterations=5,
+        log_every=10,
+        val_every=10,
+        save_every=10,
+        eval_every=15,
+        eval_envs=2,
+        eval_steps=60,
+        progress=False,
+        cuda=False,
+    )
     flags.update(overrides)
     return A.Args(**flags)
 
@@ -62,14 +102,14 @@ def test_causality(arrival):
     logits = model(**inputs)
     for t in (0, 5, 10):
         changed = {k: v.clone() for k, v in inputs.items()}
-        changed["observations"][:, t + 1:] += 1.0
-        changed["prev_actions"][:, t + 1:] = (changed["prev_actions"][:, t + 1:] + 1) % 5
-        changed["prev_rewards"][:, t + 1:] = 1 - changed["prev_rewards"][:, t + 1:]
-        changed["prev_dones"][:, t + 1:] = 1 - changed["prev_dones"][:, t + 1:]
-        changed["prev_arrivals"][:, t + 1:] += 1.0
+        changed["observations"][:, t + 1 :] += 1.0
+        changed["prev_actions"][:, t + 1 :] = (changed["prev_actions"][:, t + 1 :] + 1) % 5
+        changed["prev_rewards"][:, t + 1 :] = 1 - changed["prev_rewards"][:, t + 1 :]
+        changed["prev_dones"][:, t + 1 :] = 1 - changed["prev_dones"][:, t + 1 :]
+        changed["prev_arrivals"][:, t + 1 :] += 1.0
         other = model(**changed)
         torch.testing.assert_close(other[:, : t + 1], logits[:, : t + 1], rtol=0, atol=0)
-        assert not torch.allclose(other[:, t + 1:], logits[:, t + 1:])
+        assert not torch.allclose(other[:, t + 1 :], logits[:, t + 1 :])
     # the arrival cells are read by a model with the flag only
     only_arrivals = dict(inputs, prev_arrivals=inputs["prev_arrivals"] + 1.0)
     assert torch.equal(model(**only_arrivals), logits) != arrival
@@ -85,7 +125,7 @@ def test_kv_cache_matches_full_recompute(arrival):
     full = model(**inputs)
     caches = [{} for _ in model.blocks]
     for t in range(12):
-        step = {k: v[:, t:t + 1] for k, v in inputs.items()}
+        step = {k: v[:, t : t + 1] for k, v in inputs.items()}
         out = model(**step, positions=torch.tensor([t]), caches=caches)
         torch.testing.assert_close(out[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
 
@@ -93,7 +133,7 @@ def test_kv_cache_matches_full_recompute(arrival):
 def synthetic_dataset(folder, runs=3, steps=400):
     """Histories of a scripted agent whose action is a function of its observation: learnable."""
     for run in range(runs):
-        env = K.KeyDoorVectorEnv(1, size=5, light=True, tasks=K.task_split(5, "train")[run:run + 1])
+        env = K.KeyDoorVectorEnv(1, size=5, light=True, tasks=K.task_split(5, "train")[run : run + 1])
         obs, _ = env.reset(seed=run)
         hist = {k: [] for k in K.HISTORY_DTYPES}
         for _ in range(steps):
@@ -102,17 +142,34 @@ def synthetic_dataset(folder, runs=3, steps=400):
             obs, r, term, trunc, _ = env.step(action)
             hist["actions"].append(action[0]), hist["rewards"].append(r[0])
             hist["terminations"].append(term[0]), hist["truncations"].append(trunc[0])
-        K.save_history(os.path.join(folder, f"run_{run:05d}.npz"), {k: np.array(v) for k, v in hist.items()},
-                       {"size": 5, "light": True, "style": "nx1", "seed": 0, "run": run, "algorithm": "scripted"})
+        K.save_history(
+            os.path.join(folder, f"run_{run:05d}.npz"),
+            {k: np.array(v) for k, v in hist.items()},
+            {"size": 5, "light": True, "style": "nx1", "seed": 0, "run": run, "algorithm": "scripted"},
+        )
 
 
 def test_loss_drops_on_synthetic_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     synthetic_dataset(tmp_path / "data" / "nx1-light")
-    first = A.main(tiny_args(tmp_path / "data", iterations=10, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34,
-                             exp_name="a"))
-    last = A.main(tiny_args(tmp_path / "data", iterations=150, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34,
-                            exp_name="b", n_embd=32, dropout=0.0))
+    first = A.main(
+        tiny_args(
+            tmp_path / "data", iterations=10, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34, exp_name="a"
+        )
+    )
+    last = A.main(
+        tiny_args(
+            tmp_path / "data",
+            iterations=150,
+            lr=3e-3,
+            log_every=10,
+            eval_every=0,
+            val_fraction=0.34,
+            exp_name="b",
+            n_embd=32,
+            dropout=0.0,
+        )
+    )
     assert last["val_loss"] < 0.75 * first["val_loss"], (first, last)
     assert last["accuracy"] > 0.6
 
@@ -162,16 +219,24 @@ def test_arrival_cells_replay_the_env(sac_data):
     sampler = A.WindowSampler(runs, 40, meta["obs_scale"], torch.device("cpu"))
     inputs, _ = sampler.gather(torch.arange(40)[None])
     np.testing.assert_allclose(inputs["prev_arrivals"][0].numpy() * 3, runs[0]["prev_arrivals"][:40])
-    assert "prev_arrivals" not in A.WindowSampler(A.load_dataset(str(sac_data / "nx1-light"), False)[0], 40,
-                                                  meta["obs_scale"], torch.device("cpu")).gather(torch.arange(40)[None])[0]
+    assert (
+        "prev_arrivals"
+        not in A.WindowSampler(
+            A.load_dataset(str(sac_data / "nx1-light"), False)[0], 40, meta["obs_scale"], torch.device("cpu")
+        ).gather(torch.arange(40)[None])[0]
+    )
 
 
 def test_select_steps_and_previous_tokens():
     dones = np.zeros(200, dtype=bool)
     dones[[49, 99, 149, 199]] = True
-    history = {"observations": np.zeros((200, 4), np.float32), "actions": np.arange(200) % 5,
-               "rewards": (np.arange(200) % 7 == 0).astype(np.float32), "terminations": np.zeros(200, bool),
-               "truncations": dones}
+    history = {
+        "observations": np.zeros((200, 4), np.float32),
+        "actions": np.arange(200) % 5,
+        "rewards": (np.arange(200) % 7 == 0).astype(np.float32),
+        "terminations": np.zeros(200, bool),
+        "truncations": dones,
+    }
     run = A.select_steps(history, history_steps=150)
     assert len(run["actions"]) == 150 and len(A.select_steps(history, 0)["actions"]) == 200
     assert run["prev_actions"][0] == A.FIRST_PREV_ACTION and run["prev_dones"][0] == A.FIRST_PREV_DONE
@@ -181,7 +246,9 @@ def test_select_steps_and_previous_tokens():
     arrivals = np.stack([np.arange(1, 201) % 4, np.arange(1, 201) % 3], axis=1).astype(np.uint8)  # never (0, 0) first
     run = A.select_steps(dict(history, arrivals=arrivals), history_steps=150)
     assert tuple(run["prev_arrivals"][0]) == A.FIRST_PREV_ARRIVAL
-    assert tuple(run["prev_arrivals"][1]) == tuple(arrivals[0]) and tuple(run["prev_arrivals"][50]) == tuple(arrivals[49])
+    assert tuple(run["prev_arrivals"][1]) == tuple(arrivals[0]) and tuple(run["prev_arrivals"][50]) == tuple(
+        arrivals[49]
+    )
 
 
 def test_select_steps_auto_keeps_the_learning_phase():
@@ -192,8 +259,13 @@ def test_select_steps_auto_keeps_the_learning_phase():
         episode[: int(ret)] = 1.0
         rewards.append(episode), dones.append(np.eye(1, 50, 49, dtype=bool)[0])
     rewards, dones = np.concatenate(rewards), np.concatenate(dones)
-    history = {"observations": np.zeros((len(rewards), 4), np.float32), "actions": np.zeros(len(rewards), np.int64),
-               "rewards": rewards, "terminations": np.zeros(len(rewards), bool), "truncations": dones}
+    history = {
+        "observations": np.zeros((len(rewards), 4), np.float32),
+        "actions": np.zeros(len(rewards), np.int64),
+        "rewards": rewards,
+        "terminations": np.zeros(len(rewards), bool),
+        "truncations": dones,
+    }
     solved = K.first_solved_step(rewards, dones)
     assert solved == 29 * 50  # the 10-episode average first reaches 1.8 at the end of episode 29
     assert len(A.select_steps(history, -1)["actions"]) == 2 * solved
@@ -215,8 +287,16 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     events = EventAccumulator(run_dir)
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("losses/train_loss", "losses/val_loss", "charts/accuracy", "charts/learning_rate",
-                "charts/tokens_per_second", "charts/iterations_per_second", "charts/val_accuracy", "eval/return"):
+    for tag in (
+        "losses/train_loss",
+        "losses/val_loss",
+        "charts/accuracy",
+        "charts/learning_rate",
+        "charts/tokens_per_second",
+        "charts/iterations_per_second",
+        "charts/val_accuracy",
+        "eval/return",
+    ):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("eval/return")] == [15, 30]
     assert [e.step for e in events.Scalars("losses/val_loss")] == [10, 20, 30]
@@ -289,7 +369,9 @@ def test_outputs_checked_before_work_and_stale_parts_removed(sac_data, tmp_path,
     os.utime(stale, (0, 0))
     A.main(tiny_args(tmp_path / "d", iterations=2, eval_every=0))
     assert os.listdir(tmp_path / "d" / "checkpoints") == ["ad__nx1-light__dark__ctx40__1.pt"]
-    with pytest.raises(ValueError, match="21 evaluation envs: the validation split"):  # more eval envs than validation tasks
+    with pytest.raises(
+        ValueError, match="21 evaluation envs: the validation split"
+    ):  # more eval envs than validation tasks
         A.main(tiny_args(tmp_path / "d", eval_envs=21, iterations=4))
 
 
@@ -333,9 +415,16 @@ def test_checkpoint_round_trip(tmp_path):
     model = small_model()
     path = str(tmp_path / "m.pt")
     optimizer = model.optimizer(1e-3, 0.1, torch.device("cpu"))
-    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": 3, "args": {},
-                  "model_config": A.asdict(model.config), "data": {"dataset": "d", "size": 5, "obs_dim": 4},
-                  "run_name": "x", "rng": RNG}
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "iteration": 3,
+        "args": {},
+        "model_config": A.asdict(model.config),
+        "data": {"dataset": "d", "size": 5, "obs_dim": 4},
+        "run_name": "x",
+        "rng": RNG,
+    }
     K.atomic_write(path, lambda f: torch.save(checkpoint, f))
     rebuilt = A.model_from_checkpoint(A.load_checkpoint(path)).eval()
     inputs = random_inputs(2, 12)
@@ -382,17 +471,44 @@ def test_bad_input(sac_data, tmp_path):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "ad_train.py"), "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "ad_train.py"), "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "does not exist" in result.stderr
 
 
 def test_cli_smoke(sac_data, tmp_path):
     shutil.copytree(sac_data, tmp_path / "data")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "ad_train.py"), "--context", "20", "--iterations", "4",
-                             "--n-embd", "16", "--n-head", "2", "--d-ff", "16", "--n-layer", "1", "--eval-steps", "30",
-                             "--eval-every", "4", "--no-progress", "--no-cuda"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "ad_train.py"),
+            "--context",
+            "20",
+            "--iterations",
+            "4",
+            "--n-embd",
+            "16",
+            "--n-head",
+            "2",
+            "--d-ff",
+            "16",
+            "--n-layer",
+            "1",
+            "--eval-steps",
+            "30",
+            "--eval-every",
+            "4",
+            "--no-progress",
+            "--no-cuda",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert os.path.exists(tmp_path / "data" / "checkpoints" / "ad__nx1-light__dark__ctx20__1.pt")

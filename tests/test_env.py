@@ -143,11 +143,18 @@ def test_render_ansi():
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("task, match", [
-    ((5, 0, 1, 1), "outside"), ((-1, 0, 1, 1), "outside"), ((2, 2, 2, 2), "same cell"),
-    ((0, 0, 1, 1), "start cell"), ((1, 1, 0, 0), "start cell"), ((1, 2, 3), "4 integers"),
-    ((1.5, 2, 3, 3), "4 integers"),
-])
+@pytest.mark.parametrize(
+    "task, match",
+    [
+        ((5, 0, 1, 1), "outside"),
+        ((-1, 0, 1, 1), "outside"),
+        ((2, 2, 2, 2), "same cell"),
+        ((0, 0, 1, 1), "start cell"),
+        ((1, 1, 0, 0), "start cell"),
+        ((1, 2, 3), "4 integers"),
+        ((1.5, 2, 3, 3), "4 integers"),
+    ],
+)
 def test_bad_tasks(task, match):
     with pytest.raises(ValueError, match=match):
         K.KeyDoorEnv(size=5, task=task)
@@ -336,10 +343,16 @@ def test_history_round_trip(tmp_path):
 
 def test_history_value_checks(tmp_path):
     hist = random_history()
-    for key, value, match in (("actions", 5, "actions outside"), ("actions", -1, "actions outside"),
-                              ("rewards", 0.5, "rewards other"), ("observations", 1.5, "outside"),
-                              ("observations", np.nan, "NaN"), ("tasks", 4, "outside the 4x4 grid"),
-                              ("tasks", -1, "negative task"), ("tasks", "key on door", "key on its door")):
+    for key, value, match in (
+        ("actions", 5, "actions outside"),
+        ("actions", -1, "actions outside"),
+        ("rewards", 0.5, "rewards other"),
+        ("observations", 1.5, "outside"),
+        ("observations", np.nan, "NaN"),
+        ("tasks", 4, "outside the 4x4 grid"),
+        ("tasks", -1, "negative task"),
+        ("tasks", "key on door", "key on its door"),
+    ):
         bad = {k: v.copy() for k, v in hist.items()}
         if value == "key on door":
             bad[key][3, 2:] = bad[key][3, :2]
@@ -443,8 +456,9 @@ def test_obs_scale_decodes_observations_exactly():
     for _ in range(30):
         observations, *_ = env.step(np.random.default_rng(0).integers(0, 5, 4))
         codes = np.rint(observations * K.obs_scale(7, 8))
-        np.testing.assert_array_equal((torch.as_tensor(codes).float() / torch.as_tensor(K.obs_scale(7, 8))).numpy(),
-                                      observations)
+        np.testing.assert_array_equal(
+            (torch.as_tensor(codes).float() / torch.as_tensor(K.obs_scale(7, 8))).numpy(), observations
+        )
 
 
 def test_history_errors(tmp_path):

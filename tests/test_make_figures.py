@@ -27,8 +27,11 @@ def read_csv(path):
 def episodes_of(per_env):
     """Flat episode arrays from {env: [(end_step, return), ...]}, in the files' order (by end step)."""
     rows = sorted((end, env, ret) for env, eps in per_env.items() for end, ret in eps)
-    return (np.array([r[1] for r in rows], dtype=np.int64), np.array([r[2] for r in rows], dtype=np.float32),
-            np.array([r[0] for r in rows], dtype=np.int64))
+    return (
+        np.array([r[1] for r in rows], dtype=np.int64),
+        np.array([r[2] for r in rows], dtype=np.float32),
+        np.array([r[0] for r in rows], dtype=np.int64),
+    )
 
 
 def write_eval(path, per_env, random_per_env, steps, algorithm="ad", num_envs=2, size=5, **extra):
@@ -36,12 +39,29 @@ def write_eval(path, per_env, random_per_env, steps, algorithm="ad", num_envs=2,
     env, ret, end = episodes_of(per_env)
     r_env, r_ret, r_end = episodes_of(random_per_env)
     tasks = K.task_split(size, "validation")[:num_envs]
-    meta = {"algorithm": algorithm, "checkpoint": f"data/checkpoints/{os.path.basename(str(path))[:-4]}.pt",
-            "model_config": {"obs_dim": 4, "context": extra.get("context", 500)}, "split": "validation",
-            "num_envs": num_envs, "steps": steps, "seed": 1, "size": size, "obs": "dark", **extra}
-    np.savez_compressed(path, tasks=tasks, episode_env=env, episode_return=ret, episode_end_step=end,
-                        random_episode_env=r_env, random_episode_return=r_ret, random_episode_end_step=r_end,
-                        meta=np.array(json.dumps(meta)))
+    meta = {
+        "algorithm": algorithm,
+        "checkpoint": f"data/checkpoints/{os.path.basename(str(path))[:-4]}.pt",
+        "model_config": {"obs_dim": 4, "context": extra.get("context", 500)},
+        "split": "validation",
+        "num_envs": num_envs,
+        "steps": steps,
+        "seed": 1,
+        "size": size,
+        "obs": "dark",
+        **extra,
+    }
+    np.savez_compressed(
+        path,
+        tasks=tasks,
+        episode_env=env,
+        episode_return=ret,
+        episode_end_step=end,
+        random_episode_env=r_env,
+        random_episode_return=r_ret,
+        random_episode_end_step=r_end,
+        meta=np.array(json.dumps(meta)),
+    )
     return str(path)
 
 
@@ -52,7 +72,10 @@ def ad_meta(exp, context):
 # env 0: ten episodes in the first 500 steps (return 2), then one episode of return 0 ending at 1000;
 # env 1: one episode of return 0 ending at 500, then ten of return 1. Per env first, then across envs:
 # bin (0, 500]: (2 + 0) / 2 = 1.0 (pooled over episodes it would be 20/11); bin (500, 1000]: (0 + 1) / 2.
-LONG = {0: [(50 * k, 2.0) for k in range(1, 11)] + [(1000, 0.0)], 1: [(500, 0.0)] + [(500 + 50 * k, 1.0) for k in range(1, 11)]}
+LONG = {
+    0: [(50 * k, 2.0) for k in range(1, 11)] + [(1000, 0.0)],
+    1: [(500, 0.0)] + [(500 + 50 * k, 1.0) for k in range(1, 11)],
+}
 SHORT = {0: [(250, 1.0), (1000, 1.0)], 1: [(600, 2.0), (900, 0.0)]}  # no episode of env 1 in the first 500 steps
 RANDOM = {0: [(400, 0.0), (800, 1.0)], 1: [(300, 1.0), (700, 1.0)]}
 RL2 = {0: [(50 * k, 1.0) for k in range(1, 11)], 1: [(100, 2.0), (200, 0.0)]}  # env 1's trial: 2 episodes
@@ -63,12 +86,22 @@ RANDOM_TRIAL = {0: [(250, 1.0)], 1: [(400, 0.0)]}  # within RL²'s 500 steps
 def evals(tmp_path):
     folder = tmp_path / "eval"
     folder.mkdir()
-    return {"long": write_eval(folder / "ad__nx1-light__dark__ctx16__1.npz", LONG, RANDOM, 1000, **ad_meta("ad", 16)),
-            "short": write_eval(folder / "ad__nx1-light__dark__ctx4__1.npz", SHORT, RANDOM, 1000, **ad_meta("ad", 4)),
-            "light": write_eval(folder / "ad__nx1-light__light__ctx16__1.npz", SHORT, RANDOM, 1000,
-                                **{**ad_meta("ad", 16), "obs": "light"}),
-            "rl2": write_eval(folder / "rl2__5x5__1__envs2_trial_seed1.npz", RL2, RANDOM_TRIAL, 500, algorithm="rl2",
-                              episodes_per_trial=10, iteration=3)}
+    return {
+        "long": write_eval(folder / "ad__nx1-light__dark__ctx16__1.npz", LONG, RANDOM, 1000, **ad_meta("ad", 16)),
+        "short": write_eval(folder / "ad__nx1-light__dark__ctx4__1.npz", SHORT, RANDOM, 1000, **ad_meta("ad", 4)),
+        "light": write_eval(
+            folder / "ad__nx1-light__light__ctx16__1.npz", SHORT, RANDOM, 1000, **{**ad_meta("ad", 16), "obs": "light"}
+        ),
+        "rl2": write_eval(
+            folder / "rl2__5x5__1__envs2_trial_seed1.npz",
+            RL2,
+            RANDOM_TRIAL,
+            500,
+            algorithm="rl2",
+            episodes_per_trial=10,
+            iteration=3,
+        ),
+    }
 
 
 def write_sources(folder, runs):
@@ -81,29 +114,54 @@ def write_sources(folder, runs):
         truncations[99::100] = True
         for end in range(199, steps, 200):  # key then door in episodes 2, 4, ...
             rewards[end - 10], rewards[end] = 1, 1
-        history = {"observations": np.zeros((steps, 4), np.float32), "actions": np.zeros(steps, np.int64),
-                   "rewards": rewards, "terminations": np.zeros(steps, bool), "truncations": truncations,
-                   "tasks": np.tile(K.task_split(5, "train")[0], (steps, 1))}
+        history = {
+            "observations": np.zeros((steps, 4), np.float32),
+            "actions": np.zeros(steps, np.int64),
+            "rewards": rewards,
+            "terminations": np.zeros(steps, bool),
+            "truncations": truncations,
+            "tasks": np.tile(K.task_split(5, "train")[0], (steps, 1)),
+        }
         K.save_history(str(folder / f"run_{r:05d}.npz"), history, {"size": 5, "style": "nx1", "light": False})
 
 
 def test_figure_2_from_source_histories(tmp_path):
     write_sources(tmp_path / "nx1", 2)
     out = tmp_path / "fig" / "fig2_sac"
-    M.sac(M.Sac(nx1=str(tmp_path / "nx1"), onexn_light=str(tmp_path / "missing"), onexn_dark=str(tmp_path / "nx1"),
-                bin=200, out=str(out)))
+    M.sac(
+        M.Sac(
+            nx1=str(tmp_path / "nx1"),
+            onexn_light=str(tmp_path / "missing"),
+            onexn_dark=str(tmp_path / "nx1"),
+            bin=200,
+            out=str(out),
+        )
+    )
     rows = [(r["panel"], int(r["step"]), float(r["mean_return"]), int(r["runs"])) for r in read_csv(f"{out}.csv")]
     # bins of 200 steps hold episodes 0 and 2 in every run: 1.0; the bins of the shortest run only (run 1's 3rd is cut)
-    assert rows == [(panel, step, 1.0, 2) for panel in ("Nx1 (one fixed task per run)", "1xN Dark") for step in (200, 400)]
+    assert rows == [
+        (panel, step, 1.0, 2) for panel in ("Nx1 (one fixed task per run)", "1xN Dark") for step in (200, 400)
+    ]
     assert os.path.getsize(f"{out}.png") > 0
 
 
 def test_figures_3_to_6_against_hand_computed_values(tmp_path, evals):
     write_sources(tmp_path / "src", 2)
     out = tmp_path / "figures"
-    M.ad(M.Ad(fig3=[evals["long"], evals["short"]], fig4=[evals["long"], evals["short"]], fig5=[evals["short"]],
-              fig6_light=evals["light"], fig6_dark=evals["long"], fig6_rl2=evals["rl2"], source=str(tmp_path / "src"),
-              bin=500, final_steps=500, out_dir=str(out)))
+    M.ad(
+        M.Ad(
+            fig3=[evals["long"], evals["short"]],
+            fig4=[evals["long"], evals["short"]],
+            fig5=[evals["short"]],
+            fig6_light=evals["light"],
+            fig6_dark=evals["long"],
+            fig6_rl2=evals["rl2"],
+            source=str(tmp_path / "src"),
+            bin=500,
+            final_steps=500,
+            out_dir=str(out),
+        )
+    )
     for name in ("fig3_ad_dark", "fig4_context", "fig5_bc", "fig6_light_rl2"):
         assert (out / f"{name}.png").stat().st_size > 0
     fig3 = {(r["curve"], int(r["env_step"])): float(r["mean_return"]) for r in read_csv(out / "fig3_ad_dark.csv")}
@@ -111,9 +169,13 @@ def test_figures_3_to_6_against_hand_computed_values(tmp_path, evals):
     assert fig3[("ad on nx1-light, dark obs, ctx 16", 1000)] == 0.5
     assert fig3[("ad on nx1-light, dark obs, ctx 4", 500)] == 1.0  # env 1 has no episode in the bin: env 0 alone
     assert fig3[("ad on nx1-light, dark obs, ctx 4", 1000)] == 1.0  # (1 + (2 + 0) / 2) / 2
-    assert fig3[("random policy", 500)] == 0.5 and fig3[("random policy", 1000)] == 1.0  # the first file's random episodes
+    assert (
+        fig3[("random policy", 500)] == 0.5 and fig3[("random policy", 1000)] == 1.0
+    )  # the first file's random episodes
     # source runs on their own tasks, first 1,000 steps: episodes of 100 steps, 0 and 2 in turn (run 1 ends at 500)
-    assert fig3[("source SAC (2 runs, own tasks)", 500)] == pytest.approx((0 + 2 + 0 + 2) / 4 * 0.5 + (0 + 2 + 0 + 2 + 0) / 5 * 0.5)
+    assert fig3[("source SAC (2 runs, own tasks)", 500)] == pytest.approx(
+        (0 + 2 + 0 + 2) / 4 * 0.5 + (0 + 2 + 0 + 2 + 0) / 5 * 0.5
+    )
     assert ("source SAC (2 runs, own tasks)", 1000) not in fig3
     fig4 = read_csv(out / "fig4_context.csv")
     assert [int(r["context"]) for r in fig4] == [4, 16]  # sorted by context
@@ -154,13 +216,18 @@ def test_table_rows_and_the_random_row_from_the_file(evals, capsys):
 
 def test_solved_after_a_recent_success():
     # env 0: solved (steps 0-20), fails (20-70), solved (70-90), fails (90-300), solved (300-350); env 1: solved
-    episodes = {"env": np.array([0, 0, 0, 0, 0, 1]), "return": np.array([2.0, 1.0, 2.0, 0.0, 2.0, 2.0]),
-                "end_step": np.array([20, 70, 90, 300, 350, 30])}
+    episodes = {
+        "env": np.array([0, 0, 0, 0, 0, 1]),
+        "return": np.array([2.0, 1.0, 2.0, 0.0, 2.0, 2.0]),
+        "end_step": np.array([20, 70, 90, 300, 350, 30]),
+    }
     counts = M.solved_after({"episodes": episodes, "num_envs": 2}, window=60)
     # recent success: the 2nd, 3rd and 4th episodes of env 0 (a success ended at most 60 steps before they started);
     # the last episode of env 0 starts at 300, 210 steps after the success that ended at 90
     assert {key: (list(solved), list(total)) for key, (solved, total) in counts.items()} == {
-        "recent success": ([1, 0], [3, 0]), "no recent success": ([2, 1], [2, 1])}
+        "recent success": ([1, 0], [3, 0]),
+        "no recent success": ([2, 1], [2, 1]),
+    }
     assert M.per_env_rate(*counts["recent success"]) == (pytest.approx(1 / 3), 1)  # env 1 had no such episode
     assert M.per_env_rate(*counts["no recent success"]) == (1.0, 2)
     assert M.solved_after({"episodes": episodes, "num_envs": 2}, window=0)["recent success"][1].sum() == 0
@@ -178,14 +245,21 @@ def test_rl2_learning_curve_from_the_curve_csv(tmp_path):
     rows = read_csv(tmp_path / "fig" / "rl2_curve.csv")
     assert list(rows[0]) == ["iteration", "episode 1", "episodes 5-10 (mean)", "first 500 steps"]
     assert [r["iteration"] for r in rows] == ["25", "50"]
-    assert rows[1]["episodes 5-10 (mean)"] == "1.2346" and rows[1]["episode 1"] == "0.3" and rows[0]["episodes 5-10 (mean)"] == "nan"
+    assert (
+        rows[1]["episodes 5-10 (mean)"] == "1.2346"
+        and rows[1]["episode 1"] == "0.3"
+        and rows[0]["episodes 5-10 (mean)"] == "nan"
+    )
     assert (tmp_path / "fig" / "rl2_curve.png").stat().st_size > 0
 
 
 def test_the_committed_rl2_curves_regenerate(tmp_path):
     for stem, name in [("rl2__9x9__1", "rl2_curve"), ("rl2-arrival__9x9__1", "rl2_arrival_curve")]:
         M.rl2(M.Rl2(curve=os.path.join(ROOT, "docs", "9x9", f"{stem}__curve.csv"), out=str(tmp_path / name)))
-        with open(tmp_path / f"{name}.csv", "rb") as new, open(os.path.join(ROOT, "docs", "9x9", f"{name}.csv"), "rb") as old:
+        with (
+            open(tmp_path / f"{name}.csv", "rb") as new,
+            open(os.path.join(ROOT, "docs", "9x9", f"{name}.csv"), "rb") as old,
+        ):
             assert new.read() == old.read()
 
 
@@ -200,8 +274,14 @@ def test_bad_inputs_are_clear_errors_before_any_output(tmp_path, evals):
         with pytest.raises(ValueError, match=f"{name}: not a readable evaluation file"):
             M.table(M.Table(evals=[str(tmp_path / name)]))
     old = tmp_path / "old_layout.npz"  # before meta and the random episodes: "config"
-    np.savez(old, tasks=np.zeros((2, 4), np.int64), episode_env=np.zeros(1, np.int64), episode_return=np.zeros(1),
-             episode_end_step=np.ones(1, np.int64), config=np.array("{}"))
+    np.savez(
+        old,
+        tasks=np.zeros((2, 4), np.int64),
+        episode_env=np.zeros(1, np.int64),
+        episode_return=np.zeros(1),
+        episode_end_step=np.ones(1, np.int64),
+        config=np.array("{}"),
+    )
     with pytest.raises(ValueError, match="old_layout.npz: not an evaluation file in the current layout"):
         M.table(M.Table(evals=[str(old)]))
     bad = write_eval(tmp_path / "bad_env.npz", {0: [(10, 1.0)], 5: [(20, 1.0)]}, RANDOM, 1000, **ad_meta("ad", 4))
@@ -221,19 +301,31 @@ def test_bad_inputs_are_clear_errors_before_any_output(tmp_path, evals):
 
 
 def test_command_line_runs_as_a_module_and_errors_are_one_line(tmp_path, evals):
-    run = subprocess.run([sys.executable, "-m", "docs.make_figures", "table", "--evals", evals["long"]],
-                         cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "docs.make_figures", "table", "--evals", evals["long"]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1].startswith("random policy")
-    run = subprocess.run([sys.executable, "-m", "docs.make_figures", "table", "--evals", str(tmp_path / "nope.npz")],
-                         cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "docs.make_figures", "table", "--evals", str(tmp_path / "nope.npz")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no such evaluation file" in run.stderr
 
 
 def test_no_sys_path_change_and_no_import_of_other_scripts():
     tree = ast.parse(open(SOURCE).read())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not imported & {"rl2_train", "sac_collect"}  # the protocol's metrics come from ad_eval, the data from files
     assert "sys.path" not in open(SOURCE).read()
     code = "import sys, docs.make_figures; print(sorted(m for m in ('rl2_train', 'sac_collect') if m in sys.modules))"
@@ -243,12 +335,27 @@ def test_no_sys_path_change_and_no_import_of_other_scripts():
 
 def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path, capsys):
     # two training seeds at context 10, one at context 50; env 0 and env 1, 1000 steps, --final-steps 500
-    a1 = write_eval(tmp_path / "a1.npz", {0: [(500, 0.0), (1000, 2.0)], 1: [(500, 0.0), (1000, 0.0)]}, RANDOM, 1000,
-                    **ad_meta("ad", 10))
-    a2 = write_eval(tmp_path / "a2.npz", {0: [(500, 0.0), (1000, 1.0)], 1: [(500, 1.0), (1000, 1.0)]}, RANDOM, 1000,
-                    **ad_meta("ad", 10))
-    b1 = write_eval(tmp_path / "b1.npz", {0: [(500, 2.0), (1000, 2.0)], 1: [(500, 2.0), (1000, 2.0)]}, RANDOM, 1000,
-                    **ad_meta("ad", 50))
+    a1 = write_eval(
+        tmp_path / "a1.npz",
+        {0: [(500, 0.0), (1000, 2.0)], 1: [(500, 0.0), (1000, 0.0)]},
+        RANDOM,
+        1000,
+        **ad_meta("ad", 10),
+    )
+    a2 = write_eval(
+        tmp_path / "a2.npz",
+        {0: [(500, 0.0), (1000, 1.0)], 1: [(500, 1.0), (1000, 1.0)]},
+        RANDOM,
+        1000,
+        **ad_meta("ad", 10),
+    )
+    b1 = write_eval(
+        tmp_path / "b1.npz",
+        {0: [(500, 2.0), (1000, 2.0)], 1: [(500, 2.0), (1000, 2.0)]},
+        RANDOM,
+        1000,
+        **ad_meta("ad", 50),
+    )
     M.main(["seeds", "--evals", a1, a2, b1, "--final-steps", "500"])
     out = capsys.readouterr().out
     # context 10, last 500 steps: per seed (2 + 0) / 2 = 1.0 and (1 + 1) / 2 = 1.0; per task over seeds 1.5 and 0.5
@@ -263,7 +370,9 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
     assert "+0.75 ± " in ctx10  # the rise: per task (1.5 - 0) and (0.5 - 0.5) over seeds, mean 0.75
     # the first episode per env, averaged over seeds then tasks: env 0 (0 + 0) / 2, env 1 (0 + 1) / 2 -> 0.25
     assert ctx10.split()[8:10] == ["0.25", "±"] and "[0.00, 0.50]" in ctx10
-    other_tasks = write_eval(tmp_path / "c.npz", {0: [(500, 0.0)]}, RANDOM, 1000, num_envs=2, size=6, **ad_meta("ad", 10))
+    other_tasks = write_eval(
+        tmp_path / "c.npz", {0: [(500, 0.0)]}, RANDOM, 1000, num_envs=2, size=6, **ad_meta("ad", 10)
+    )
     with pytest.raises(SystemExit):
         M.main(["seeds", "--evals", a1, other_tasks])
     assert "different tasks" in capsys.readouterr().err
@@ -271,7 +380,9 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
 
 def test_figure_4_groups_training_seeds_and_refuses_different_tasks(tmp_path, evals):
     # a second training seed of the context-16 model: SHORT's episodes (last 500 steps: env 0 1, env 1 (2 + 0) / 2)
-    seed2 = write_eval(tmp_path / "eval" / "ad__nx1-light__dark__ctx16__2.npz", SHORT, RANDOM, 1000, **ad_meta("ad", 16))
+    seed2 = write_eval(
+        tmp_path / "eval" / "ad__nx1-light__dark__ctx16__2.npz", SHORT, RANDOM, 1000, **ad_meta("ad", 16)
+    )
     M.ad(M.Ad(fig4=[evals["long"], seed2, evals["short"]], bin=500, final_steps=500, out_dir=str(tmp_path / "f")))
     rows = read_csv(tmp_path / "f" / "fig4_context.csv")
     assert [(int(r["context"]), int(r["seeds"])) for r in rows] == [(4, 1), (16, 2)]
@@ -280,10 +391,13 @@ def test_figure_4_groups_training_seeds_and_refuses_different_tasks(tmp_path, ev
     assert float(rows[1]["final_ci95"]) == pytest.approx(round(M.mean_and_interval(np.array([0.5, 1.0]))[1], 4))
     assert (float(rows[1]["final_seed_min"]), float(rows[1]["final_seed_max"])) == (0.5, 1.0)
     # a model is all its settings but the seed: the same label with the arrival token is another model
-    arrival = write_eval(tmp_path / "eval" / "arrival.npz", SHORT, RANDOM, 1000, **{**ad_meta("ad", 16), "arrival": True})
+    arrival = write_eval(
+        tmp_path / "eval" / "arrival.npz", SHORT, RANDOM, 1000, **{**ad_meta("ad", 16), "arrival": True}
+    )
     M.ad(M.Ad(fig4=[evals["long"], seed2, arrival], bin=500, final_steps=500, out_dir=str(tmp_path / "h")))
     assert [int(r["seeds"]) for r in read_csv(tmp_path / "h" / "fig4_context.csv")] == [2, 1]
-    other = write_eval(tmp_path / "eval" / "ad__nx1-light__dark__ctx16__3.npz", SHORT, RANDOM, 1000, num_envs=3,
-                       **ad_meta("ad", 16))
+    other = write_eval(
+        tmp_path / "eval" / "ad__nx1-light__dark__ctx16__3.npz", SHORT, RANDOM, 1000, num_envs=3, **ad_meta("ad", 16)
+    )
     with pytest.raises(ValueError, match="different tasks"):
         M.ad(M.Ad(fig4=[evals["long"], other], bin=500, final_steps=500, out_dir=str(tmp_path / "g")))

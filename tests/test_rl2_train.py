@@ -14,14 +14,37 @@ import keydoor_env as K
 import rl2_train as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EVAL_KEYS = {"tasks", "episode_env", "episode_return", "episode_end_step", "random_episode_env",
-             "random_episode_return", "random_episode_end_step", "meta"}
+EVAL_KEYS = {
+    "tasks",
+    "episode_env",
+    "episode_return",
+    "episode_end_step",
+    "random_episode_env",
+    "random_episode_return",
+    "random_episode_end_step",
+    "meta",
+}
 
 
 def tiny(tmp_path, **overrides):
-    flags = dict(size=4, iterations=3, num_envs=6, num_minibatches=2, episodes_per_trial=3, save_every=2, eval_every=2,
-                 eval_split="validation", eval_envs=3, n_layer=1, n_embd=16, n_head=2, d_ff=16,
-                 data_dir=str(tmp_path / "data"), progress=False, cuda=False)
+    flags = dict(
+        size=4,
+        iterations=3,
+        num_envs=6,
+        num_minibatches=2,
+        episodes_per_trial=3,
+        save_every=2,
+        eval_every=2,
+        eval_split="validation",
+        eval_envs=3,
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        d_ff=16,
+        data_dir=str(tmp_path / "data"),
+        progress=False,
+        cuda=False,
+    )
     flags.update(overrides)
     return R.Args(**flags)
 
@@ -40,9 +63,13 @@ def test_policy_is_causal_and_cache_matches(arrival):
     torch.manual_seed(0)
     model = R.ActorCritic(config(arrival=arrival)).eval()
     g = torch.Generator().manual_seed(0)
-    inputs = {"observations": torch.rand(2, 20, 4, generator=g), "prev_actions": torch.randint(0, 5, (2, 20), generator=g),
-              "prev_rewards": torch.randint(0, 2, (2, 20), generator=g).float(),
-              "prev_dones": torch.randint(0, 2, (2, 20), generator=g).float(), "prev_arrivals": torch.rand(2, 20, 2, generator=g)}
+    inputs = {
+        "observations": torch.rand(2, 20, 4, generator=g),
+        "prev_actions": torch.randint(0, 5, (2, 20), generator=g),
+        "prev_rewards": torch.randint(0, 2, (2, 20), generator=g).float(),
+        "prev_dones": torch.randint(0, 2, (2, 20), generator=g).float(),
+        "prev_arrivals": torch.rand(2, 20, 2, generator=g),
+    }
     logits, values = model(**inputs)
     changed = {k: v.clone() for k, v in inputs.items()}
     changed["observations"][:, 8:] += 1
@@ -54,7 +81,7 @@ def test_policy_is_causal_and_cache_matches(arrival):
     assert torch.equal(model(**moved)[0], logits) != arrival
     caches = [{} for _ in model.blocks]
     for t in range(20):
-        step_logits, step_values = model(**{k: v[:, t:t + 1] for k, v in inputs.items()}, start=t, caches=caches)
+        step_logits, step_values = model(**{k: v[:, t : t + 1] for k, v in inputs.items()}, start=t, caches=caches)
         torch.testing.assert_close(step_logits[:, 0], logits[:, t], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(step_values[:, 0], values[:, t], rtol=1e-5, atol=1e-5)
 
@@ -76,7 +103,11 @@ def test_trials_keep_their_task_and_have_their_episodes():
         for t, action in enumerate(history["actions"]):
             np.testing.assert_array_equal(history["observations"][t], obs)
             obs, reward, term, trunc, _ = single.step(int(action))
-            assert (reward, term, trunc) == (history["rewards"][t], history["terminations"][t], history["truncations"][t])
+            assert (reward, term, trunc) == (
+                history["rewards"][t],
+                history["terminations"][t],
+                history["truncations"][t],
+            )
             if t + 1 < len(history["actions"]):  # the next token holds where this action led, the door cell included
                 np.testing.assert_array_equal(buf["prev_arrivals"][i, t + 1].numpy(), obs[:2])
             if term or trunc:
@@ -94,8 +125,11 @@ def test_trials_keep_their_task_and_have_their_episodes():
 
 
 def test_gae_stops_at_the_trial_end():
-    buf = {"rewards": torch.tensor([[0.0, 1.0, 0.0]]), "values": torch.tensor([[0.5, 0.5, 9.0]]),
-           "active": torch.tensor([[True, True, False]])}
+    buf = {
+        "rewards": torch.tensor([[0.0, 1.0, 0.0]]),
+        "values": torch.tensor([[0.5, 0.5, 9.0]]),
+        "active": torch.tensor([[True, True, False]]),
+    }
     advantages, returns = R.gae(buf, gamma=1.0, lam=1.0)
     assert returns[0, 1] == pytest.approx(1.0) and returns[0, 0] == pytest.approx(1.0)
     assert advantages[0, 2] == 0
@@ -117,7 +151,14 @@ def test_end_to_end_files_curve_and_reevaluation(tmp_path, monkeypatch, capsys):
     assert not stale.exists()
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
     assert checkpoint["iteration"] == 3 and checkpoint["model_config"] == {
-        "obs_dim": 4, "context": 150, "n_layer": 1, "n_head": 2, "n_embd": 16, "d_ff": 16, "arrival": False}
+        "obs_dim": 4,
+        "context": 150,
+        "n_layer": 1,
+        "n_head": 2,
+        "n_embd": 16,
+        "d_ff": 16,
+        "arrival": False,
+    }
     # the eval file: its name holds split and envs, the shared layout, the validation tasks
     assert result["eval"] == str(tmp_path / "data" / "eval" / "rl2__4x4__1__validation3_trial_seed1.npz")
     with np.load(result["eval"], allow_pickle=False) as f:
@@ -129,22 +170,46 @@ def test_end_to_end_files_curve_and_reevaluation(tmp_path, monkeypatch, capsys):
             assert np.bincount(f[f"{prefix}episode_env"], minlength=3).tolist() == [3, 3, 3]
             assert 1 <= f[f"{prefix}episode_end_step"].min() and f[f"{prefix}episode_end_step"].max() <= 150
         for i in range(3):  # the i-th episode of each env, averaged over envs, is the by-episode return
-            np.testing.assert_allclose(f["episode_return"].reshape(-1, 3)[:, i].mean(), result["by_episode"][i], atol=1e-6)
-    assert meta == {"algorithm": "rl2", "checkpoint": result["checkpoint"], "model_config": checkpoint["model_config"],
-                    "split": "validation", "num_envs": 3, "steps": 150, "seed": 1, "size": 4, "obs": "dark",
-                    "episodes_per_trial": 3, "iteration": 3}
+            np.testing.assert_allclose(
+                f["episode_return"].reshape(-1, 3)[:, i].mean(), result["by_episode"][i], atol=1e-6
+            )
+    assert meta == {
+        "algorithm": "rl2",
+        "checkpoint": result["checkpoint"],
+        "model_config": checkpoint["model_config"],
+        "split": "validation",
+        "num_envs": 3,
+        "steps": 150,
+        "seed": 1,
+        "size": 4,
+        "obs": "dark",
+        "episodes_per_trial": 3,
+        "iteration": 3,
+    }
     assert not {tuple(t) for t in K.task_split(4, "train")} & {tuple(t) for t in K.eval_tasks(4, "validation", 3, 1)}
     # the learning curve: one row per evaluation (iterations 2 and 3), the last one the printed result
     assert result["curve"] == str(tmp_path / "data" / "eval" / "rl2__4x4__1__curve.csv")
     columns, rows = read_curve(result["curve"])
-    assert columns == ["iteration", "episodes", "first_500", "episodes_5_to_10", "episode_1", "episode_2", "episode_3",
-                       "minutes"]
+    assert columns == [
+        "iteration",
+        "episodes",
+        "first_500",
+        "episodes_5_to_10",
+        "episode_1",
+        "episode_2",
+        "episode_3",
+        "minutes",
+    ]
     assert [row[:2] for row in rows] == [[2, 2 * 6 * 3], [3, 3 * 6 * 3]] and 0 <= rows[0][-1] <= rows[1][-1]
-    assert rows[-1][2] == result["first_500"] and np.isnan(rows[-1][3]) and rows[-1][4:7] == result["by_episode"].tolist()
+    assert (
+        rows[-1][2] == result["first_500"] and np.isnan(rows[-1][3]) and rows[-1][4:7] == result["by_episode"].tolist()
+    )
     # the dataset chunks
     folder = tmp_path / "data" / "rl2"
     names = sorted(os.listdir(folder))
-    assert names[:2] == ["rl2__4x4__1__run_00000_it000001.npz", "rl2__4x4__1__run_00000_it000003.npz"] and len(names) == 12
+    assert (
+        names[:2] == ["rl2__4x4__1__run_00000_it000001.npz", "rl2__4x4__1__run_00000_it000003.npz"] and len(names) == 12
+    )
     history, history_config = K.load_history(str(folder / names[0]))
     assert history_config["algorithm"] == "rl2-ppo" and history_config["iterations"] == [1, 2]
     assert (history["terminations"] | history["truncations"]).sum() == 6  # 2 iterations x 3 episodes
@@ -163,7 +228,9 @@ def test_end_to_end_files_curve_and_reevaluation(tmp_path, monkeypatch, capsys):
         assert (meta["split"], meta["num_envs"], meta["iteration"]) == ("test", 5, 3)
         np.testing.assert_array_equal(f["tasks"], K.eval_tasks(4, "test", 5, seed=1))
     # training on, but measured on other tasks than its curve so far: refused before any work
-    with pytest.raises(ValueError, match="resume its training with --eval-split validation --eval-envs 3 --eval-seed 0"):
+    with pytest.raises(
+        ValueError, match="resume its training with --eval-split validation --eval-envs 3 --eval-seed 0"
+    ):
         R.main(tiny(tmp_path, iterations=4, eval_split="test", eval_envs=5))
     # --eval-seed picks ad_eval.py's tasks for that seed, whatever the training seed (paired comparisons)
     other = R.main(tiny(tmp_path, eval_split="test", eval_envs=5, eval_seed=7))
@@ -189,8 +256,22 @@ def test_ad_train_reads_the_rl2_dataset(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     R.main(tiny(tmp_path, iterations=2))
-    out = A.main(A.Args(dataset="rl2", data_dir=str(tmp_path / "data"), context=20, iterations=3, batch_size=4, n_layer=1,
-                        n_head=2, n_embd=16, d_ff=16, eval_every=0, progress=False, cuda=False))
+    out = A.main(
+        A.Args(
+            dataset="rl2",
+            data_dir=str(tmp_path / "data"),
+            context=20,
+            iterations=3,
+            batch_size=4,
+            n_layer=1,
+            n_head=2,
+            n_embd=16,
+            d_ff=16,
+            eval_every=0,
+            progress=False,
+            cuda=False,
+        )
+    )
     assert os.path.exists(out["checkpoint"])
 
 
@@ -211,14 +292,17 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, monkeypatch, kill_after)
         atomic_write(path, write)
         writes.append(os.path.basename(path))
         if writes.count("rl2__4x4__1.pt" if kill_after == "checkpoint" else "rl2__4x4__1__curve.csv") == (
-                1 if kill_after == "checkpoint" else 3):
+            1 if kill_after == "checkpoint" else 3
+        ):
             raise Killed
 
     monkeypatch.setattr(K, "atomic_write", write_then_die)
     with pytest.raises(Killed):
         R.main(tiny(tmp_path / "split", **flags))
     monkeypatch.setattr(K, "atomic_write", atomic_write)
-    assert torch.load(tmp_path / "split" / "data" / "checkpoints" / "rl2__4x4__1.pt", weights_only=True)["iteration"] == 2
+    assert (
+        torch.load(tmp_path / "split" / "data" / "checkpoints" / "rl2__4x4__1.pt", weights_only=True)["iteration"] == 2
+    )
     if kill_after == "curve":
         assert len(read_curve(tmp_path / "split" / "data" / "eval" / "rl2__4x4__1__curve.csv")[1]) == 3
     resumed = R.main(tiny(tmp_path / "split", **flags))
@@ -262,8 +346,18 @@ def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         R.main(tiny(tmp_path))
     model_config = {"obs_dim": 4, "context": 150, "n_layer": 1, "n_head": 2, "n_embd": 16, "d_ff": 16}  # no "arrival"
-    torch.save({"model": {}, "optimizer": {}, "iteration": 1, "args": {}, "model_config": model_config, "run_name": "x",
-                "seconds": 1.0}, path)
+    torch.save(
+        {
+            "model": {},
+            "optimizer": {},
+            "iteration": 1,
+            "args": {},
+            "model_config": model_config,
+            "run_name": "x",
+            "seconds": 1.0,
+        },
+        path,
+    )
     with pytest.raises(ValueError, match="not a checkpoint of this version"):
         R.main(tiny(tmp_path))
     path.unlink()
@@ -275,12 +369,18 @@ def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
     assert torch.load(path, weights_only=True)["iteration"] == 1 and len(os.listdir(data / "rl2")) == 6
 
 
-@pytest.mark.parametrize("flags, message", [(["--iterations", "0"], "--iterations"),
-                                            (["--size", "5", "--eval-envs", "60"], "holds 20 tasks"),
-                                            ([], "not a readable checkpoint")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--iterations", "0"], "--iterations"),
+        (["--size", "5", "--eval-envs", "60"], "holds 20 tasks"),
+        ([], "not a readable checkpoint"),
+    ],
+)
 def test_cli_error_is_one_line(tmp_path, flags, message):
     (tmp_path / "data" / "checkpoints").mkdir(parents=True)
     (tmp_path / "data" / "checkpoints" / "rl2__9x9__1.pt").write_bytes(b"garbage")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "rl2_train.py"), *flags],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "rl2_train.py"), *flags], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and message in result.stderr

@@ -19,8 +19,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny(tmp_path, **overrides):
     """Flags small enough for a test that still reach many gradient updates."""
-    flags = dict(style="nx1", light=True, num_runs=3, steps=300, size=4, group_size=2, batch_size=16, hidden=16,
-                 learning_starts=100, log_every=100, progress=False, data_dir=str(tmp_path / "data"), cuda=False)
+    flags = dict(
+        style="nx1",
+        light=True,
+        num_runs=3,
+        steps=300,
+        size=4,
+        group_size=2,
+        batch_size=16,
+        hidden=16,
+        learning_starts=100,
+        log_every=100,
+        progress=False,
+        data_dir=str(tmp_path / "data"),
+        cuda=False,
+    )
     flags.update(overrides)
     return S.Args(**flags)
 
@@ -73,13 +86,22 @@ def test_nx1_files_follow_the_contract(nx1_run):
 
 def test_nx1_tensorboard_curves(nx1_run):
     tmp_path, _ = nx1_run
-    group_dirs = [os.path.join(root) for root, _, files in os.walk(tmp_path / "runs") if any("tfevents" in f for f in files)]
+    group_dirs = [
+        os.path.join(root) for root, _, files in os.walk(tmp_path / "runs") if any("tfevents" in f for f in files)
+    ]
     assert len(group_dirs) == 2  # two groups of at most 2 runs
     events = EventAccumulator(group_dirs[0])
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("charts/episodic_return_mean", "charts/episodic_return_p50", "charts/SPS", "losses/qf_loss",
-                "losses/actor_loss", "losses/alpha", "charts/solved_fraction"):
+    for tag in (
+        "charts/episodic_return_mean",
+        "charts/episodic_return_p50",
+        "charts/SPS",
+        "losses/qf_loss",
+        "losses/actor_loss",
+        "losses/alpha",
+        "charts/solved_fraction",
+    ):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("losses/qf_loss")][-1] == 300
 
@@ -115,9 +137,13 @@ def test_codec_round_trip():
 
 def batch(A, B, D, seed):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand((A, B, D), generator=g), torch.randint(0, 5, (A, B), generator=g),
-            torch.randint(0, 2, (A, B), generator=g).float(), torch.rand((A, B, D), generator=g),
-            torch.randint(0, 2, (A, B), generator=g).float())
+    return (
+        torch.rand((A, B, D), generator=g),
+        torch.randint(0, 5, (A, B), generator=g),
+        torch.randint(0, 2, (A, B), generator=g).float(),
+        torch.rand((A, B, D), generator=g),
+        torch.randint(0, 2, (A, B), generator=g).float(),
+    )
 
 
 def population_state(pop):
@@ -150,7 +176,7 @@ def test_agents_are_independent():
     base, perturbed = population_state(train(False)), population_state(train(True))
     for b, p in zip(base, perturbed):
         if b.shape[0] == 2 * A:  # critics: agents 1.. of both twins
-            b, p = torch.cat([b[1:A], b[A + 1:]]), torch.cat([p[1:A], p[A + 1:]])
+            b, p = torch.cat([b[1:A], b[A + 1 :]]), torch.cat([p[1:A], p[A + 1 :]])
             assert torch.equal(b, p)
         else:
             assert torch.equal(b[1:], p[1:])
@@ -203,8 +229,9 @@ def test_shards_are_disjoint_cover_and_match_one_process(tmp_path, monkeypatch):
         S.main(tiny(tmp_path, num_runs=5, steps=120, num_shards=2, shard_index=shard, group_size=2))
         written = sorted(os.listdir(tmp_path / "data" / "nx1-light"))
         # groups {0, 1}, {2, 3}, {4}: shard 0 takes the first and third, shard 1 the second
-        assert written == ([f"run_{r:05d}.npz" for r in (0, 1, 4)] if shard == 0 else
-                           [f"run_{r:05d}.npz" for r in range(5)])
+        assert written == (
+            [f"run_{r:05d}.npz" for r in (0, 1, 4)] if shard == 0 else [f"run_{r:05d}.npz" for r in range(5)]
+        )
     S.main(tiny(tmp_path, num_runs=5, steps=120, group_size=2, data_dir=str(tmp_path / "single")))
     for run in range(5):
         sharded = K.load_history(str(tmp_path / "data" / "nx1-light" / f"run_{run:05d}.npz"))[0]
@@ -231,11 +258,20 @@ def test_folder_of_another_configuration_is_refused(tmp_path, monkeypatch):
     assert sorted(os.listdir(folder)) == sorted(before)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(steps=0), "--steps"), (dict(num_runs=0), "--num-runs"), (dict(num_shards=2, shard_index=2), "--shard-index"),
-    (dict(shard_index=-1), "--shard-index"), (dict(size=2), "--size"), (dict(log_every=0), "--log-every"),
-    (dict(alpha=0.0), "--alpha"), (dict(tau=0.0), "--tau"), (dict(exploration_bonus=-1.0), "--exploration-bonus"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(steps=0), "--steps"),
+        (dict(num_runs=0), "--num-runs"),
+        (dict(num_shards=2, shard_index=2), "--shard-index"),
+        (dict(shard_index=-1), "--shard-index"),
+        (dict(size=2), "--size"),
+        (dict(log_every=0), "--log-every"),
+        (dict(alpha=0.0), "--alpha"),
+        (dict(tau=0.0), "--tau"),
+        (dict(exploration_bonus=-1.0), "--exploration-bonus"),
+    ],
+)
 def test_bad_flags(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         S.main(tiny(tmp_path, **overrides))
@@ -243,17 +279,41 @@ def test_bad_flags(tmp_path, overrides, match):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "sac_collect.py"), "--steps", "0",
-                             "--data-dir", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "sac_collect.py"), "--steps", "0", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--steps must be >= 1" in result.stderr
 
 
 def test_cli_smoke(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "sac_collect.py"), "--style", "1xn", "--light",
-                             "--steps", "150", "--size", "4", "--learning-starts", "50", "--batch-size", "8",
-                             "--no-progress", "--no-cuda", "--data-dir", str(tmp_path / "data")],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "sac_collect.py"),
+            "--style",
+            "1xn",
+            "--light",
+            "--steps",
+            "150",
+            "--size",
+            "4",
+            "--learning-starts",
+            "50",
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--no-cuda",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     history, config = K.load_history(str(tmp_path / "data" / "1xn-light" / "run_00000.npz"))
     assert config["style"] == "1xn" and history["observations"].shape == (150, 8)
@@ -298,8 +358,21 @@ def test_corrupt_file_is_one_line_on_the_command_line(tmp_path):
     folder = tmp_path / "data" / "nx1-light"
     folder.mkdir(parents=True)
     (folder / "run_00000.npz").write_bytes(b"PK\x03\x04 not a zip")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "sac_collect.py"), "--light", "--steps", "100",
-                             "--data-dir", str(tmp_path / "data"), "--no-cuda"], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "sac_collect.py"),
+            "--light",
+            "--steps",
+            "100",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--no-cuda",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "run_00000.npz" in result.stderr and not (tmp_path / "runs").exists()
 
