@@ -40,6 +40,8 @@ class Args:
     """window length in timesteps (the model's context)"""
     history_steps: int = -1
     """windows from the first N steps of each history; -1: twice the step where it first averages 1.8; 0: all"""
+    episode_stride: int = 1
+    """keep every k-th episode of each history (after --history-steps), so a window spans k times more learning"""
     arrival_token: bool = False
     """add to each token the cell the previous action led to (the door's cell at an episode's end)"""
     n_layer: int = 4
@@ -95,7 +97,14 @@ class Args:
 FIRST_PREV_ACTION, FIRST_PREV_DONE, FIRST_PREV_ARRIVAL = 0, 1, (0, 0)
 
 
-def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, min_steps: int = 1, arrival: bool = False):
+def load_dataset(
+    folder: str,
+    light_obs: bool,
+    history_steps: int = 0,
+    min_steps: int = 1,
+    arrival: bool = False,
+    episode_stride: int = 1,
+):
     """Every `.npz` history of `folder` -> `(runs, meta)`: per run `select_steps`'s arrays with the observations
     as `obs_codes` uint8 (T, D) (and `prev_arrivals` with `arrival`); meta holds size, obs_dim, obs_scale."""
     runs, first, obs_dim = [], None, K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
@@ -112,7 +121,8 @@ def load_dataset(folder: str, light_obs: bool, history_steps: int = 0, min_steps
             raise ValueError(f"--light-obs needs Light data, but {path} holds Dark observations")
         if arrival:
             history["arrivals"] = arrival_cells(history, size, path)
-        run, scale = select_steps(history, history_steps, min_steps), K.obs_scale(size, obs_dim)
+        run = select_steps(history, history_steps, min_steps, episode_stride)
+        scale = K.obs_scale(size, obs_dim)
         observations = run.pop("observations")[:, :obs_dim]  # Light read Dark: drop the 4 task features
         run["obs_codes"] = np.rint(observations * scale).astype(np.uint8)
         if not np.array_equal(run["obs_codes"].astype(np.float32) / scale, observations):  # as `gather` decodes
@@ -138,24 +148,30 @@ def arrival_cells(history: dict, size: int, name: str) -> np.ndarray:
     return moved.astype(np.uint8)
 
 
-def select_steps(history: dict, history_steps: int, min_steps: int = 1) -> dict:
-    """The first `history_steps` steps (-1: twice the step where the run first solved its task, at least `min_steps`;
-    0: all), with each step's previous action, reward, done and, given "arrivals" (T, 2), arrival cell."""
+def select_steps(history: dict, history_steps: int, min_steps: int = 1, episode_stride: int = 1) -> dict:
+    """The first `history_steps` steps (-1: twice the step where the run first solved its task, and enough for
+    `min_steps` kept steps; 0: all), then every `episode_stride`-th episode of them (episodes 0, k, 2k, ...), with
+    each kept step's previous action, reward, done and, given "arrivals" (T, 2), arrival cell.
+
+    The previous-step fields are those of the kept sequence: the first step of a kept episode sees the last action,
+    reward and done of the kept episode before it, as the model sees episode boundaries in context."""
     dones = history["terminations"] | history["truncations"]
     if history_steps < 0:  # concentrate windows on the learning phase of this run
         solved = K.first_solved_step(history["rewards"], dones)
-        history_steps = len(dones) if solved is None else max(2 * solved, min_steps)
-    keep = slice(None, history_steps or None)
-    actions = history["actions"][keep].astype(np.uint8)
+        history_steps = len(dones) if solved is None else max(2 * solved, min_steps * episode_stride)
+    steps = np.arange(len(dones))
+    episode = np.concatenate([[0], np.cumsum(dones)[:-1]])  # the episode each step belongs to
+    kept = steps[(steps < (history_steps or len(dones))) & (episode % episode_stride == 0)]  # (T_kept,)
+    actions = history["actions"][kept].astype(np.uint8)
     run = {
-        "observations": history["observations"][keep],
+        "observations": history["observations"][kept],
         "actions": actions,
         "prev_actions": np.concatenate([[FIRST_PREV_ACTION], actions[:-1]]).astype(np.uint8),
-        "prev_rewards": np.concatenate([[0], history["rewards"][keep][:-1]]).astype(np.uint8),
-        "prev_dones": np.concatenate([[FIRST_PREV_DONE], dones[keep][:-1]]).astype(bool),
+        "prev_rewards": np.concatenate([[0], history["rewards"][kept][:-1]]).astype(np.uint8),
+        "prev_dones": np.concatenate([[FIRST_PREV_DONE], dones[kept][:-1]]).astype(bool),
     }
     if "arrivals" in history:
-        run["prev_arrivals"] = np.concatenate([[FIRST_PREV_ARRIVAL], history["arrivals"][keep][:-1]]).astype(np.uint8)
+        run["prev_arrivals"] = np.concatenate([[FIRST_PREV_ARRIVAL], history["arrivals"][kept][:-1]]).astype(np.uint8)
     return run
 
 
@@ -437,6 +453,7 @@ def validate(args: Args) -> None:
     checks += [
         (args.n_embd % max(1, args.n_head) == 0, f"--n-embd {args.n_embd} must be a multiple of --n-head"),
         (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
+        (args.episode_stride >= 1, f"--episode-stride must be >= 1, got {args.episode_stride}"),
         (args.eval_every >= 0 and 0 <= args.dropout < 1, "--eval-every must be >= 0 and --dropout in [0, 1)"),
         (min(args.lr, args.max_grad_norm) > 0, "--lr and --max-grad-norm must be > 0"),
         (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}"),
@@ -459,7 +476,9 @@ def main(args: Args) -> dict:
     K.check_writable("runs")  # TensorBoard
     K.remove_stale_parts(os.path.dirname(path))
     folder = os.path.join(args.data_dir, args.dataset)
-    runs, meta = load_dataset(folder, args.light_obs, args.history_steps, args.context, args.arrival_token)
+    runs, meta = load_dataset(
+        folder, args.light_obs, args.history_steps, args.context, args.arrival_token, args.episode_stride
+    )
     eval_tasks = K.eval_tasks(meta["size"], "validation", args.eval_envs, args.seed) if args.eval_every else None
     train_runs, val_runs = split_runs(runs, args.val_fraction, args.seed)
     train_data = WindowSampler(train_runs, args.context, meta["obs_scale"], device)
@@ -479,6 +498,7 @@ def main(args: Args) -> dict:
         "light_obs": args.light_obs,
         "obs_dim": meta["obs_dim"],
         "history_steps": args.history_steps,
+        "episode_stride": args.episode_stride,
         "val_fraction": args.val_fraction,
     }
     run_name = f"KeyDoor-{obs.title()}-{meta['size']}x{meta['size']}__{args.exp_name}__{args.seed}__{int(time.time())}"

@@ -251,6 +251,38 @@ def test_select_steps_and_previous_tokens():
     )
 
 
+def test_episode_stride_keeps_whole_episodes_and_their_boundaries():
+    lengths = [5, 7, 3, 6, 4, 8, 2]  # seven episodes of different lengths
+    dones = np.concatenate([np.eye(1, n, n - 1, dtype=bool)[0] for n in lengths])
+    T = len(dones)
+    history = {
+        "observations": np.zeros((T, 4), np.float32),
+        "actions": np.arange(T) % 5,
+        "rewards": (np.arange(T) % 3 == 0).astype(np.float32),
+        "terminations": np.zeros(T, bool),
+        "truncations": dones,
+        "arrivals": np.stack([np.arange(T) % 4, np.arange(T) % 3], axis=1).astype(np.uint8),
+    }
+    np.testing.assert_equal(A.select_steps(history, 0, episode_stride=1), A.select_steps(history, 0))
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    for stride in (2, 3, 7):
+        run = A.select_steps(history, 0, episode_stride=stride)
+        kept = np.concatenate([np.arange(starts[e], ends[e]) for e in range(0, len(lengths), stride)])
+        np.testing.assert_array_equal(run["actions"], history["actions"][kept])  # whole episodes 0, k, 2k, ...
+        assert run["prev_dones"].sum() == len(range(0, len(lengths), stride))  # a boundary before each episode
+        first_steps = np.flatnonzero(run["prev_dones"])
+        # the first step of a kept episode sees the last step of the kept episode before it
+        for i in first_steps[1:]:
+            assert run["prev_actions"][i] == history["actions"][kept[i - 1]]
+            assert run["prev_rewards"][i] == history["rewards"][kept[i - 1]]
+            assert tuple(run["prev_arrivals"][i]) == tuple(history["arrivals"][kept[i - 1]])
+            assert history["truncations"][kept[i - 1]]
+    # the learning-phase cut comes first (in the history's steps), then the stride
+    run = A.select_steps(history, ends[3], episode_stride=2)
+    np.testing.assert_array_equal(run["actions"], history["actions"][np.r_[0:5, starts[2] : ends[2]]])
+
+
 def test_select_steps_auto_keeps_the_learning_phase():
     returns_per_episode = [0.0] * 20 + [2.0] * 60  # the run solves its task from episode 21 on
     rewards, dones = [], []
@@ -271,6 +303,8 @@ def test_select_steps_auto_keeps_the_learning_phase():
     assert len(A.select_steps(history, -1)["actions"]) == 2 * solved
     assert len(A.select_steps(history, -1, min_steps=3500)["actions"]) == 3500
     assert len(A.select_steps(history, -1, min_steps=9000)["actions"]) == 4000  # capped by the history
+    # with a stride, enough of the history for `min_steps` kept steps
+    assert len(A.select_steps(history, -1, min_steps=1000, episode_stride=4)["actions"]) == 1000
     never = dict(history, rewards=np.zeros_like(rewards))
     assert len(A.select_steps(never, -1)["actions"]) == len(rewards)
 
