@@ -45,12 +45,16 @@ HELD_OUT_FRACTION = 0.1  # share of all valid tasks held out for evaluation (val
 VALIDATION_TASKS = 20  # held-out tasks in the fixed validation split (at most half the held-out ones on tiny grids)
 # a learner has solved its task once `SOLVED_WINDOW` consecutive episodes average `SOLVED_RETURN`
 SOLVED_RETURN, SOLVED_WINDOW = 1.8, 10
+# the largest grid: the task split enumerates all size**4 (key, door) pairs (1M at 32; 100M at 100 fills memory)
+MAX_SIZE = 32
 
 
 # ---------------------------------------------------------------- tasks and their splits
 def validate_size(size: int) -> int:
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 3:
         raise ValueError(f"grid size must be an integer >= 3, got {size!r}")
+    if size > MAX_SIZE:
+        raise ValueError(f"grid size {size} is larger than {MAX_SIZE}: the task split enumerates all size**4 tasks")
     return int(size)
 
 
