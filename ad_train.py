@@ -3,11 +3,19 @@
     python ad_train.py --context 200                      # AD on Nx1 histories read Dark (data/nx1-light)
     python ad_train.py --context 200 --light-obs          # AD on Light data
     python ad_train.py --dataset 1xn-dark --context 2 --history-steps 0   # BC on whole 1xN histories
+    torchrun --standalone --nproc_per_node 4 ad_train.py --context 200    # one model on 4 GPUs (DDP), same code
 
 A token per timestep embeds (o_t, a_{t-1}, r_{t-1}, d_{t-1}); the model predicts a_t at every position of a window
 of `--context` steps of one history, across episodes. The checkpoint holds all `ad_eval.py` needs; rerunning the
-command resumes it, bit for bit. `rollout()`, beside the model as nanoGPT keeps `generate()`, runs a model in context
-on new tasks. `--arrival-token` adds p_{t-1}, the cell the previous action led to (the door's is in no o_t).
+command resumes it, bit for bit. Ctrl-C (SIGINT) and SIGTERM save a checkpoint after the iteration in flight, then
+exit (130, 143). `rollout()`, beside the model as nanoGPT keeps `generate()`, runs a model in context on new tasks.
+`--arrival-token` adds p_{t-1}, the cell the previous action led to: the door ends the episode, so its cell is in no
+o_t and must otherwise be inferred from the last position and action (see `arrival_cells`).
+
+Under torchrun (PyTorch's launcher; on several nodes `torchrun --nnodes N --nproc_per_node G --rdzv-backend c10d
+--rdzv-endpoint HOST:PORT ad_train.py ...`, under SLURM one `srun torchrun ...` per node) every process draws the same
+global batch of `--batch-size` windows and trains on its own share; DDP averages the gradients, so each update is the
+one-process update of that batch. Rank 0 alone prints, logs, evaluates and writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,13 +23,18 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -55,7 +68,7 @@ class Args:
     dropout: float = 0.1
     """dropout in embeddings, attention output and feed-forward"""
     batch_size: int = 64
-    """windows per iteration"""
+    """windows per iteration (over all processes under torchrun)"""
     iterations: int = 10_000
     """training iterations, one gradient update each"""
     lr: float = 3e-4
@@ -79,22 +92,27 @@ class Args:
     log_every: int = 50
     """iterations between TensorBoard points of the training loss"""
     save_every: int = 500
-    """iterations between checkpoints"""
+    """iterations between checkpoints (Ctrl-C and SIGTERM save one too)"""
     seed: int = 1
     """seed of python, numpy and torch"""
     exp_name: str = "ad"
     """experiment name, in the run and checkpoint names"""
     cuda: bool = True
-    """use CUDA when available"""
+    """use CUDA when available (under torchrun: the GPU of LOCAL_RANK)"""
     compile: bool = False
-    """torch.compile the model (on CUDA with CUDA graphs: mode reduce-overhead)"""
+    """torch.compile the model (on one GPU with CUDA graphs: mode reduce-overhead)"""
     progress: bool = True
     """show a progress bar"""
 
 
 # --- Data: every history in memory once, in compact dtypes, on the training device
-# A history's first token is built like any episode's first (previous action "stay", reward 0, done 1, arrival (0, 0)).
-FIRST_PREV_ACTION, FIRST_PREV_DONE, FIRST_PREV_ARRIVAL = 0, 1, (0, 0)
+# A history's first token has no previous step. It is built like the first token of any later episode: previous
+# action "stay", reward 0, done 1 (and arrival (0, 0), the start cell the agent stands on). So the model sees no
+# special case at a history's start, no embedding is left untrained, and `rollout`'s first token is the same.
+FIRST_PREV_ACTION = 0
+FIRST_PREV_REWARD = 0
+FIRST_PREV_DONE = 1
+FIRST_PREV_ARRIVAL = (0, 0)
 
 
 def load_dataset(
@@ -106,19 +124,29 @@ def load_dataset(
     episode_stride: int = 1,
 ):
     """Every `.npz` history of `folder` -> `(runs, meta)`: per run `select_steps`'s arrays with the observations
-    as `obs_codes` uint8 (T, D) (and `prev_arrivals` with `arrival`); meta holds size, obs_dim, obs_scale."""
-    runs, first, obs_dim = [], None, K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
+    as `obs_codes` uint8 (T, D) (and `prev_arrivals` with `arrival`); meta holds size, obs_dim, obs_scale and
+    data_obs_dim (the features the files hold: 8 for Light data read Dark). Every history must share the first
+    one's grid and features, and hold only tasks of the train split."""
+    obs_dim = K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
+    runs = []
+    first = None  # (file name, observation features, grid size) of the first history: the others must match it
     for path in K.history_paths(folder):
         history, history_config = K.load_history(path)
-        name, dim, size = os.path.basename(path), history["observations"].shape[1], history_config.get("size")
-        first = first or (name, dim, size)
-        if size is None or (dim, size) != first[1:]:
+        name = os.path.basename(path)
+        size = history_config.get("size")
+        if size is None:
+            raise ValueError(f"{path}: its config records no grid size")
+        features = history["observations"].shape[1]
+        if first is None:
+            first = (name, features, size)
+        if (features, size) != first[1:]:
             raise ValueError(
                 f"{folder}: {first[0]} has {first[1]} observation features on a {first[2]}x{first[2]} "
-                f"grid, {name} has {dim} on {size}x{size}: one dataset, one layout"
+                f"grid, {name} has {features} on {size}x{size}: one dataset, one layout"
             )
-        if light_obs and dim != K.LIGHT_OBS_DIM:
+        if light_obs and features != K.LIGHT_OBS_DIM:
             raise ValueError(f"--light-obs needs Light data, but {path} holds Dark observations")
+        check_train_tasks(history["tasks"], size, path)
         if arrival:
             history["arrivals"] = arrival_cells(history, size, path)
         run = select_steps(history, history_steps, min_steps, episode_stride)
@@ -128,19 +156,38 @@ def load_dataset(
         if not np.array_equal(run["obs_codes"].astype(np.float32) / scale, observations):  # as `gather` decodes
             raise ValueError(f"{folder}: observations are not on the {size}x{size} grid of the contract")
         runs.append(run)
-    return runs, {"size": size, "obs_dim": obs_dim, "obs_scale": scale.tolist()}
+    meta = {"size": size, "obs_dim": obs_dim, "obs_scale": scale.tolist(), "data_obs_dim": features}
+    return runs, meta
+
+
+def check_train_tasks(tasks: np.ndarray, size: int, path: str) -> None:
+    """Refuse a history that holds a task outside the train split: training on a held-out task would leak the tasks
+    the evaluation reports on. Collection keeps to the train split; this catches data from elsewhere, or a bug."""
+    grid = (size, size, size, size)
+    train = np.ravel_multi_index(K.task_split(size, "train").T, grid)  # one integer per task
+    outside = ~np.isin(np.ravel_multi_index(tasks.T, grid), train)  # (T,)
+    if not outside.any():
+        return
+    task = tasks[np.argmax(outside)]
+    for split in ("validation", "test"):
+        if (K.task_split(size, split) == task).all(axis=1).any():
+            raise ValueError(
+                f"{path} holds task {task.tolist()}, a held-out ({split}) task of the {size}x{size} grid: "
+                "training on it would leak the evaluation tasks"
+            )
+    raise ValueError(f"{path} holds task {task.tolist()}, which is no task of the {size}x{size} grid's train split")
 
 
 def arrival_cells(history: dict, size: int, name: str) -> np.ndarray:
     """The cell (x, y) each action led to, uint8 (T, 2): the position moved by the action, clipped at the border;
     checked against the next observations and doors, so that other dynamics fail here, not teach wrong cells."""
     cells = np.rint(history["observations"][:, :2] * (size - 1)).astype(np.int64)  # (T, 2)
-    moved = np.clip(cells + K.ACTION_DELTAS[history["actions"]], 0, size - 1)
-    going_on, opened = ~(history["terminations"] | history["truncations"])[:-1], history["terminations"]
-    if not (
-        np.array_equal(moved[:-1][going_on], cells[1:][going_on])
-        and np.array_equal(moved[opened], history["tasks"][opened, 2:])
-    ):
+    moved = np.clip(cells + K.ACTION_DELTAS[history["actions"]], 0, size - 1)  # (T, 2)
+    going_on = ~(history["terminations"] | history["truncations"])[:-1]  # (T - 1,) the next step is the same episode
+    opened = history["terminations"]  # (T,) the action entered the door
+    follows_moves = np.array_equal(moved[:-1][going_on], cells[1:][going_on])
+    ends_at_doors = np.array_equal(moved[opened], history["tasks"][opened, 2:])
+    if not (follows_moves and ends_at_doors):
         raise ValueError(
             f"{name}: observations do not follow the moves of the {size}x{size} grid, "
             "so --arrival-token cannot compute the arrival cells"
@@ -167,7 +214,7 @@ def select_steps(history: dict, history_steps: int, min_steps: int = 1, episode_
         "observations": history["observations"][kept],
         "actions": actions,
         "prev_actions": np.concatenate([[FIRST_PREV_ACTION], actions[:-1]]).astype(np.uint8),
-        "prev_rewards": np.concatenate([[0], history["rewards"][kept][:-1]]).astype(np.uint8),
+        "prev_rewards": np.concatenate([[FIRST_PREV_REWARD], history["rewards"][kept][:-1]]).astype(np.uint8),
         "prev_dones": np.concatenate([[FIRST_PREV_DONE], dones[kept][:-1]]).astype(bool),
     }
     if "arrivals" in history:
@@ -181,7 +228,9 @@ def split_runs(runs: list[dict], val_fraction: float, seed: int) -> tuple[list[d
         return runs, []
     if len(runs) == 1:  # a single-run dataset (1xN) holds out its last steps
         cut = int(len(runs[0]["actions"]) * (1 - val_fraction))
-        return [{k: v[:cut] for k, v in runs[0].items()}], [{k: v[cut:] for k, v in runs[0].items()}]
+        train = {key: value[:cut] for key, value in runs[0].items()}
+        validation = {key: value[cut:] for key, value in runs[0].items()}
+        return [train], [validation]
     order = np.random.default_rng(seed).permutation(len(runs))
     num_val = min(len(runs) - 1, int(math.ceil(val_fraction * len(runs))))
     return [runs[i] for i in order[num_val:]], [runs[i] for i in order[:num_val]]
@@ -191,22 +240,37 @@ class WindowSampler:
     """All runs' arrays as flat (tokens, ...) tensors on the device; the host draws only a batch's start indices."""
 
     def __init__(self, runs: list[dict], context: int, obs_scale: list[float], device: torch.device):
-        lengths = np.array([len(r["actions"]) for r in runs])
-        usable = lengths >= context
+        lengths = np.array([len(run["actions"]) for run in runs])  # (R,)
+        usable = lengths >= context  # a run shorter than the context holds no window
         if not usable.any():
             raise ValueError(f"--context {context} is longer than every history (longest {lengths.max()} steps)")
-        self.device, self.tokens = device, int(lengths.sum())
-        self.offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)[:-1]])[usable])
-        self.num_starts = torch.as_tensor(lengths[usable] - context + 1)  # window starts per run
-        self.arrays = {key: torch.as_tensor(np.concatenate([r[key] for r in runs])).to(device) for key in runs[0]}
-        self.obs_scale, self.positions = torch.tensor(obs_scale, device=device), torch.arange(context, device=device)
+        self.device = device
+        self.tokens = int(lengths.sum())
+        run_offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # (R,) each run's first token in the arrays
+        self.offsets = torch.as_tensor(run_offsets[usable])  # (R_usable,)
+        self.num_starts = torch.as_tensor(lengths[usable] - context + 1)  # (R_usable,) a window starts at 0..T-C
+        self.arrays = {key: torch.as_tensor(np.concatenate([run[key] for run in runs])).to(device) for key in runs[0]}
+        self.obs_scale = torch.tensor(obs_scale, device=device)
+        self.positions = torch.arange(context, device=device)  # (C,)
 
-    def sample(self, batch_size: int, generator: torch.Generator):
-        """A batch of windows: (inputs dict of (B, C, ...) tensors, targets (B, C) int64), runs uniform."""
-        run = torch.randint(len(self.offsets), (batch_size,), generator=generator)
-        first = self.offsets[run] + (torch.rand(batch_size, generator=generator) * self.num_starts[run]).long()  # (B,)
-        first = first.pin_memory() if self.device.type == "cuda" else first  # then the copy need not wait for the GPU
-        return self.gather(first.to(self.device, non_blocking=True)[:, None] + self.positions)
+    def sample(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1):
+        """A batch of windows: (inputs dict of (B, C, ...) tensors, targets (B, C) int64), B = batch_size / world_size.
+
+        A window is a usable run drawn uniformly, then one of its `num_starts` starts drawn uniformly: it lies inside
+        that run. Under torchrun every process draws the same `batch_size` windows from the same generator and
+        keeps its own contiguous share, so that together they train on the batch one process would draw."""
+        run = torch.randint(len(self.offsets), (batch_size,), generator=generator)  # (batch_size,)
+        num_starts = self.num_starts[run]
+        # floor(u * n) for u uniform in [0, 1) is uniform in 0..n-1 (the minimum: should float32 round u * n up to n)
+        start = (torch.rand(batch_size, generator=generator) * num_starts).long()
+        start = torch.minimum(start, num_starts - 1)
+        first = self.offsets[run] + start  # (batch_size,) each window's first token in the flat arrays
+        share = batch_size // world_size
+        first = first[rank * share : (rank + 1) * share]  # (B,)
+        if self.device.type == "cuda":
+            first = first.pin_memory()  # then the copy to the GPU need not wait for it
+        index = first.to(self.device, non_blocking=True)[:, None] + self.positions  # (B, C)
+        return self.gather(index)
 
     def gather(self, index: torch.Tensor):
         """Windows at token indices `index` (B, C) on the device, as the model's inputs and targets."""
@@ -221,7 +285,9 @@ class WindowSampler:
 
 # --- The model (nanoGPT-style)
 @dataclass
-class ModelConfig:  # built from `Args` by field name in `main`: the defaults live once, in `Args`
+class ModelConfig:
+    """Built from `Args` by field name in `main`, so that the defaults live once, in `Args`."""
+
     obs_dim: int
     context: int
     n_layer: int
@@ -235,7 +301,10 @@ class ModelConfig:  # built from `Args` by field name in `main`: the defaults li
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.n_head, self.dropout, self.context = config.n_head, config.dropout, config.context
+        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"  # the heads split the width
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.context = config.context
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.proj_dropout = nn.Dropout(config.dropout)
@@ -248,12 +317,16 @@ class SelfAttention(nn.Module):
         if cache is not None:  # preallocated to the context: one in-place write per step, no copy
             if "k" not in cache:
                 cache["k"] = k.new_empty(B, self.n_head, self.context, E // self.n_head)
-                cache["v"], cache["len"] = torch.empty_like(cache["k"]), 0
+                cache["v"] = torch.empty_like(cache["k"])
+                cache["len"] = 0
             end = cache["len"] + T
             # several new tokens over cached ones would need a block-causal mask, which rollout never needs
             assert end <= self.context and (cache["len"] == 0 or T == 1), f"KV cache misuse: {cache['len']} + {T}"
-            cache["k"][:, :, cache["len"] : end], cache["v"][:, :, cache["len"] : end] = k, v
-            k, v, cache["len"] = cache["k"][:, :, :end], cache["v"][:, :, :end], end
+            cache["k"][:, :, cache["len"] : end] = k
+            cache["v"][:, :, cache["len"] : end] = v
+            cache["len"] = end
+            k = cache["k"][:, :, :end]
+            v = cache["v"][:, :, :end]
         # causal over a window from its start; one token after a filled cache sees all of it
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=k.shape[2] == T, dropout_p=self.dropout if self.training else 0.0
@@ -266,8 +339,9 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(config.n_embd), nn.LayerNorm(config.n_embd)
+        self.ln1 = nn.LayerNorm(config.n_embd)
         self.attn = SelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd)
         self.mlp = nn.Sequential(
             nn.Linear(config.n_embd, config.d_ff),
             nn.GELU(),
@@ -306,7 +380,8 @@ class DecisionModel(nn.Module):
         prev_arrivals (B, T, 2) scaled cells, read only with `config.arrival`. positions (T,) int64 (default
         0..T-1); caches: one dict per block for incremental decoding. Returns logits (B, T, 5)."""
         B, T, _ = observations.shape
-        positions = torch.arange(T, device=observations.device) if positions is None else positions
+        if positions is None:
+            positions = torch.arange(T, device=observations.device)
         parts = [
             observations,
             F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
@@ -335,10 +410,25 @@ class DecisionModel(nn.Module):
 
 # --- In-context rollout: the model acts on new tasks from its own history, with no gradient step
 def window_starts(steps: int, context: int) -> np.ndarray:
-    """Start of the window the prediction at step t is made on. Position embeddings are learned, so a window
-    cannot slide on a KV cache: it grows to `context` tokens, then restarts from the last context//2."""
-    period, t = context + 1 - max(1, context // 2), np.arange(steps)  # a refill every `period` steps after the first
-    return np.where(t < context, 0, ((t - context) // period + 1) * period)
+    """Start of the window the prediction at step t is made on, int64 (steps,). Position embeddings are learned, so
+    a window cannot slide by one token on a KV cache: it grows to `context` tokens, then the next token starts a new
+    window of the last context//2 tokens, refilled at positions 0..: about two token computations a step."""
+    keep = max(1, context // 2)
+    starts = np.zeros(steps, dtype=np.int64)
+    start = 0
+    for t in range(steps):
+        if t - start + 1 > context:  # token t would not fit: restart the window from the last `keep` tokens
+            start = t + 1 - keep
+        starts[t] = start
+    return starts
+
+
+def sample_actions(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One action per row of `probs` (N, A), int64 (N,): bit for bit what `torch.multinomial(probs, 1, generator=
+    generator)[:, 0]` draws, since ATen draws one sample as this same exponential race (argmax of p / q, q ~ Exp(1),
+    from the same generator), but without multinomial's two checks of `probs` on the host, each a wait for the GPU."""
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)  # (N, A)
+    return (probs / noise).argmax(-1)
 
 
 @torch.no_grad()
@@ -358,23 +448,36 @@ def rollout(
     """Run `model` in context on `tasks` (N, 4) for `steps` env steps each, the same task after every reset, in one
     batch on `device` (the env too: no host round trip per step), sampling with a generator seeded by `seed`.
     `full_recompute` is the KV cache's reference. Returns "episodes" (env, return, end_step) and the "tokens" fed."""
-    was_training, config, N = model.training, model.config, len(tasks)
+    was_training = model.training
+    config = model.config
+    N = len(tasks)
     model.eval()
     env = K.TorchVectorEnv(tasks, size, light=config.obs_dim == K.LIGHT_OBS_DIM, device=device)
-    zeros = lambda *shape, dtype=torch.float32: torch.zeros(N, steps, *shape, dtype=dtype, device=device)
+
+    def zeros(*shape, dtype=torch.float32) -> torch.Tensor:
+        return torch.zeros(N, steps, *shape, dtype=dtype, device=device)  # (N, steps, *shape)
+
+    # every token the model is fed; the first is built as in training (FIRST_PREV_*): reward 0 and arrival (0, 0)
+    # are zeros, and so are the scaled (0, 0)
     tokens = {
         "observations": zeros(config.obs_dim),
         "prev_actions": zeros(dtype=torch.long) + FIRST_PREV_ACTION,
-        "prev_rewards": zeros(),
+        "prev_rewards": zeros() + FIRST_PREV_REWARD,
         "prev_dones": zeros(),
         "prev_arrivals": zeros(2),
-    }  # first arrival: (0, 0)
+    }
     tokens["prev_dones"][:, 0] = FIRST_PREV_DONE
-    rewards, dones = zeros(), zeros(dtype=torch.bool)
-    starts, positions = window_starts(steps, config.context), torch.arange(config.context, device=device)
-    window = lambda lo, hi: {key: value[:, lo:hi] for key, value in tokens.items()}
+    rewards = zeros()
+    dones = zeros(dtype=torch.bool)
+    starts = window_starts(steps, config.context)
+    positions = torch.arange(config.context, device=device)
+
+    def window(lo: int, hi: int) -> dict:
+        return {key: value[:, lo:hi] for key, value in tokens.items()}
+
     generator = torch.Generator(device=device).manual_seed(seed)
-    observations, caches = env.reset(), None
+    observations = env.reset()
+    caches = None
     for t in tqdm(range(steps), disable=not progress, desc=desc, mininterval=1.0):
         tokens["observations"][:, t] = observations
         start = int(starts[t])
@@ -384,17 +487,23 @@ def rollout(
         else:
             logits = model(**window(t, t + 1), positions=positions[t - start : t - start + 1], caches=caches)[:, -1]
         logits = logits.float()
-        actions = logits.argmax(-1) if greedy else torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-        observations, rewards[:, t], terminations, truncations, final = env.step(actions)
+        if greedy:
+            actions = logits.argmax(-1)
+        else:
+            actions = sample_actions(logits.softmax(-1), generator)
+        observations, step_rewards, terminations, truncations, final = env.step(actions)
+        rewards[:, t] = step_rewards
         dones[:, t] = terminations | truncations
-        if t + 1 < steps:
-            tokens["prev_actions"][:, t + 1], tokens["prev_rewards"][:, t + 1] = actions, rewards[:, t]
-            tokens["prev_dones"][:, t + 1], tokens["prev_arrivals"][:, t + 1] = dones[:, t].float(), final[:, :2]
+        if t + 1 < steps:  # the next token's previous step
+            tokens["prev_actions"][:, t + 1] = actions
+            tokens["prev_rewards"][:, t + 1] = rewards[:, t]
+            tokens["prev_dones"][:, t + 1] = dones[:, t].float()
+            tokens["prev_arrivals"][:, t + 1] = final[:, :2]
     model.train(was_training)
     return {"episodes": K.stream_episodes(rewards.cpu().numpy(), dones.cpu().numpy()), "tokens": tokens}
 
 
-# --- Training: schedule, validation, checkpoints, devices
+# --- Training: schedule, loss, validation, evaluation, logging
 def lr_at(iteration: int, args: Args) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if iteration < args.warmup_iterations:
@@ -411,18 +520,251 @@ def loss_and_accuracy(model: nn.Module, inputs: dict, targets: torch.Tensor, aut
     return loss, (logits.argmax(-1) == targets).float().mean()
 
 
+def mean_over_processes(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The mean of `values` over the torchrun processes, each holding its share's: the global batch's values."""
+    if world_size == 1:
+        return values
+    total = values.clone()
+    dist.all_reduce(total)  # a sum: gloo has no average
+    return total / world_size
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, data: WindowSampler, batch_size: int, seed: int, autocast) -> tuple:
+    """Loss and accuracy on the same validation windows every time (drawn from a generator seeded by `seed`)."""
+    was_training = model.training
+    model.eval()
+    inputs, targets = data.sample(batch_size, torch.Generator().manual_seed(seed))
+    loss, accuracy = loss_and_accuracy(model, inputs, targets, autocast)
+    model.train(was_training)
+    return loss.item(), accuracy.item()
+
+
+def evaluate_in_context(model: DecisionModel, tasks: np.ndarray, args: Args, size: int, device: torch.device) -> float:
+    """The model acting in context on validation `tasks` for `--eval-steps`: per env the mean return of its last
+    quarter of episodes (after what it learned in context), then the mean over envs."""
+    episodes = rollout(model, tasks, args.eval_steps, size, args.seed, device)["episodes"]
+    means = []
+    for env in range(len(tasks)):
+        returns = episodes["return"][episodes["env"] == env]
+        means.append(returns[-max(1, len(returns) // 4) :].mean() if len(returns) else 0.0)
+    return float(np.mean(means))
+
+
+def log_training(
+    writer: SummaryWriter, iteration: int, loss: float, accuracy: float, lr: float, per_second: float, tokens: int
+) -> None:
+    """TensorBoard points of the training loss and speed; `tokens` per iteration."""
+    writer.add_scalar("losses/train_loss", loss, iteration)
+    writer.add_scalar("charts/accuracy", accuracy, iteration)
+    writer.add_scalar("charts/learning_rate", lr, iteration)
+    writer.add_scalar("charts/iterations_per_second", per_second, iteration)
+    writer.add_scalar("charts/tokens_per_second", per_second * tokens, iteration)
+
+
+# --- Checkpoints: what a resume restores bit for bit, and what ad_eval.py rebuilds the model from
+CHECKPOINT_KEYS = ("model", "optimizer", "iteration", "args", "model_config", "data", "run_name", "rng")
+RESUME_ARGS = ("batch_size", "lr", "warmup_iterations", "weight_decay", "max_grad_norm")  # --iterations may grow
+FLAG_NAMES = {"arrival": "--arrival-token"}  # a ModelConfig field named apart from its flag
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    """This process's generators, as CPU byte tensors: the window sampler's, and the global ones dropout draws from."""
+    if device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(device)
+    else:
+        cuda = torch.empty(0, dtype=torch.uint8)
+    return {"sampler": generator.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def restore_rng_state(states: dict, generator: torch.Generator, device: torch.device, rank: int = 0) -> None:
+    """Set the generators as a checkpoint's "rng" holds them (as `load_checkpoint` returns it), so that the run goes
+    on as if never stopped: the sampler's (the same in every process) and this rank's global torch and CUDA ones.
+    They are CPU byte tensors, the only kind `set_state` takes. A rank the checkpoint holds no states for (it was
+    written by fewer processes) keeps its own seeded dropout stream."""
+    generator.set_state(states["sampler"])
+    if rank < len(states["torch"]):
+        torch.set_rng_state(states["torch"][rank])
+    if device.type == "cuda" and rank < len(states["cuda"]) and len(states["cuda"][rank]):
+        torch.cuda.set_rng_state(states["cuda"][rank], device)
+
+
+def save_checkpoint(
+    path: str,
+    model: DecisionModel,
+    optimizer: torch.optim.Optimizer,
+    iteration: int,
+    fixed: dict,
+    generator: torch.Generator,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> None:
+    """Rank 0 writes the checkpoint, atomically: a kill leaves the previous one whole. Under torchrun every process
+    first sends it its global generator states (a collective: every rank calls this), a list indexed by rank, so
+    that each rank resumes its own dropout stream."""
+    own = rng_state(generator, device)
+    states = [own]
+    if world_size > 1:
+        states = [None] * world_size
+        dist.all_gather_object(states, own)
+    if rank != 0:
+        return
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "iteration": iteration,
+        "rng": {
+            "sampler": own["sampler"],
+            "torch": [state["torch"] for state in states],
+            "cuda": [state["cuda"] for state in states],
+        },
+        **fixed,
+    }
+
+    def write(file) -> None:
+        torch.save(checkpoint, file)
+
+    K.atomic_write(path, write)
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint written by this script; raise ValueError if it is not one."""
+    """Read a checkpoint written by this script and check all of it (a one-line ValueError naming `path` if it is
+    not one). The model's weights go to `map_location`; the rest stays on the CPU, the generator states above all:
+    `set_state` takes only CPU byte tensors."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    keys = set(checkpoint) if isinstance(checkpoint, dict) else set()
-    if missing := {"model", "optimizer", "iteration", "args", "model_config", "data", "run_name", "rng"} - keys:
-        raise ValueError(f"{path}: not a checkpoint of this version of ad_train.py (missing {sorted(missing)})")
+    check_checkpoint(checkpoint, path)
+    checkpoint["model"] = {name: tensor.to(map_location) for name, tensor in checkpoint["model"].items()}
     return checkpoint
+
+
+def check_checkpoint(checkpoint, path: str) -> None:
+    """Every part of a checkpoint a resume or `ad_eval.py` reads, checked before it is used."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: not a checkpoint of ad_train.py (it holds a {type(checkpoint).__name__})")
+    if isinstance(checkpoint.get("args"), dict) and "episodes_per_trial" in checkpoint["args"]:
+        raise ValueError(
+            f"{path}: an rl2_train.py checkpoint, not one of ad_train.py; rl2_train.py evaluates its own (rerun it)"
+        )
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(f"{path}: not a checkpoint of this version of ad_train.py (missing {missing})")
+    check_model_config(checkpoint["model_config"], path)
+    check_data_info(checkpoint["data"], checkpoint["model_config"], path)
+    check_rng_states(checkpoint["rng"], path)
+    check_weights(checkpoint["model"], ModelConfig(**checkpoint["model_config"]), path)
+    optimizer = checkpoint["optimizer"]
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list) and "state" in optimizer):
+        raise ValueError(f"{path}: its optimizer entry is not an optimizer state")
+    iteration = checkpoint["iteration"]
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+        raise ValueError(f"{path}: its iteration must be an integer >= 0, got {iteration!r}")
+    if not isinstance(checkpoint["args"], dict) or not isinstance(checkpoint["args"].get("exp_name"), str):
+        raise ValueError(f"{path}: the checkpoint's args lack exp_name")
+    if not isinstance(checkpoint["run_name"], str):
+        raise ValueError(f"{path}: its run_name must be a string, got {checkpoint['run_name']!r}")
+
+
+def check_model_config(config, path: str) -> None:
+    """Exactly ModelConfig's fields, each of its type and in the range the model can be built with."""
+    cannot = f"{path}: its model does not load (model_config"
+    names = [field.name for field in fields(ModelConfig)]
+    if not isinstance(config, dict):
+        raise ValueError(f"{cannot} is a {type(config).__name__}, not a dict)")
+    unknown = sorted(set(config) - set(names))
+    if unknown:
+        raise ValueError(f"{cannot} has unknown fields {unknown}; this ad_train.py knows {names})")
+    absent = [name for name in names if name not in config]
+    if absent:
+        raise ValueError(f"{cannot} lacks the fields {absent})")
+    for field in fields(ModelConfig):  # the annotations are strings (`from __future__ import annotations`)
+        value = config[field.name]
+        if field.type == "bool":
+            right_type = isinstance(value, bool)
+        elif field.type == "float":
+            right_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            right_type = isinstance(value, int) and not isinstance(value, bool)
+        if not right_type:
+            raise ValueError(f"{cannot} {field.name} must be of type {field.type}, got {value!r})")
+    if config["obs_dim"] not in (K.DARK_OBS_DIM, K.LIGHT_OBS_DIM):
+        raise ValueError(f"{cannot} obs_dim must be {K.DARK_OBS_DIM} or {K.LIGHT_OBS_DIM}, got {config['obs_dim']})")
+    for name in ("context", "n_layer", "n_head", "n_embd", "d_ff"):
+        if config[name] < 1:
+            raise ValueError(f"{cannot} {name} must be >= 1, got {config[name]})")
+    if config["n_embd"] % config["n_head"]:
+        raise ValueError(f"{cannot} n_embd {config['n_embd']} is no multiple of n_head {config['n_head']})")
+    if not 0 <= config["dropout"] < 1:  # NaN fails too
+        raise ValueError(f"{cannot} dropout must lie in [0, 1), got {config['dropout']})")
+
+
+def check_data_info(data, config: dict, path: str) -> None:
+    """The dataset's name, grid size and observation features, as ad_eval.py reads them (the size first: a claimed
+    size of 100 would enumerate 100M tasks)."""
+    missing = [key for key in ("dataset", "size", "obs_dim") if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint's data record lacks {', '.join(missing)}")
+    try:
+        K.validate_size(data["size"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if not isinstance(data["dataset"], str):
+        raise ValueError(f"{path}: the checkpoint's dataset must be a folder name, got {data['dataset']!r}")
+    if data["obs_dim"] != config["obs_dim"]:
+        raise ValueError(
+            f"{path}: its data has {data['obs_dim']!r} observation features, its model {config['obs_dim']}"
+        )
+
+
+def check_rng_states(rng, path: str) -> None:
+    """The generator states `restore_rng_state` sets, as CPU byte tensors: "sampler" one, "torch" and "cuda" lists
+    indexed by rank (a single state, as a checkpoint of an older ad_train.py holds it, becomes a list of one)."""
+    if not isinstance(rng, dict):
+        raise ValueError(f"{path}: its rng must be a dict of generator states, got {type(rng).__name__}")
+    state_bytes = len(torch.Generator().get_state())
+
+    def is_state(value, length=None) -> bool:
+        byte_tensor = isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+        return byte_tensor and (length is None or len(value) == length)
+
+    if not is_state(rng.get("sampler"), state_bytes):
+        raise ValueError(f"{path}: its rng holds no generator state of the window sampler")
+    for name in ("torch", "cuda"):
+        states = rng.get(name)
+        if isinstance(states, torch.Tensor):
+            states = [states]
+            rng[name] = states
+        length = state_bytes if name == "torch" else None  # a CUDA state's length depends on the GPU's generator
+        if not (isinstance(states, list) and states and all(is_state(state, length) for state in states)):
+            raise ValueError(f"{path}: its rng holds no {name} generator states")
+
+
+def check_weights(weights, config: ModelConfig, path: str) -> None:
+    """Finite tensors of exactly the names and shapes of the model `config` builds."""
+    cannot = f"{path}: its model does not load"
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        raise ValueError(f"{cannot} (its weights are not a dict of tensors)")
+    with torch.device("meta"):  # the shapes without memory
+        expected = DecisionModel(config).state_dict()
+    for name, tensor in expected.items():
+        if name not in weights:
+            raise ValueError(f"{cannot} (it lacks the weight {name})")
+        if weights[name].shape != tensor.shape or not weights[name].is_floating_point():
+            raise ValueError(
+                f"{cannot} (weight {name} is {weights[name].dtype} {tuple(weights[name].shape)}, "
+                f"its model_config needs float {tuple(tensor.shape)})"
+            )
+    unknown = sorted(set(weights) - set(expected))
+    if unknown:
+        raise ValueError(f"{cannot} (weights its model_config has no place for: {unknown})")
+    for name, tensor in weights.items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: weight {name} is not finite (the training diverged; train with a lower --lr)")
 
 
 def model_from_checkpoint(checkpoint: dict) -> DecisionModel:
@@ -431,9 +773,140 @@ def model_from_checkpoint(checkpoint: dict) -> DecisionModel:
     return model
 
 
-def validate(args: Args) -> None:
-    """Every flag's range, before any work."""
-    positive = [
+def setting(key: str, value) -> str:
+    """A recorded setting as the command line says it: "--lr 0.001", "--no-arrival-token"."""
+    flag = FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {value}"
+
+
+def check_resume(path: str, checkpoint: dict, expected: dict) -> None:
+    """Refuse to resume a checkpoint under other settings, in one line naming the first that changed: the run would
+    no longer be the one its name and hyperparameter table say. `expected` holds this run's "data", "model_config"
+    and "args" (only those a resume must keep), as the checkpoint records them."""
+    for part, values in expected.items():
+        for key, now in values.items():
+            if key not in checkpoint[part]:
+                raise ValueError(
+                    f"{path} records no {key} (an older ad_train.py wrote it); move it away or change --exp-name"
+                )
+            trained = checkpoint[part][key]
+            if trained == now:
+                continue
+            if key == "size":
+                change = f"on the {trained}x{trained} grid, not the {now}x{now} grid of --dataset {values['dataset']}"
+            elif key == "obs_dim":
+                change = f"on {trained} observation features, not {now}"
+            elif isinstance(now, bool):
+                change = f"with {setting(key, trained)}, not {setting(key, now)}"
+            else:
+                change = f"with {setting(key, trained)}, not {now}"
+            raise ValueError(f"{path} was trained {change}; move it away or change --exp-name")
+
+
+def restore_training_state(path: str, checkpoint: dict, model: DecisionModel, optimizer: torch.optim.Optimizer) -> None:
+    """The weights and the optimizer's moments (copied to the device of the model's parameters)."""
+    model.load_state_dict(checkpoint["model"])  # checked by `load_checkpoint`
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: its optimizer state does not fit the model ({type(e).__name__})") from None
+
+
+# --- Processes: torchrun, signals
+def torchrun_world_size() -> int:
+    """The number of processes torchrun started (it sets RANK and WORLD_SIZE); 1 without torchrun."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return 1
+
+
+def setup_processes(args: Args) -> tuple[torch.device, int, int]:
+    """(device, rank, world size). Under torchrun one process per GPU, cuda:LOCAL_RANK, joined by NCCL (on CPUs, by
+    gloo); without it one process, on CUDA if there is one and --cuda."""
+    cuda = args.cuda and torch.cuda.is_available()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return torch.device("cuda" if cuda else "cpu"), 0, 1
+    if cuda:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return device, dist.get_rank(), dist.get_world_size()
+
+
+def training_model(model: DecisionModel, compile: bool, device: torch.device, world_size: int) -> nn.Module:
+    """The model the training step runs: compiled with --compile and, under torchrun, wrapped in DDP, which averages
+    the gradients over the processes during backward. Validation and evaluation run `model` itself."""
+    step_model = model
+    if compile:
+        # CUDA graphs (reduce-overhead) replay one process's launch-bound step; under DDP the default mode, as
+        # nanoGPT compiles it (the gradient all-reduce runs between the graphs); on the CPU it fuses kernels
+        mode = "reduce-overhead" if device.type == "cuda" and world_size == 1 else "default"
+        step_model = torch.compile(step_model, mode=mode, dynamic=False)  # one shape: one graph
+    if world_size > 1:
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    return step_model
+
+
+def wait_for_all(device: torch.device, world_size: int) -> None:
+    """A barrier of the torchrun processes (nothing with one process)."""
+    if world_size > 1:
+        dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class StopOnSignal:
+    """Within `with`, SIGINT (Ctrl-C) and SIGTERM (kill, a SLURM time limit, torchrun's shutdown) only set a flag:
+    the loop finishes the iteration in flight, saves a checkpoint and exits with 128 + the signal's number (130,
+    143, as a shell reports a process the signal killed), and a rerun resumes there bit for bit. A second signal
+    stops at once (the checkpoints on disk stay whole: they are written atomically). Under torchrun the processes
+    agree on the flag every iteration, over gloo on the host (no wait for the GPU), so that all stop together."""
+
+    def __init__(self, world_size: int):
+        self.received = 0  # the signal's number, 0 while none came
+        self.previous = {}
+        self.group = dist.new_group(backend="gloo") if world_size > 1 else None
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # Python runs signal handlers there only
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.catch)
+        return self
+
+    def __exit__(self, *exception) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def catch(self, signum: int, frame) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def requested(self) -> int:
+        """The signal this process, or under torchrun any process, received (0: none): the same in every process."""
+        if self.group is None:
+            return self.received
+        flag = torch.tensor([self.received])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        return int(flag.item())
+
+
+def shut_down(writer: SummaryWriter | None, bar: tqdm) -> None:
+    """The end of a run: the progress bar, the TensorBoard file and the torchrun process group closed."""
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --- Flags and the training script
+def validate(args: Args, world_size: int = 1) -> None:
+    """Every flag's range, each on its own, before any work."""
+    at_least_one = [
         "context",
         "iterations",
         "batch_size",
@@ -445,147 +918,184 @@ def validate(args: Args) -> None:
         "save_every",
         "val_every",
         "warmup_iterations",
-    ] + (["eval_envs", "eval_steps"] if args.eval_every else [])
-    checks = [
-        (getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-        for name in positive
-    ]  # first, in this order: a later check divides by --n-head
-    checks += [
-        (args.n_embd % max(1, args.n_head) == 0, f"--n-embd {args.n_embd} must be a multiple of --n-head"),
-        (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
-        (args.episode_stride >= 1, f"--episode-stride must be >= 1, got {args.episode_stride}"),
-        (args.eval_every >= 0 and 0 <= args.dropout < 1, "--eval-every must be >= 0 and --dropout in [0, 1)"),
-        (min(args.lr, args.max_grad_norm) > 0, "--lr and --max-grad-norm must be > 0"),
-        (0 <= args.val_fraction < 1, f"--val-fraction must lie in [0, 1), got {args.val_fraction}"),
     ]
-    if failed := [message for ok, message in checks if not ok]:
-        raise ValueError(failed[0])
+    if args.eval_every:
+        at_least_one += ["eval_envs", "eval_steps"]
+    for name in at_least_one:  # first: the checks below divide by some of these
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.n_embd % args.n_head != 0:
+        raise ValueError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
+    if args.history_steps < -1:
+        raise ValueError(f"--history-steps must be >= -1, got {args.history_steps}")
+    if args.episode_stride < 1:
+        raise ValueError(f"--episode-stride must be >= 1, got {args.episode_stride}")
+    if args.eval_every < 0:
+        raise ValueError(f"--eval-every must be >= 0, got {args.eval_every}")
+    if not (math.isfinite(args.dropout) and 0 <= args.dropout < 1):
+        raise ValueError(f"--dropout must be a finite number in [0, 1), got {args.dropout}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise ValueError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    if not (math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0):
+        raise ValueError(f"--max-grad-norm must be a finite number > 0, got {args.max_grad_norm}")
+    if not (math.isfinite(args.val_fraction) and 0 <= args.val_fraction < 1):
+        raise ValueError(f"--val-fraction must be a finite number in [0, 1), got {args.val_fraction}")
+    if not 0 <= args.seed < 2**32:  # numpy's seeds
+        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
+    if args.batch_size % world_size != 0:
+        raise ValueError(
+            f"--batch-size {args.batch_size} must be a multiple of the {world_size} torchrun processes "
+            "(each trains on an equal share of every batch)"
+        )
 
 
 def main(args: Args) -> dict:
-    validate(args)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    validate(args, torchrun_world_size())
+    device, rank, world_size = setup_processes(args)
+    master = rank == 0  # rank 0 alone prints, logs, evaluates and writes the checkpoint
+    # each process its own dropout stream; rank 0's initial model is the one-process model (DDP copies it to all)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
 
     # 1. inputs and outputs, every check before any work
-    obs, name = "light" if args.light_obs else "dark", f"{args.exp_name}__{args.dataset}"
-    path = os.path.join(args.data_dir, "checkpoints", f"{name}__{obs}__ctx{args.context}__{args.seed}.pt")
-    K.check_writable(os.path.dirname(path))
-    K.check_writable("runs")  # TensorBoard
-    K.remove_stale_parts(os.path.dirname(path))
+    obs = "light" if args.light_obs else "dark"
+    name = f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}"
+    path = os.path.join(args.data_dir, "checkpoints", f"{name}.pt")
+    if master:
+        K.check_writable(os.path.dirname(path))
+        K.check_writable("runs")  # TensorBoard
+        K.remove_stale_parts(os.path.dirname(path))
     folder = os.path.join(args.data_dir, args.dataset)
     runs, meta = load_dataset(
         folder, args.light_obs, args.history_steps, args.context, args.arrival_token, args.episode_stride
     )
-    eval_tasks = K.eval_tasks(meta["size"], "validation", args.eval_envs, args.seed) if args.eval_every else None
+    size = meta["size"]
     train_runs, val_runs = split_runs(runs, args.val_fraction, args.seed)
     train_data = WindowSampler(train_runs, args.context, meta["obs_scale"], device)
-    long_enough = val_runs and max(len(r["actions"]) for r in val_runs) >= args.context  # else no validation loss
-    val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device) if long_enough else None
+    val_data = None  # a validation loss needs a held-out run as long as the context
+    if val_runs and max(len(run["actions"]) for run in val_runs) >= args.context:
+        val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device)
+    if master:  # the first line: a user who meant another grid or data sees it at once
+        read = "Light observations" if args.light_obs else "Dark observations"
+        if meta["data_obs_dim"] == K.LIGHT_OBS_DIM and not args.light_obs:
+            read += " (Light data read Dark)"
+        print(f"{folder}: {size}x{size} grid, {read}, {len(runs)} runs, {train_data.tokens:,} training tokens")
+    eval_tasks = None
+    if args.eval_every:
+        eval_tasks = K.eval_tasks(size, "validation", args.eval_envs, args.seed)
 
     # 2. the model, and the checkpoint to resume from
-    shared = {f.name: getattr(args, f.name) for f in fields(ModelConfig) if hasattr(args, f.name)}
+    shared = {field.name: getattr(args, field.name) for field in fields(ModelConfig) if hasattr(args, field.name)}
     model_config = ModelConfig(obs_dim=meta["obs_dim"], arrival=args.arrival_token, **shared)
     model = DecisionModel(model_config).to(device)
     optimizer = model.optimizer(args.lr, args.weight_decay, device)
-    generator = torch.Generator().manual_seed(args.seed * 7919)
+    generator = torch.Generator().manual_seed(args.seed * 7919)  # the windows: one stream, the same in every process
     # the model and what its windows are drawn from: a resume must not silently change them
     data_info = {
         "dataset": args.dataset,
-        "size": meta["size"],
+        "size": size,
         "light_obs": args.light_obs,
         "obs_dim": meta["obs_dim"],
         "history_steps": args.history_steps,
         "episode_stride": args.episode_stride,
         "val_fraction": args.val_fraction,
     }
-    run_name = f"KeyDoor-{obs.title()}-{meta['size']}x{meta['size']}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"KeyDoor-{obs.title()}-{size}x{size}__{args.exp_name}__{args.seed}__{int(time.time())}"
     fixed = {"args": asdict(args), "model_config": asdict(model_config), "data": data_info, "run_name": run_name}
     start = 0
     if os.path.exists(path):
-        checkpoint = load_checkpoint(path, map_location=device)
-        tuned = ("batch_size", "lr", "warmup_iterations", "weight_decay", "max_grad_norm")  # --iterations may grow
-        trained = (checkpoint["model_config"], checkpoint["data"], {k: checkpoint["args"][k] for k in tuned})
-        if trained != (fixed["model_config"], fixed["data"], {k: getattr(args, k) for k in tuned}):
-            raise ValueError(
-                f"{path} holds another model, data or optimizer {trained}; move it away or change --exp-name"
-            )
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start, fixed["run_name"], states = checkpoint["iteration"], checkpoint["run_name"], checkpoint["rng"]
-        generator.set_state(states["sampler"])  # the generators as they were: the run goes on as if never stopped
-        torch.set_rng_state(states["torch"])
-        if device.type == "cuda" and len(states["cuda"]):
-            torch.cuda.set_rng_state(states["cuda"], device)
-        print(f"resuming {path} at iteration {start}")
-    # CUDA graphs (reduce-overhead) replay the launch-bound step; on the CPU the default mode fuses kernels
-    mode = "reduce-overhead" if device.type == "cuda" else "default"
-    step_model = torch.compile(model, mode=mode, dynamic=False) if args.compile else model  # one shape: one graph
+        checkpoint = load_checkpoint(path)  # on the CPU, where the generator states are restored from
+        expected = {
+            "data": data_info,
+            "model_config": fixed["model_config"],
+            "args": {key: getattr(args, key) for key in RESUME_ARGS},
+        }
+        check_resume(path, checkpoint, expected)
+        restore_training_state(path, checkpoint, model, optimizer)
+        restore_rng_state(checkpoint["rng"], generator, device, rank)
+        start = checkpoint["iteration"]
+        fixed["run_name"] = checkpoint["run_name"]  # the same TensorBoard run goes on
+        if master:
+            print(f"resuming {path} at iteration {start}")
+        saved_by = len(checkpoint["rng"]["torch"])
+        if master and saved_by != world_size:  # the same batches; the dropout draws of the ranks it holds no state for
+            print(f"{path} was written by {saved_by} processes, this run has {world_size}: other dropout draws")
+    step_model = training_model(model, args.compile, device, world_size)
 
     # 3. the training loop
-    writer = SummaryWriter(os.path.join("runs", fixed["run_name"]))
-    writer.add_text(
-        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
-    )
-    print(
-        f"{folder}: {len(runs)} runs, {train_data.tokens:,} training tokens; model "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters on {device}"
-    )
+    writer = None
+    if master:
+        writer = SummaryWriter(os.path.join("runs", fixed["run_name"]))
+        table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+        processes = f" x {world_size} processes" if world_size > 1 else ""
+        print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters on {device}{processes}")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    loop_start, last_time, last_iteration, stats = time.time(), time.time(), start, {}
-    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
-    for iteration in bar:
-        for group in optimizer.param_groups:  # decayed and not: one schedule
-            group["lr"] = lr = lr_at(iteration, args)
-        loss, accuracy = loss_and_accuracy(step_model, *train_data.sample(args.batch_size, generator), autocast)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        completed, last = iteration + 1, iteration + 1 == args.iterations
-        if completed % args.log_every == 0 or last:  # .item() waits for the GPU: only here
-            stats.update(train_loss=loss.item(), accuracy=accuracy.item())
-            per_second = (completed - last_iteration) / (time.time() - last_time)
-            for tag, value in [
-                ("losses/train_loss", stats["train_loss"]),
-                ("charts/accuracy", stats["accuracy"]),
-                ("charts/learning_rate", lr),
-                ("charts/iterations_per_second", per_second),
-                ("charts/tokens_per_second", per_second * args.batch_size * args.context),
-            ]:
-                writer.add_scalar(tag, value, completed)
-            bar.set_postfix(loss=f"{stats['train_loss']:.3f}", acc=f"{stats['accuracy']:.2f}")
-            last_time, last_iteration = time.time(), completed
-        if val_data is not None and (completed % args.val_every == 0 or last):  # the same windows every time
-            model.eval()
-            with torch.no_grad():
-                val_windows = val_data.sample(args.batch_size, torch.Generator().manual_seed(args.seed))
-                stats["val_loss"], val_accuracy = (x.item() for x in loss_and_accuracy(model, *val_windows, autocast))
-            model.train()
-            writer.add_scalar("losses/val_loss", stats["val_loss"], completed)
-            writer.add_scalar("charts/val_accuracy", val_accuracy, completed)
-        if args.eval_every and (completed % args.eval_every == 0 or last):
-            episodes = rollout(model, eval_tasks, args.eval_steps, meta["size"], args.seed, device)["episodes"]
-            returns = [episodes["return"][episodes["env"] == i] for i in range(len(eval_tasks))]  # per env first
-            stats["eval_return"] = float(
-                np.mean([r[-max(1, len(r) // 4) :].mean() if len(r) else 0.0 for r in returns])
-            )
-            writer.add_scalar("eval/return", stats["eval_return"], completed)
-        if completed % args.save_every == 0 or last:
-            cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
-            # every generator an iteration draws from: the sampler's, and the global ones dropout uses
-            rng = {"sampler": generator.get_state(), "torch": torch.get_rng_state(), "cuda": cuda_rng}
-            checkpoint = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "iteration": completed,
-                "rng": rng,
-                **fixed,
-            }
-            K.atomic_write(path, lambda f: torch.save(checkpoint, f))
-    writer.close()
+    stats = {}
+    loop_start = time.time()
+    last_log_time = loop_start
+    last_log_iteration = start
+    bar = tqdm(
+        range(start, args.iterations), initial=start, total=args.iterations, disable=not (master and args.progress)
+    )
+    with StopOnSignal(world_size) as stop:
+        for iteration in bar:
+            lr = lr_at(iteration, args)
+            for group in optimizer.param_groups:  # decayed and not: one schedule
+                group["lr"] = lr
+            inputs, targets = train_data.sample(args.batch_size, generator, rank, world_size)
+            loss, accuracy = loss_and_accuracy(step_model, inputs, targets, autocast)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # at once, as nanoGPT: no gradient lives on through the next forward
+            completed = iteration + 1
+            last = completed == args.iterations
+
+            if completed % args.log_every == 0 or last:  # .item() waits for the GPU: only here
+                both = torch.stack([loss.detach(), accuracy])  # one transfer; under torchrun one all-reduce
+                train_loss, train_accuracy = mean_over_processes(both, world_size).tolist()
+                stats["train_loss"] = train_loss
+                stats["accuracy"] = train_accuracy
+                now = time.time()
+                per_second = (completed - last_log_iteration) / (now - last_log_time)
+                last_log_time = now
+                last_log_iteration = completed
+                if master:
+                    tokens = args.batch_size * args.context
+                    log_training(writer, completed, train_loss, train_accuracy, lr, per_second, tokens)
+                    bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_accuracy:.2f}")
+
+            if master and val_data is not None and (completed % args.val_every == 0 or last):
+                val_loss, val_accuracy = validation_loss(model, val_data, args.batch_size, args.seed, autocast)
+                stats["val_loss"] = val_loss
+                writer.add_scalar("losses/val_loss", val_loss, completed)
+                writer.add_scalar("charts/val_accuracy", val_accuracy, completed)
+
+            if master and args.eval_every and (completed % args.eval_every == 0 or last):
+                stats["eval_return"] = evaluate_in_context(model, eval_tasks, args, size, device)
+                writer.add_scalar("eval/return", stats["eval_return"], completed)
+
+            # every iteration, in every process: the other ranks wait here while rank 0 validates and evaluates
+            received = stop.requested()
+            if completed % args.save_every == 0 or last or received:
+                save_checkpoint(path, model, optimizer, completed, fixed, generator, device, rank, world_size)
+            if received and not last:
+                wait_for_all(device, world_size)  # rank 0's checkpoint is on disk before any process exits
+                shut_down(writer, bar)
+                if master:
+                    signal_name = signal.Signals(received).name
+                    print(
+                        f"{signal_name}: {path} saved at iteration {completed}; rerun the command to resume",
+                        file=sys.stderr,
+                    )
+                raise SystemExit(128 + received)
+
+    shut_down(writer, bar)
     stats["iterations_per_second"] = max(0, args.iterations - start) / (time.time() - loop_start)
     return {"checkpoint": path, **stats}
 

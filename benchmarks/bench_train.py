@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ad_train as A  # noqa: E402
@@ -44,10 +43,12 @@ class Args:
 
 def matmul_peak(seconds: float = 2.0, n: int = 1024) -> float:
     """float32 FLOP/s of an n x n x n matrix multiply."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
     for _ in range(3):
         a @ b
-    count, start = 0, time.perf_counter()
+    count = 0
+    start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
@@ -69,7 +70,8 @@ def main(args: Args) -> float:
     )
     model = A.DecisionModel(config)
     optimizer = model.optimizer(3e-4, 0.1, torch.device("cpu"))
-    B, T = args.batch_size, args.context
+    B = args.batch_size
+    T = args.context
     inputs = {
         "observations": torch.rand(B, T, 4),
         "prev_actions": torch.randint(0, 5, (B, T)),
@@ -78,12 +80,12 @@ def main(args: Args) -> float:
     }
     targets = torch.randint(0, K.NUM_ACTIONS, (B, T))
 
-    def update():
+    def update():  # the body of ad_train.main's loop
         loss = F.cross_entropy(model(**inputs).reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     for _ in range(3):
         update()
@@ -103,4 +105,4 @@ def main(args: Args) -> float:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    K.run_cli(main, Args)

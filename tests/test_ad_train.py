@@ -1,9 +1,15 @@
-"""ad_train.py: causality, learning, checkpoints, Light->Dark, end to end, bad input."""
+"""ad_train.py: causality, learning, the window sampler, the schedule, checkpoints, Light->Dark, resume (after a kill,
+a signal, under torchrun), torch.compile, end to end, bad input."""
 
+import dataclasses
+import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,20 +21,17 @@ import keydoor_env as K
 import sac_collect as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RNG = {
-    "sampler": torch.Generator().get_state(),
-    "torch": torch.get_rng_state(),
-    "cuda": torch.empty(0, dtype=torch.uint8),
-}
+AD_TRAIN = os.path.join(ROOT, "ad_train.py")
+CHECKPOINT = "ad__nx1-light__dark__ctx40__1.pt"  # the name tiny_args' run writes under <data dir>/checkpoints
+DELETE = object()  # a checkpoint entry to remove
 
 
 def small_model(obs_dim=4, context=12, dropout=0.0, arrival=False):
     torch.manual_seed(0)
-    return A.DecisionModel(
-        A.ModelConfig(
-            obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=dropout, arrival=arrival
-        )
-    ).eval()
+    config = A.ModelConfig(
+        obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=dropout, arrival=arrival
+    )
+    return A.DecisionModel(config).eval()
 
 
 def random_inputs(B, T, obs_dim=4, seed=0):
@@ -95,6 +98,50 @@ def tiny_args(data_dir, **overrides):
     return A.Args(**flags)
 
 
+def cli_flags(args):
+    """`args` as ad_train.py's command line (tyro's flags)."""
+    flags = []
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def same_threads_env():
+    """The environment of a subprocess that computes as this process does (the same number of threads)."""
+    return dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+
+
+@pytest.fixture(scope="module")
+def trained(sac_data, tmp_path_factory):
+    """A checkpoint ad_train.py wrote (4 iterations on the tiny dataset); copy it before changing it."""
+    tmp = tmp_path_factory.mktemp("trained")
+    shutil.copytree(sac_data, tmp / "data")
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        path = A.main(tiny_args(tmp / "data", iterations=4, save_every=4, eval_every=0))["checkpoint"]
+    finally:
+        os.chdir(cwd)
+    return path
+
+
+def rewrite(source, target, part, key, value):
+    """The checkpoint at `source` with checkpoint[part][key] set to `value` (or removed: DELETE), saved at `target`."""
+    checkpoint = torch.load(source, weights_only=True)
+    if value is DELETE:
+        del checkpoint[part][key]
+    else:
+        checkpoint[part][key] = value
+    torch.save(checkpoint, target)
+    return str(target)
+
+
+# --- The model
 @pytest.mark.parametrize("arrival", [False, True])
 def test_causality(arrival):
     model = small_model(arrival=arrival)
@@ -130,55 +177,67 @@ def test_kv_cache_matches_full_recompute(arrival):
         torch.testing.assert_close(out[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
 
 
-def synthetic_dataset(folder, runs=3, steps=400):
-    """Histories of a scripted agent whose action is a function of its observation: learnable."""
+def test_weight_decay_only_on_matrices():
+    model = small_model()
+    decay, no_decay = model.optimizer(1e-3, 0.1, torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+
+
+def test_sample_actions_is_multinomial_bit_for_bit():
+    """The rollout's sync-free sampler draws what torch.multinomial draws from the same generator state, on many
+    distributions (peaked, flat, with impossible actions), and leaves the generator in the same state."""
+    for seed in range(200):
+        g = torch.Generator().manual_seed(seed)
+        rows = int(torch.randint(1, 65, (1,), generator=g))
+        temperature = float(torch.rand(1, generator=g)) * 10
+        logits = torch.randn(rows, K.NUM_ACTIONS, generator=g) * temperature
+        if seed % 3 == 0:
+            logits[:, int(torch.randint(0, K.NUM_ACTIONS, (1,), generator=g))] = -math.inf
+        probs = logits.softmax(-1)
+        ours = torch.Generator().manual_seed(1000 + seed)
+        theirs = torch.Generator().manual_seed(1000 + seed)
+        actions = A.sample_actions(probs, ours)
+        assert torch.equal(actions, torch.multinomial(probs, 1, generator=theirs)[:, 0]), seed
+        assert torch.equal(ours.get_state(), theirs.get_state())
+    # and it samples: over many draws each action's frequency is its probability
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0]]).expand(20000, -1)
+    counts = torch.bincount(A.sample_actions(probs, torch.Generator().manual_seed(0)), minlength=5)
+    np.testing.assert_allclose(counts.numpy() / 20000, probs[0].numpy(), atol=0.015)
+
+
+# --- Data
+def synthetic_dataset(folder, runs=3, steps=400, tasks=None, style="nx1"):
+    """Histories of a scripted agent whose action is a function of its observation: learnable. `tasks` (runs, 4):
+    the task of each run (default: the first train tasks of the 5x5 grid)."""
+    if tasks is None:
+        tasks = K.task_split(5, "train")[:runs]
     for run in range(runs):
-        env = K.KeyDoorVectorEnv(1, size=5, light=True, tasks=K.task_split(5, "train")[run : run + 1])
+        env = K.KeyDoorVectorEnv(1, size=5, light=True, tasks=tasks[run : run + 1])
         obs, _ = env.reset(seed=run)
         hist = {k: [] for k in K.HISTORY_DTYPES}
         for _ in range(steps):
             action = np.array([1 if obs[0, 0] < 0.5 else 3 if obs[0, 1] < 0.5 else int(round(obs[0, 3] * 50)) % 5])
-            hist["observations"].append(obs[0]), hist["tasks"].append(env.tasks[0].copy())
+            hist["observations"].append(obs[0])
+            hist["tasks"].append(env.tasks[0].copy())
             obs, r, term, trunc, _ = env.step(action)
-            hist["actions"].append(action[0]), hist["rewards"].append(r[0])
-            hist["terminations"].append(term[0]), hist["truncations"].append(trunc[0])
+            hist["actions"].append(action[0])
+            hist["rewards"].append(r[0])
+            hist["terminations"].append(term[0])
+            hist["truncations"].append(trunc[0])
         K.save_history(
             os.path.join(folder, f"run_{run:05d}.npz"),
             {k: np.array(v) for k, v in hist.items()},
-            {"size": 5, "light": True, "style": "nx1", "seed": 0, "run": run, "algorithm": "scripted"},
+            {"size": 5, "light": True, "style": style, "seed": 0, "run": run, "algorithm": "scripted"},
         )
-
-
-def test_loss_drops_on_synthetic_data(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    synthetic_dataset(tmp_path / "data" / "nx1-light")
-    first = A.main(
-        tiny_args(
-            tmp_path / "data", iterations=10, lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34, exp_name="a"
-        )
-    )
-    last = A.main(
-        tiny_args(
-            tmp_path / "data",
-            iterations=150,
-            lr=3e-3,
-            log_every=10,
-            eval_every=0,
-            val_fraction=0.34,
-            exp_name="b",
-            n_embd=32,
-            dropout=0.0,
-        )
-    )
-    assert last["val_loss"] < 0.75 * first["val_loss"], (first, last)
-    assert last["accuracy"] > 0.6
 
 
 def test_light_to_dark_stripping_is_exact(sac_data):
     runs, meta = A.load_dataset(str(sac_data / "nx1-light"), light_obs=False)
     light_runs, light_meta = A.load_dataset(str(sac_data / "nx1-light"), light_obs=True)
-    assert meta["obs_dim"] == 4 and light_meta["obs_dim"] == 8
-    for run, light_run, name in zip(runs, light_runs, sorted(os.listdir(sac_data / "nx1-light"))):
+    assert meta["obs_dim"] == 4 and light_meta["obs_dim"] == 8 and meta["data_obs_dim"] == 8
+    names = sorted(os.listdir(sac_data / "nx1-light"))
+    for run, light_run, name in zip(runs, light_runs, names, strict=True):
         history, _ = K.load_history(str(sac_data / "nx1-light" / name))
         steps = torch.arange(len(run["actions"]))[None]  # the whole history as one window, decoded by the sampler
         dark = A.WindowSampler([run], 1, meta["obs_scale"], torch.device("cpu")).gather(steps)[0]["observations"][0]
@@ -201,7 +260,7 @@ def test_arrival_cells_replay_the_env(sac_data):
     runs, meta = A.load_dataset(str(sac_data / "nx1-light"), light_obs=False, arrival=True)
     names = sorted(n for n in os.listdir(sac_data / "nx1-light") if n.endswith(".npz"))
     doors_checked = 0
-    for run, name in zip(runs, names):
+    for run, name in zip(runs, names, strict=True):
         history, _ = K.load_history(str(sac_data / "nx1-light" / name))
         env = K.KeyDoorEnv(size=4)
         env.reset(options={"task": history["tasks"][0]})
@@ -219,12 +278,9 @@ def test_arrival_cells_replay_the_env(sac_data):
     sampler = A.WindowSampler(runs, 40, meta["obs_scale"], torch.device("cpu"))
     inputs, _ = sampler.gather(torch.arange(40)[None])
     np.testing.assert_allclose(inputs["prev_arrivals"][0].numpy() * 3, runs[0]["prev_arrivals"][:40])
-    assert (
-        "prev_arrivals"
-        not in A.WindowSampler(
-            A.load_dataset(str(sac_data / "nx1-light"), False)[0], 40, meta["obs_scale"], torch.device("cpu")
-        ).gather(torch.arange(40)[None])[0]
-    )
+    without = A.load_dataset(str(sac_data / "nx1-light"), False)[0]
+    inputs, _ = A.WindowSampler(without, 40, meta["obs_scale"], torch.device("cpu")).gather(torch.arange(40)[None])
+    assert "prev_arrivals" not in inputs
 
 
 def test_select_steps_and_previous_tokens():
@@ -239,16 +295,17 @@ def test_select_steps_and_previous_tokens():
     }
     run = A.select_steps(history, history_steps=150)
     assert len(run["actions"]) == 150 and len(A.select_steps(history, 0)["actions"]) == 200
+    # a history's first token is built like any episode's first: previous action "stay", reward 0, done 1
     assert run["prev_actions"][0] == A.FIRST_PREV_ACTION and run["prev_dones"][0] == A.FIRST_PREV_DONE
+    assert run["prev_rewards"][0] == A.FIRST_PREV_REWARD
     assert run["prev_actions"][1] == history["actions"][0] and not run["prev_dones"][1]
     assert run["prev_dones"][50] and run["prev_actions"][50] == history["actions"][49]
     assert run["prev_rewards"][8] == history["rewards"][7] == 1
     arrivals = np.stack([np.arange(1, 201) % 4, np.arange(1, 201) % 3], axis=1).astype(np.uint8)  # never (0, 0) first
     run = A.select_steps(dict(history, arrivals=arrivals), history_steps=150)
     assert tuple(run["prev_arrivals"][0]) == A.FIRST_PREV_ARRIVAL
-    assert tuple(run["prev_arrivals"][1]) == tuple(arrivals[0]) and tuple(run["prev_arrivals"][50]) == tuple(
-        arrivals[49]
-    )
+    assert tuple(run["prev_arrivals"][1]) == tuple(arrivals[0])
+    assert tuple(run["prev_arrivals"][50]) == tuple(arrivals[49])
 
 
 def test_episode_stride_keeps_whole_episodes_and_their_boundaries():
@@ -285,12 +342,15 @@ def test_episode_stride_keeps_whole_episodes_and_their_boundaries():
 
 def test_select_steps_auto_keeps_the_learning_phase():
     returns_per_episode = [0.0] * 20 + [2.0] * 60  # the run solves its task from episode 21 on
-    rewards, dones = [], []
+    rewards = []
+    dones = []
     for ret in returns_per_episode:
         episode = np.zeros(50, np.float32)
         episode[: int(ret)] = 1.0
-        rewards.append(episode), dones.append(np.eye(1, 50, 49, dtype=bool)[0])
-    rewards, dones = np.concatenate(rewards), np.concatenate(dones)
+        rewards.append(episode)
+        dones.append(np.eye(1, 50, 49, dtype=bool)[0])
+    rewards = np.concatenate(rewards)
+    dones = np.concatenate(dones)
     history = {
         "observations": np.zeros((len(rewards), 4), np.float32),
         "actions": np.zeros(len(rewards), np.int64),
@@ -309,11 +369,133 @@ def test_select_steps_auto_keeps_the_learning_phase():
     assert len(A.select_steps(never, -1)["actions"]) == len(rewards)
 
 
+@pytest.mark.parametrize("dataset", ["nx1-light", "rl2"])
+def test_a_dataset_holding_a_held_out_task_is_refused_before_any_work(tmp_path, monkeypatch, dataset):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / dataset
+    test_task = K.task_split(5, "test")[3]
+    synthetic_dataset(folder, runs=2, steps=60, tasks=np.stack([K.task_split(5, "train")[0], test_task]), style=dataset)
+    message = f"run_00001.npz holds task {test_task.tolist()}, a held-out (test) task of the 5x5 grid"
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        A.main(tiny_args(tmp_path / "data", dataset=dataset, context=20))
+    assert str(folder / "run_00001.npz") in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "data" / "checkpoints").exists() and not (tmp_path / "runs").exists()
+    # a validation task is as held out as a test task
+    validation_task = K.task_split(5, "validation")[0]
+    synthetic_dataset(folder, runs=1, steps=60, tasks=validation_task[None], style=dataset)
+    with pytest.raises(ValueError, match=re.escape("run_00000.npz holds task")):
+        A.load_dataset(str(folder), light_obs=False)
+
+
+def test_split_runs_holds_out_whole_runs():
+    """Training and validation runs are disjoint and together all runs, whatever the count, fraction and seed."""
+    for count in (2, 3, 10, 57):
+        runs = [{"actions": np.full(5, i)} for i in range(count)]
+        for fraction in (0.01, 0.05, 0.34, 0.5, 0.9):
+            for seed in (1, 2, 3):
+                train, validation = A.split_runs(runs, fraction, seed)
+                train_ids = [int(run["actions"][0]) for run in train]
+                validation_ids = [int(run["actions"][0]) for run in validation]
+                assert not set(train_ids) & set(validation_ids)
+                assert sorted(train_ids + validation_ids) == list(range(count))
+                assert train and validation  # at least one run each
+                assert len(validation) == min(count - 1, math.ceil(fraction * count))
+    assert A.split_runs(runs, 0.0, 1) == (runs, [])
+    # a single run holds out its last steps
+    run = {"actions": np.arange(100), "prev_dones": np.arange(100) % 2 == 0}
+    (train,), (validation,) = A.split_runs([run], 0.2, 1)
+    for key in run:
+        np.testing.assert_array_equal(np.concatenate([train[key], validation[key]]), run[key])
+    assert len(validation["actions"]) == 20
+
+
+def numbered_runs(lengths):
+    """Runs whose tokens say where they come from: observation features (run, step in the run)."""
+    runs = []
+    for number, length in enumerate(lengths):
+        steps = np.arange(length)
+        runs.append(
+            {
+                "obs_codes": np.stack([np.full(length, number), steps], axis=1).astype(np.uint8),
+                "actions": (steps % K.NUM_ACTIONS).astype(np.uint8),
+                "prev_actions": np.zeros(length, np.uint8),
+                "prev_rewards": np.zeros(length, np.uint8),
+                "prev_dones": np.zeros(length, bool),
+            }
+        )
+    return runs
+
+
+def test_a_window_never_crosses_a_run_boundary():
+    """Every sampled window is `context` consecutive steps of one run; runs shorter than the context give none."""
+    lengths = [50, 7, 120, 12, 31]
+    sampler = A.WindowSampler(numbered_runs(lengths), 12, [1.0, 1.0], torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        inputs, targets = sampler.sample(64, generator)
+        run = inputs["observations"][:, :, 0]  # (B, C)
+        step = inputs["observations"][:, :, 1]
+        assert (run == run[:, :1]).all()  # one run
+        assert (step.diff(dim=1) == 1).all()  # consecutive steps
+        assert (step[:, -1] < torch.tensor(lengths, dtype=torch.float32)[run[:, 0].long()]).all()  # inside it
+        assert not (run == 1).any()  # 7 steps: shorter than the context
+        assert torch.equal(targets, (step.long() % K.NUM_ACTIONS))
+
+
+def test_every_start_of_every_usable_run_is_drawn():
+    lengths = [7, 3, 12, 5]
+    context = 5
+    sampler = A.WindowSampler(numbered_runs(lengths), context, [1.0, 1.0], torch.device("cpu"))
+    inputs, _ = sampler.sample(3000, torch.Generator().manual_seed(1))
+    drawn = {(int(run), int(start)) for run, start in inputs["observations"][:, 0].tolist()}
+    every = {(run, start) for run, length in enumerate(lengths) for start in range(length - context + 1)}
+    assert drawn == every
+
+
+def test_processes_share_the_one_process_batch():
+    """Under torchrun rank r keeps the r-th contiguous share of the batch one process draws from the same state."""
+    sampler = A.WindowSampler(numbered_runs([50, 30, 80]), 10, [1.0, 1.0], torch.device("cpu"))
+    whole, whole_targets = sampler.sample(12, torch.Generator().manual_seed(5))
+    for world_size in (2, 3, 4):
+        shares = [sampler.sample(12, torch.Generator().manual_seed(5), rank, world_size) for rank in range(world_size)]
+        assert all(len(targets) == 12 // world_size for _, targets in shares)
+        torch.testing.assert_close(torch.cat([inputs["observations"] for inputs, _ in shares]), whole["observations"])
+        torch.testing.assert_close(torch.cat([targets for _, targets in shares]), whole_targets)
+
+
+# --- Training
+def test_learning_rate_schedule():
+    """Linear warm-up from lr/warmup to lr, then a cosine that never rises, through lr * 0.55 halfway, to 10%."""
+    args = A.Args(lr=1e-3, warmup_iterations=10, iterations=110)
+    lrs = np.array([A.lr_at(i, args) for i in range(args.iterations + 1)])
+    assert lrs[0] == pytest.approx(args.lr / 10)
+    assert lrs[9] == pytest.approx(args.lr)
+    np.testing.assert_allclose(np.diff(lrs[:10]), args.lr / 10)  # linear
+    assert (np.diff(lrs[9:]) <= 1e-18).all()  # monotone after the warm-up
+    assert lrs[60] == pytest.approx(0.55 * args.lr)  # halfway through the decay: the mean of peak and floor
+    assert lrs[110] == pytest.approx(0.1 * args.lr)  # the end
+    assert lrs[109] == pytest.approx(0.1 * args.lr, rel=1e-2)
+    assert lrs.min() >= 0.1 * args.lr - 1e-15
+
+
+def test_loss_drops_on_synthetic_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    synthetic_dataset(tmp_path / "data" / "nx1-light")
+    flags = dict(lr=3e-3, log_every=10, eval_every=0, val_fraction=0.34)
+    first = A.main(tiny_args(tmp_path / "data", iterations=10, exp_name="a", **flags))
+    last = A.main(tiny_args(tmp_path / "data", iterations=150, exp_name="b", n_embd=32, dropout=0.0, **flags))
+    assert last["val_loss"] < 0.75 * first["val_loss"], (first, last)
+    assert last["accuracy"] > 0.6
+
+
 def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     shutil.copytree(sac_data, data)
     result = A.main(tiny_args(data))
+    # the first line names the grid and the data, so that a user who meant another one sees it at once
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line.startswith(f"{data / 'nx1-light'}: 4x4 grid, Dark observations (Light data read Dark), 4 runs")
     checkpoint = A.load_checkpoint(result["checkpoint"])
     assert checkpoint["iteration"] == 30 and checkpoint["data"]["obs_dim"] == 4 and checkpoint["data"]["size"] == 4
     assert checkpoint["args"]["context"] == 40
@@ -335,30 +517,30 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     assert [e.step for e in events.Scalars("eval/return")] == [15, 30]
     assert [e.step for e in events.Scalars("losses/val_loss")] == [10, 20, 30]
 
-    # the checkpoint rebuilds the model alone, with identical outputs
-    model = A.model_from_checkpoint(checkpoint).eval()
-    again = A.model_from_checkpoint(A.load_checkpoint(result["checkpoint"])).eval()
-    inputs = random_inputs(2, 40)
-    torch.testing.assert_close(model(**inputs), again(**inputs), rtol=0, atol=0)
-
     # rerunning with more iterations resumes from iteration 30
-    capsys.readouterr()
     resumed = A.main(tiny_args(data, iterations=40))
     out = capsys.readouterr().out
     assert "resuming" in out and "at iteration 30" in out
     assert A.load_checkpoint(resumed["checkpoint"])["iteration"] == 40
-    # resuming onto other training windows is refused
-    with pytest.raises(ValueError, match="another model, data"):
-        A.main(tiny_args(data, iterations=50, history_steps=200))
-    # a checkpoint of another shape is refused, the arrival token included
-    with pytest.raises(ValueError, match="another model"):
-        A.main(tiny_args(data, iterations=50, n_embd=32))
-    with pytest.raises(ValueError, match="another model"):
-        A.main(tiny_args(data, iterations=50, arrival_token=True))
-    # and so is a changed optimizer: the run would not be the one its name and hyperparameter table say
-    for changed in ({"lr": 1e-2}, {"batch_size": 3}, {"warmup_iterations": 1}, {"max_grad_norm": 0.5}):
-        with pytest.raises(ValueError, match="optimizer"):
+    # a resume under other settings is refused in one line naming the flag that changed: other training windows,
+    # a model of another shape, the arrival token, another optimizer (the run would not be the one its name says)
+    path = str(data / "checkpoints" / CHECKPOINT)
+    for changed, message in (
+        ({"history_steps": 200}, "--history-steps -1, not 200"),
+        ({"episode_stride": 2}, "--episode-stride 1, not 2"),
+        ({"n_embd": 32}, "--n-embd 16, not 32"),
+        ({"dropout": 0.2}, "--dropout 0.1, not 0.2"),
+        ({"arrival_token": True}, "--no-arrival-token, not --arrival-token"),
+        ({"lr": 1e-2}, "--lr 0.0003, not 0.01"),
+        ({"batch_size": 4}, "--batch-size 8, not 4"),
+        ({"warmup_iterations": 1}, "--warmup-iterations 5, not 1"),
+        ({"max_grad_norm": 0.5}, "--max-grad-norm 1.0, not 0.5"),
+        ({"weight_decay": 0.0}, "--weight-decay 0.1, not 0.0"),
+    ):
+        expected = f"{path} was trained with {message}; move it away or change --exp-name"
+        with pytest.raises(ValueError, match=re.escape(expected)) as error:
             A.main(tiny_args(data, iterations=50, **changed))
+        assert "\n" not in str(error.value)
 
 
 def test_resume_after_a_kill_is_bit_identical(sac_data, tmp_path, monkeypatch):
@@ -369,7 +551,8 @@ def test_resume_after_a_kill_is_bit_identical(sac_data, tmp_path, monkeypatch):
     for folder in ("a", "b"):
         shutil.copytree(sac_data / "nx1-light", tmp_path / folder / "nx1-light")
     whole = A.load_checkpoint(A.main(tiny_args(tmp_path / "a", **flags))["checkpoint"])
-    sample, calls = A.WindowSampler.sample, []
+    sample = A.WindowSampler.sample
+    calls = []
 
     def killed_after_the_checkpoint(self, *args):
         calls.append(1)
@@ -381,7 +564,7 @@ def test_resume_after_a_kill_is_bit_identical(sac_data, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         A.main(tiny_args(tmp_path / "b", **flags))
     monkeypatch.setattr(A.WindowSampler, "sample", sample)
-    path = str(tmp_path / "b" / "checkpoints" / "ad__nx1-light__dark__ctx40__1.pt")
+    path = str(tmp_path / "b" / "checkpoints" / CHECKPOINT)
     assert A.load_checkpoint(path)["iteration"] == 20
     torch.manual_seed(12345)  # whatever the global generator holds, the resumed run restores its own
     resumed = A.load_checkpoint(A.main(tiny_args(tmp_path / "b", **flags))["checkpoint"])
@@ -402,25 +585,10 @@ def test_outputs_checked_before_work_and_stale_parts_removed(sac_data, tmp_path,
     stale.write_bytes(b"half a checkpoint")
     os.utime(stale, (0, 0))
     A.main(tiny_args(tmp_path / "d", iterations=2, eval_every=0))
-    assert os.listdir(tmp_path / "d" / "checkpoints") == ["ad__nx1-light__dark__ctx40__1.pt"]
-    with pytest.raises(
-        ValueError, match="21 evaluation envs: the validation split"
-    ):  # more eval envs than validation tasks
+    assert os.listdir(tmp_path / "d" / "checkpoints") == [CHECKPOINT]
+    # more eval envs than validation tasks
+    with pytest.raises(ValueError, match="21 evaluation envs: the validation split"):
         A.main(tiny_args(tmp_path / "d", eval_envs=21, iterations=4))
-
-
-def test_sampler_draws_what_the_old_host_gather_drew(sac_data):
-    """The windows are gathered on the device, but the host draws only start indices: the same windows."""
-    runs, meta = A.load_dataset(str(sac_data / "nx1-light"), light_obs=False)
-    sampler = A.WindowSampler(runs, 40, meta["obs_scale"], torch.device("cpu"))
-    inputs, targets = sampler.sample(6, torch.Generator().manual_seed(3))
-    g = torch.Generator().manual_seed(3)
-    run = torch.randint(len(sampler.offsets), (6,), generator=g)
-    start = (torch.rand(6, generator=g) * sampler.num_starts[run]).long()
-    index = (sampler.offsets[run] + start)[:, None] + torch.arange(40)
-    tokens = np.concatenate([r["actions"] for r in runs])
-    np.testing.assert_array_equal(targets.numpy(), tokens[index.numpy()])
-    assert inputs["observations"].shape == (6, 40, 4) and inputs["observations"].dtype == torch.float32
 
 
 def test_end_to_end_with_arrival_token(sac_data, tmp_path, monkeypatch):
@@ -445,31 +613,120 @@ def test_arrival_token_refuses_data_off_the_grid(sac_data, tmp_path):
         A.main(tiny_args(tmp_path / "bad", arrival_token=True))
 
 
-def test_checkpoint_round_trip(tmp_path):
-    model = small_model()
-    path = str(tmp_path / "m.pt")
-    optimizer = model.optimizer(1e-3, 0.1, torch.device("cpu"))
-    checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "iteration": 3,
-        "args": {},
-        "model_config": A.asdict(model.config),
-        "data": {"dataset": "d", "size": 5, "obs_dim": 4},
-        "run_name": "x",
-        "rng": RNG,
-    }
-    K.atomic_write(path, lambda f: torch.save(checkpoint, f))
-    rebuilt = A.model_from_checkpoint(A.load_checkpoint(path)).eval()
-    inputs = random_inputs(2, 12)
-    torch.testing.assert_close(rebuilt(**inputs), model(**inputs), rtol=0, atol=0)
+# --- Checkpoints
+def test_a_checkpoint_ad_train_wrote_rebuilds_the_model(trained):
+    checkpoint = A.load_checkpoint(trained)
+    model = A.model_from_checkpoint(checkpoint).eval()
+    again = A.model_from_checkpoint(A.load_checkpoint(trained)).eval()
+    inputs = random_inputs(2, 40)
+    torch.testing.assert_close(model(**inputs), again(**inputs), rtol=0, atol=0)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, checkpoint["model"][name]), name
+    assert checkpoint["iteration"] == 4 and checkpoint["model_config"] == dataclasses.asdict(model.config)
 
 
-def test_weight_decay_only_on_matrices():
-    model = small_model()
-    decay, no_decay = model.optimizer(1e-3, 0.1, torch.device("cpu")).param_groups
-    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
-    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+def test_generator_states_load_to_the_cpu_whatever_the_device(trained):
+    """The weights go where they are asked to; the generator states stay CPU byte tensors (the only kind
+    `set_state` takes), and the restore helper sets them."""
+    checkpoint = A.load_checkpoint(trained, map_location="meta")
+    assert all(tensor.device.type == "meta" for tensor in checkpoint["model"].values())
+    rng = checkpoint["rng"]
+    states = [rng["sampler"], *rng["torch"], *rng["cuda"]]
+    assert len(rng["torch"]) == len(rng["cuda"]) == 1  # one process: one state each
+    assert all(state.device.type == "cpu" and state.dtype == torch.uint8 for state in states)
+    generator = torch.Generator().manual_seed(99)
+    torch.manual_seed(99)
+    A.restore_rng_state(rng, generator, torch.device("meta"))
+    assert torch.equal(generator.get_state(), rng["sampler"])
+    assert torch.equal(torch.get_rng_state(), rng["torch"][0])
+    # a rank the checkpoint holds no state for keeps its own dropout stream, and takes the sampler's
+    torch.manual_seed(7)
+    own = torch.get_rng_state()
+    other = torch.Generator().manual_seed(7)
+    A.restore_rng_state(rng, other, torch.device("cpu"), rank=1)
+    assert torch.equal(torch.get_rng_state(), own) and torch.equal(other.get_state(), rng["sampler"])
+
+
+@pytest.mark.parametrize(
+    "part, key, value, message",
+    [
+        ("model_config", "unknown", 1, "its model does not load (model_config has unknown fields ['unknown']"),
+        ("model_config", "n_head", "2", "its model does not load (model_config n_head must be of type int, got '2')"),
+        ("model_config", "dropout", DELETE, "its model does not load (model_config lacks the fields ['dropout'])"),
+        ("data", "size", DELETE, "the checkpoint's data record lacks size"),
+        ("data", "size", 100, "grid size 100 is larger than 32"),
+        ("data", "obs_dim", 8, "its data has 8 observation features, its model 4"),
+        ("rng", "sampler", DELETE, "its rng holds no generator state of the window sampler"),
+        ("rng", "torch", [torch.zeros(3)], "its rng holds no torch generator states"),
+        ("model", "head.weight", torch.zeros(3, 3), "its model does not load (weight head.weight is torch.float32"),
+        ("model", "head.bias", DELETE, "its model does not load (it lacks the weight head.bias)"),
+        ("model", "extra.weight", torch.zeros(2), "its model does not load (weights its model_config has no place for"),
+        ("model", "head.bias", torch.full((5,), math.nan), "weight head.bias is not finite (the training diverged"),
+        ("args", "exp_name", DELETE, "the checkpoint's args lack exp_name"),
+    ],
+)
+def test_a_bad_checkpoint_is_a_one_line_error_naming_it(trained, tmp_path, part, key, value, message):
+    path = rewrite(trained, tmp_path / "bad.pt", part, key, value)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")) as error:
+        A.load_checkpoint(path)
+    assert "\n" not in str(error.value)
+
+
+def test_an_older_single_process_rng_layout_still_loads(trained, tmp_path):
+    """Checkpoints of the previous ad_train.py hold one torch and one CUDA state, not a list by rank."""
+    checkpoint = torch.load(trained, weights_only=True)
+    path = rewrite(trained, tmp_path / "old.pt", "rng", "torch", checkpoint["rng"]["torch"][0])
+    path = rewrite(path, tmp_path / "old.pt", "rng", "cuda", torch.empty(0, dtype=torch.uint8))
+    rng = A.load_checkpoint(path)["rng"]
+    assert torch.equal(rng["torch"][0], checkpoint["rng"]["torch"][0]) and len(rng["torch"]) == len(rng["cuda"]) == 1
+
+
+def test_an_rl2_checkpoint_is_named_as_one(tmp_path, monkeypatch):
+    import rl2_train as R  # here, not at the top: the rest of this file does not depend on rl2_train.py
+
+    monkeypatch.chdir(tmp_path)
+    flags = dict(size=4, iterations=1, num_envs=2, num_minibatches=1, episodes_per_trial=2, save_every=1)
+    flags.update(eval_every=0, eval_envs=1, n_layer=1, n_embd=16, n_head=2, d_ff=16, progress=False, cuda=False)
+    checkpoint = R.main(R.Args(data_dir=str(tmp_path / "data"), **flags))["checkpoint"]
+    with pytest.raises(ValueError, match=re.escape(f"{checkpoint}: an rl2_train.py checkpoint, not one of ad_train")):
+        A.load_checkpoint(checkpoint)
+
+
+# --- Flags and bad input
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("lr", math.inf, "--lr must be a finite number > 0, got inf"),
+        ("lr", 0.0, "--lr must be a finite number > 0, got 0.0"),
+        ("max_grad_norm", math.nan, "--max-grad-norm must be a finite number > 0, got nan"),
+        ("max_grad_norm", -1.0, "--max-grad-norm must be a finite number > 0, got -1.0"),
+        ("weight_decay", -0.1, "--weight-decay must be a finite number >= 0, got -0.1"),
+        ("weight_decay", math.inf, "--weight-decay must be a finite number >= 0, got inf"),
+        ("dropout", 1.0, "--dropout must be a finite number in [0, 1), got 1.0"),
+        ("dropout", math.nan, "--dropout must be a finite number in [0, 1), got nan"),
+        ("val_fraction", math.nan, "--val-fraction must be a finite number in [0, 1), got nan"),
+        ("val_fraction", 1.0, "--val-fraction must be a finite number in [0, 1), got 1.0"),
+        ("eval_every", -1, "--eval-every must be >= 0, got -1"),
+        ("history_steps", -2, "--history-steps must be >= -1, got -2"),
+        ("episode_stride", 0, "--episode-stride must be >= 1, got 0"),
+        ("context", 0, "--context must be >= 1, got 0"),
+        ("warmup_iterations", 0, "--warmup-iterations must be >= 1, got 0"),
+        ("eval_steps", 0, "--eval-steps must be >= 1, got 0"),
+        ("seed", -1, "--seed must lie in [0, 2**32), got -1"),
+    ],
+)
+def test_each_flag_is_checked_on_its_own(flag, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        A.validate(A.Args(**{flag: value}))
+    assert str(error.value).count("--") == 1  # names this flag alone
+
+
+def test_the_batch_is_shared_equally_by_the_processes():
+    with pytest.raises(ValueError, match=re.escape("--n-embd 130 must be a multiple of --n-head 4")):
+        A.validate(A.Args(n_embd=130))
+    A.validate(A.Args(batch_size=64), world_size=4)
+    with pytest.raises(ValueError, match=re.escape("--batch-size 10 must be a multiple of the 4 torchrun processes")):
+        A.validate(A.Args(batch_size=10), world_size=4)
 
 
 def test_bad_input(sac_data, tmp_path):
@@ -494,55 +751,156 @@ def test_bad_input(sac_data, tmp_path):
     (corrupt / "run_00001.npz").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="run_00001.npz: not a readable"):
         A.main(tiny_args(tmp_path / "corrupt"))
+    dark = tmp_path / "dark" / "nx1-light"
+    dark.mkdir(parents=True)
+    K.save_history(str(dark / "run_00000.npz"), history, config)
     with pytest.raises(ValueError, match="needs Light data"):
-        dark = tmp_path / "dark" / "nx1-light"
-        dark.mkdir(parents=True)
-        K.save_history(str(dark / "run_00000.npz"), history, config)
         A.main(tiny_args(tmp_path / "dark", light_obs=True))
+    torch.save({"model": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a checkpoint of this version of ad_train.py"):
-        torch.save({"model": {}}, tmp_path / "x.pt")
         A.load_checkpoint(str(tmp_path / "x.pt"))
 
 
 def test_cli_error_is_one_line(tmp_path):
+    """A non-finite flag (--lr inf once trained a checkpoint of NaN) is refused in one line, exit code 2."""
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "ad_train.py"), "--data-dir", str(tmp_path)],
+        [sys.executable, AD_TRAIN, "--data-dir", str(tmp_path), "--lr", "inf"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-    assert "does not exist" in result.stderr
+    assert "--lr must be a finite number > 0, got inf" in result.stderr
 
 
+# --- Slow: the command line, signals, torchrun, torch.compile
+@pytest.mark.slow
 def test_cli_smoke(sac_data, tmp_path):
     shutil.copytree(sac_data, tmp_path / "data")
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "ad_train.py"),
-            "--context",
-            "20",
-            "--iterations",
-            "4",
-            "--n-embd",
-            "16",
-            "--n-head",
-            "2",
-            "--d-ff",
-            "16",
-            "--n-layer",
-            "1",
-            "--eval-steps",
-            "30",
-            "--eval-every",
-            "4",
-            "--no-progress",
-            "--no-cuda",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    flags = ["--context", "20", "--iterations", "4", "--n-embd", "16", "--n-head", "2", "--d-ff", "16"]
+    flags += ["--n-layer", "1", "--eval-steps", "30", "--eval-every", "4", "--no-progress", "--no-cuda"]
+    result = subprocess.run([sys.executable, AD_TRAIN, *flags], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert os.path.exists(tmp_path / "data" / "checkpoints" / "ad__nx1-light__dark__ctx20__1.pt")
+
+
+def interrupt(command, cwd, path, after_iteration, signum):
+    """Run `command`, send it `signum` once its checkpoint at `path` is past `after_iteration`; (exit code, stderr)."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (os.path.exists(path) and A.load_checkpoint(str(path))["iteration"] > after_iteration):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_save_and_a_rerun_resumes_bit_for_bit(sac_data, tmp_path, monkeypatch):
+    """Ctrl-C, then SIGTERM, each during training: each saves a checkpoint at the iteration it stopped (exit 130,
+    143), and a rerun to the end holds exactly the weights of an uninterrupted run, dropout included."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # the subprocesses compute as this one
+    flags = dict(iterations=500, save_every=25, val_every=100, log_every=50, eval_every=0, dropout=0.1)
+    for folder in ("whole", "split"):
+        shutil.copytree(sac_data / "nx1-light", tmp_path / folder / "nx1-light")
+    whole = A.load_checkpoint(A.main(tiny_args(tmp_path / "whole", **flags))["checkpoint"])
+    path = tmp_path / "split" / "checkpoints" / CHECKPOINT
+    command = [sys.executable, AD_TRAIN, *cli_flags(tiny_args(tmp_path / "split", **flags))]
+    stopped = 0
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        returncode, stderr = interrupt(command, tmp_path, path, stopped, signum)
+        assert returncode == code, stderr
+        iteration = A.load_checkpoint(str(path))["iteration"]
+        assert stopped < iteration < 500
+        assert f"{signum.name}: {path} saved at iteration {iteration}; rerun the command to resume" in stderr
+        stopped = iteration
+    resumed = A.load_checkpoint(A.main(tiny_args(tmp_path / "split", **flags))["checkpoint"])
+    assert resumed["iteration"] == 500
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def torchrun(args, cwd, processes=2):
+    """ad_train.py under torchrun with the gloo backend: `processes` CPU processes of one thread."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [*command, AD_TRAIN, *cli_flags(args)], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_one_process_weights(sac_data, tmp_path, monkeypatch):
+    """Two processes, each on half of every batch, with DDP averaging their gradients: the weights of one process
+    on the whole batches, to float tolerance. Rank 0 alone prints, evaluates and writes the checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    flags = dict(iterations=6, save_every=3, val_every=3, log_every=2, eval_every=3, dropout=0.0)
+    for folder in ("one", "two"):
+        shutil.copytree(sac_data / "nx1-light", tmp_path / folder / "nx1-light")
+    one = A.load_checkpoint(A.main(tiny_args(tmp_path / "one", **flags))["checkpoint"])
+    result = torchrun(tiny_args(tmp_path / "two", **flags), tmp_path)
+    assert result.stdout.count("4x4 grid") == 1 and "x 2 processes" in result.stdout
+    two = A.load_checkpoint(str(tmp_path / "two" / "checkpoints" / CHECKPOINT))
+    assert two["iteration"] == 6
+    for name, tensor in one["model"].items():
+        torch.testing.assert_close(two["model"][name], tensor, rtol=1e-5, atol=1e-6)
+    # each rank's own dropout stream, by rank
+    assert len(two["rng"]["torch"]) == 2 and not torch.equal(two["rng"]["torch"][0], two["rng"]["torch"][1])
+
+
+@pytest.mark.slow
+def test_torchrun_resume_is_bit_for_bit(sac_data, tmp_path, monkeypatch):
+    """Under torchrun, 3 iterations then a resume to 6 hold exactly the weights of 6 at once, dropout included:
+    every rank restores the sampler and its own dropout generator. (Inside the warm-up the learning rate does not
+    depend on --iterations, so the longer rerun continues the same schedule.)"""
+    monkeypatch.chdir(tmp_path)
+    flags = dict(save_every=3, val_every=3, log_every=3, eval_every=0, dropout=0.1, warmup_iterations=10)
+    for folder in ("whole", "split"):
+        shutil.copytree(sac_data / "nx1-light", tmp_path / folder / "nx1-light")
+    torchrun(tiny_args(tmp_path / "whole", iterations=6, **flags), tmp_path)
+    torchrun(tiny_args(tmp_path / "split", iterations=3, **flags), tmp_path)
+    result = torchrun(tiny_args(tmp_path / "split", iterations=6, **flags), tmp_path)
+    assert "at iteration 3" in result.stdout
+    whole = A.load_checkpoint(str(tmp_path / "whole" / "checkpoints" / CHECKPOINT))
+    resumed = A.load_checkpoint(str(tmp_path / "split" / "checkpoints" / CHECKPOINT))
+    assert resumed["iteration"] == 6
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def inductor_compiles() -> bool:
+    def affine(x):
+        return 2 * x + 1
+
+    try:
+        torch.compile(affine)(torch.ones(3))
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_compile_trains_as_eager(sac_data, tmp_path, monkeypatch):
+    """--compile on the CPU (inductor): a few iterations give the eager loss and weights, to float tolerance."""
+    if not inductor_compiles():
+        pytest.skip("torch.compile (inductor) cannot compile on this machine (no working C++ compiler?)")
+    monkeypatch.chdir(tmp_path)
+    flags = dict(iterations=4, save_every=4, val_every=4, log_every=1, eval_every=0, dropout=0.0)
+    for folder in ("eager", "compiled"):
+        shutil.copytree(sac_data / "nx1-light", tmp_path / folder / "nx1-light")
+    try:
+        eager = A.main(tiny_args(tmp_path / "eager", **flags))
+        compiled = A.main(tiny_args(tmp_path / "compiled", compile=True, **flags))
+    finally:
+        torch._dynamo.reset()
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
+    eager_weights = A.load_checkpoint(eager["checkpoint"])["model"]
+    compiled_weights = A.load_checkpoint(compiled["checkpoint"])["model"]
+    for name, tensor in eager_weights.items():
+        torch.testing.assert_close(compiled_weights[name], tensor, rtol=1e-4, atol=1e-5)
