@@ -5,26 +5,29 @@
         --fig6-light light.npz --fig6-dark dark.npz --fig6-rl2 rl2.npz
     python -m docs.make_figures rl2 --curve data/eval/rl2__9x9__1__curve.csv --out docs/9x9/rl2_curve
     python -m docs.make_figures table --evals a.npz b.npz --window 250
-    python -m docs.make_figures seeds --evals docs/laptop/test/*.npz
+    python -m docs.make_figures seeds --evals docs/laptop/test/*.npz --csv seeds.csv
 
 `sac` draws Figure 2 (source learning curves from sac_collect.py's histories: mean over runs and
 the 10-90% band, in bins of `--bin` env steps). `ad` draws Figures 3 to 6 from evaluation files
-(Figure 4 groups the files of a model that differ only in training seed: mean over seeds, 95% CI
-over tasks, and the lowest to highest seed)
-(ad_eval.py's, and rl2_train.py's held-out trials in the same layout). `rl2` draws RL²'s learning
-curve from the `<stem>__curve.csv` that rl2_train.py writes at every in-training evaluation. Each
-PNG comes with a CSV of the numbers it shows. `table` draws nothing: it prints, per evaluation
-file, the returns over the first 500 steps, the best bin and the last steps, and how often the
-policy solves its task after a solved episode in the last `--window` steps and after none (keeping
-a solution against finding one; rates per env, then averaged over envs), with the first file's uniform-random policy as the last row.
-`seeds` prints each model's mean over its training seeds (files of one model that differ only in
-seed: first episode, first 500 steps, last steps and the rise between them), the lowest and highest seed, a 95% confidence interval over tasks, and paired differences
-between models on the same tasks.
+(ad_eval.py's, and rl2_train.py's held-out trials in the same layout); Figure 4 groups the files of
+a model that differ only in training seed: the mean over seeds x tasks with its 95% interval from
+ad_eval's bootstrap of seeds and tasks together, and the lowest to highest seed. `rl2` draws RL²'s
+learning curve from the `<stem>__curve.csv` that rl2_train.py writes at every in-training
+evaluation. Each PNG comes with a CSV of the numbers it shows. `table` draws nothing: it prints, per
+evaluation file, the returns over the first 500 steps, the best bin and the last steps, and how
+often the policy solves its task after a solved episode in the last `--window` steps and after none
+(keeping a solution against finding one; rates per env, then averaged over envs), with the first
+file's uniform-random policy as the last row. `seeds` prints, for each model (the files of one model
+that differ only in training seed), the mean and the IQM over training seeds x tasks with 95%
+intervals from the bootstrap that resamples seeds and tasks together (`ad_eval.bootstrap`), for the
+first episode, the first and the last 500 steps, the last `--final-steps` and the rises between
+windows of equal width, then paired differences between models on the same tasks and seeds.
 
 An evaluation file holds `tasks` (N, 4), the episodes of the policy (`episode_env`,
 `episode_return`, `episode_end_step`, flat), those of a uniform-random policy on the same tasks and
 steps (`random_episode_*`) and `meta`, a JSON string of the settings. Returns are averaged per env
-first, then across envs, as `ad_eval.py` prints them.
+first, then across envs, as `ad_eval.py` prints them; "the last N steps" is the mean of the 500-step
+windows that tile them (`ad_eval.late_returns`), so that it compares with the first 500 steps.
 """
 
 import csv
@@ -39,7 +42,19 @@ import numpy as np
 import tyro
 
 import keydoor_env as K
-from ad_eval import binned_curve, mean_and_interval, source_episodes, source_histories  # the protocol's metrics
+from ad_eval import (  # the protocol's metrics and intervals
+    BOOTSTRAP_RESAMPLES,
+    WINDOW,
+    binned_curve,
+    bootstrap,
+    excludes_zero,
+    finite_mean,
+    format_interval,
+    late_returns,
+    source_episodes,
+    source_histories,
+    window_returns,
+)
 
 EVAL_ARRAYS = (
     "tasks",
@@ -85,11 +100,15 @@ def load_eval(path: str) -> dict:
             f"{path}: not an evaluation file in the current layout (no {', '.join(missing)}); "
             f"rerun ad_eval.py or rl2_train.py"
         )
-    if not isinstance(meta, dict) or [key for key in META_KEYS if key not in meta]:
-        raise ValueError(f"{path}: meta lacks {[key for key in META_KEYS if key not in meta]}")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: meta is not a JSON object")
+    if missing_meta := [key for key in META_KEYS if key not in meta]:
+        raise ValueError(f"{path}: meta lacks {missing_meta}")
     if meta["algorithm"] not in ("ad", "rl2") or (meta["algorithm"] == "ad" and "context" not in meta):
         raise ValueError(f"{path}: meta's algorithm must be 'ad' (with a context) or 'rl2', got {meta['algorithm']!r}")
-    tasks, num_envs, steps = arrays["tasks"], int(meta["num_envs"]), int(meta["steps"])
+    tasks = arrays["tasks"]
+    num_envs = int(meta["num_envs"])
+    steps = int(meta["steps"])
     if tasks.shape != (num_envs, 4):
         raise ValueError(f"{path}: tasks have shape {tasks.shape}, meta says {num_envs} envs")
     runs = {}
@@ -99,13 +118,10 @@ def load_eval(path: str) -> dict:
     name = os.path.splitext(os.path.basename(meta["checkpoint"]))[0]
     if meta["algorithm"] == "rl2":
         label = "RL²"
-    else:  # ad_train.py names runs <exp_name> on <dataset>
-        what = (
-            f"{meta['exp_name']} on {meta['dataset']}, {meta['obs']} obs"
-            if "exp_name" in meta and "dataset" in meta
-            else name
-        )
-        label = f"{what}, ctx {meta['context']}"
+    elif "exp_name" in meta and "dataset" in meta:  # ad_train.py names runs <exp_name> on <dataset>
+        label = f"{meta['exp_name']} on {meta['dataset']}, {meta['obs']} obs, ctx {meta['context']}"
+    else:
+        label = f"{name}, ctx {meta['context']}"
     random = {
         "name": "random policy",
         "label": "random policy",
@@ -125,24 +141,28 @@ def load_eval(path: str) -> dict:
     }
 
 
+def check_final_steps(final_steps: int) -> None:
+    """--final-steps is tiled by the 500-step windows of `ad_eval.late_returns`."""
+    if final_steps < WINDOW or final_steps % WINDOW:
+        raise ValueError(f"--final-steps must be a positive multiple of {WINDOW}, got {final_steps}")
+
+
 # ----------------------------------------------------------------------------------------------
-# Metrics: per env first, then across envs (binned curves and the first 500 steps as ad_eval.py computes them)
+# Metrics: per env first, then across envs (the windows and intervals of ad_eval.py)
 # ----------------------------------------------------------------------------------------------
-def final_returns(run: dict, steps: int) -> np.ndarray:
-    """Per env, the mean return of the episodes that ended in the last `steps` env steps (NaN if none)."""
-    episodes, late = run["episodes"], run["episodes"]["end_step"] > run["steps"] - steps
-    return np.array(
-        [
-            episodes["return"][late & (episodes["env"] == i)].mean()
-            if (late & (episodes["env"] == i)).any()
-            else np.nan
-            for i in range(run["num_envs"])
-        ]
-    )
+def early_returns(run: dict) -> np.ndarray:
+    """Per env, the mean return of the episodes that ended in the first `WINDOW` env steps (NaN if none)."""
+    return window_returns(run["episodes"], run["num_envs"], 0, WINDOW)
+
+
+def final_returns(run: dict, last: int) -> np.ndarray:
+    """Per env, the mean over the 500-step windows of the last `last` env steps of its mean return in each."""
+    return late_returns(run["episodes"], run["num_envs"], run["steps"], last)
 
 
 def group_by_model(runs: list[dict]) -> list[tuple[str, list[dict]]]:
-    """(label, runs) per model, in a fixed order: a model is all its settings but the training seed."""
+    """(label, runs) per model, in a fixed order: a model is all its settings but the training seed. Within a model
+    the runs keep the order given (seed i of one model is paired with seed i of another)."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         meta = run["meta"]
@@ -160,7 +180,8 @@ def group_by_model(runs: list[dict]) -> list[tuple[str, list[dict]]]:
 
 def first_episode_returns(run: dict) -> np.ndarray:
     """Per env, the return of its first episode (NaN if it has none): "succeeds at once" is read here."""
-    episodes, first = run["episodes"], np.full(run["num_envs"], np.nan)
+    episodes = run["episodes"]
+    first = np.full(run["num_envs"], np.nan)
     for i in range(run["num_envs"]):
         mask = episodes["env"] == i
         if mask.any():
@@ -177,11 +198,12 @@ def solved_after(run: dict, window: int) -> dict[str, tuple[np.ndarray, np.ndarr
     }
     episodes = run["episodes"]
     for i in range(run["num_envs"]):
-        returns, ends = episodes["return"][episodes["env"] == i], episodes["end_step"][episodes["env"] == i]
+        returns = episodes["return"][episodes["env"] == i]
+        ends = episodes["end_step"][episodes["env"] == i]
         starts = np.concatenate([[0], ends[:-1]])  # an episode starts where the one before it ended
         for j in range(len(returns)):
             recent = ((returns[:j] == 2) & (ends[:j] > starts[j] - window)).any()
-            solved, total = counts["recent success" if recent else "no recent success"]
+            (solved, total) = counts["recent success" if recent else "no recent success"]
             solved[i] += int(returns[j] == 2)
             total[i] += 1
     return counts
@@ -190,7 +212,8 @@ def solved_after(run: dict, window: int) -> dict[str, tuple[np.ndarray, np.ndarr
 def per_env_rate(solved: np.ndarray, total: np.ndarray) -> tuple[float, int]:
     """The solve rate averaged over envs (each env weighs the same), and how many envs had such episodes."""
     has = total > 0
-    return (float((solved[has] / total[has]).mean()) if has.any() else float("nan")), int(has.sum())
+    rate = float((solved[has] / total[has]).mean()) if has.any() else float("nan")
+    return rate, int(has.sum())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,17 +233,22 @@ def prepare_output(folder: str) -> None:
     K.remove_stale_parts(folder)
 
 
+def write_csv(path: str, rows: list[dict]) -> None:
+    """`path` atomically, the rows' keys (the union in first-seen order) as its columns."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    K.atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
 def save_figure(fig, out: str, rows: list[dict]) -> None:
     """`out`.png and `out`.csv (the rows' keys, the union in first-seen order, are its columns)."""
     plt = pyplot()
     fig.tight_layout()
     K.atomic_write(out + ".png", lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
-    writer.writeheader()
-    writer.writerows(rows)
-    K.atomic_write(out + ".csv", lambda f: f.write(text.getvalue().encode()))
+    write_csv(out + ".csv", rows)
 
 
 def style(ax, xlabel: str, title: str, legend_size: int, ylabel: bool = True, **legend) -> None:
@@ -281,7 +309,7 @@ def sac(args: Sac) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
     rows = []
-    for ax, (title, _), result in zip(axes, panels, results):
+    for ax, (title, _), result in zip(axes, panels, results, strict=True):
         if result is None:
             ax.set_title(f"{title}: no data")
             continue
@@ -301,7 +329,8 @@ def sac(args: Sac) -> None:
         ax.set_xlabel("env steps")
         ax.set_ylim(-0.05, 2.05)
         rows += [
-            {"panel": title, "step": int(s), "mean_return": float(m), "runs": len(values)} for s, m in zip(steps, mean)
+            {"panel": title, "step": int(s), "mean_return": float(m), "runs": len(values)}
+            for s, m in zip(steps, mean, strict=True)
         ]
     axes[0].set_ylabel("episode return")
     save_figure(fig, args.out, rows)
@@ -330,28 +359,188 @@ class Ad:
     bin: int = 500
     """env steps per point of the curves"""
     final_steps: int = 2500
-    """Figure 4's final return: the mean over the episodes that ended in this many last env steps"""
+    """Figure 4's final return: the mean of the 500-step windows in this many last env steps (a multiple of 500)"""
     out_dir: str = "docs/laptop"
     """where the PNG and CSV files go"""
 
 
 def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    steps, values = binned_curve(run["episodes"], run["num_envs"], run["steps"], width)
-    return (
-        steps,
-        values,
-        [
-            {"figure": figure, "curve": label, "env_step": int(s), "mean_return": round(float(v), 4)}
-            for s, v in zip(steps, values)
-        ],
+    (steps, values) = binned_curve(run["episodes"], run["num_envs"], run["steps"], width)
+    rows = [
+        {"figure": figure, "curve": label, "env_step": int(s), "mean_return": round(float(v), 4)}
+        for s, v in zip(steps, values, strict=True)
+    ]
+    return steps, values, rows
+
+
+def figure3(plt, runs: list[dict], source: dict | None, width: int) -> tuple:
+    """Returns over the whole evaluation, with the first file's random policy and the source agents."""
+    first = runs[0]
+    (fig, ax) = plt.subplots(figsize=(7, 3.8))
+    rows = []
+    for run in runs:
+        (steps, values, run_rows) = curve_rows("3", run["label"], run, width)
+        ax.plot(steps, values, lw=2, label=run["label"])
+        rows += run_rows
+    (steps, values, run_rows) = curve_rows("3", "random policy", first["random"], width)
+    ax.plot(steps, values, color="gray", ls=":", label="random policy")
+    rows += run_rows
+    if source is not None:
+        label = f"source SAC ({source['num_envs']} runs, own tasks)"
+        (steps, values, run_rows) = curve_rows("3", label, source, width)
+        ax.plot(steps, values, color="black", ls="--", label=label)
+        rows += run_rows
+    style(
+        ax,
+        "env steps on each held-out task",
+        f"In-context learning on {first['num_envs']} held-out Dark tasks "
+        f"({first['meta']['size']}x{first['meta']['size']})",
+        7,
+        loc="lower right",
     )
+    return fig, rows
+
+
+def figure4(plt, runs: list[dict], final_steps: int) -> tuple:
+    """The final return against context: each model's mean over training seeds x tasks, its 95% interval from the
+    two-way bootstrap of seeds and tasks (`ad_eval.bootstrap`), and the lowest to highest seed."""
+    models = group_by_model(runs)
+    rows = []
+    for label, members in sorted(models, key=lambda model: model[1][0]["meta"]["context"]):
+        if any(not np.array_equal(m["tasks"], members[0]["tasks"]) for m in members):
+            raise ValueError(f"--fig4: the seeds of {label!r} were evaluated on different tasks")
+        final = np.stack([final_returns(m, final_steps) for m in members])  # (seeds, tasks)
+        early = np.stack([early_returns(m) for m in members])  # (seeds, tasks)
+        stats = bootstrap(final)
+        per_seed = finite_mean(final)  # (seeds,)
+        rows.append(
+            {
+                "figure": "4",
+                "context": members[0]["meta"]["context"],
+                "curve": label,
+                "seeds": len(members),
+                "tasks": len(members[0]["tasks"]),
+                "first500": round(float(finite_mean(early.reshape(-1))), 4),
+                "final": round(stats["mean"][0], 4),
+                "final_low": round(stats["mean"][1], 4),
+                "final_high": round(stats["mean"][2], 4),
+                "final_iqm": round(stats["iqm"][0], 4),
+                "final_iqm_low": round(stats["iqm"][1], 4),
+                "final_iqm_high": round(stats["iqm"][2], 4),
+                "final_seed_min": round(float(per_seed.min()), 4),
+                "final_seed_max": round(float(per_seed.max()), 4),
+                "random_final": round(float(finite_mean(final_returns(members[0]["random"], final_steps))), 4),
+            }
+        )
+    (fig, ax) = plt.subplots(figsize=(5, 3.6))
+    contexts = [row["context"] for row in rows]
+    finals = np.array([row["final"] for row in rows])
+    below = finals - np.array([row["final_low"] for row in rows])
+    above = np.array([row["final_high"] for row in rows]) - finals
+    ax.errorbar(
+        contexts,
+        finals,
+        yerr=[below, above],
+        marker="o",
+        capsize=3,
+        label=f"last {final_steps:,} steps (95% interval, seeds x tasks)",
+    )
+    for i, row in enumerate(rows):  # the spread between training seeds
+        ax.vlines(
+            row["context"],
+            row["final_seed_min"],
+            row["final_seed_max"],
+            color="C0",
+            lw=5,
+            alpha=0.3,
+            label="lowest to highest seed" if i == 0 else None,
+        )
+    ax.plot(contexts, [row["first500"] for row in rows], marker="s", ls="--", color="gray", label="first 500 steps")
+    ax.axhline(rows[0]["random_final"], color="gray", ls=":", label="random policy")
+    ax.set_xscale("log")
+    ax.set_xticks(contexts, [str(c) for c in contexts])
+    num_tasks = len(models[0][1][0]["tasks"])
+    seeds = max(row["seeds"] for row in rows)
+    style(
+        ax,
+        "context (timesteps)",
+        f"AD on {num_tasks} held-out Dark tasks, {seeds} training seed{'s' if seeds > 1 else ''}",
+        8,
+    )
+    return fig, rows
+
+
+def figure5(plt, runs: list[dict], width: int) -> tuple:
+    """BC on 1xN data, over the whole evaluation."""
+    (fig, ax) = plt.subplots(figsize=(7, 3.8))
+    rows = []
+    for run in runs:
+        (steps, values, run_rows) = curve_rows("5", run["label"], run, width)
+        ax.plot(steps, values, lw=2, label=run["label"])
+        rows += run_rows
+    style(ax, "env steps on each held-out task", "BC on 1xN histories", 7)
+    return fig, rows
+
+
+def first_ten_episodes(run: dict) -> np.ndarray:
+    """The mean over envs of each env's k-th episode's return, k = 1..10 (fewer where every trial held fewer)."""
+    by_index = np.full((run["num_envs"], 10), np.nan)
+    for i in range(run["num_envs"]):
+        returns = run["episodes"]["return"][run["episodes"]["env"] == i][:10]
+        by_index[i, : len(returns)] = returns
+    by_index = by_index[:, ~np.isnan(by_index).all(0)]  # a trial may hold fewer than 10 episodes
+    return np.nanmean(by_index, axis=0)
+
+
+def figure6(plt, light: dict | None, dark: dict, rl2: dict | None, width: int) -> tuple:
+    """Left: AD on Light data against Dark data, over the whole evaluation. Right: the first 10 episodes of RL² and
+    AD on the same held-out tasks."""
+    panels = [name for name, run in (("light", light), ("rl2", rl2)) if run is not None]
+    (fig, axes) = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    axes = dict(zip(panels, axes[0], strict=True))
+    rows = []
+    if light is not None:
+        for run in (light, dark):
+            (steps, values, run_rows) = curve_rows("6 left", run["label"], run, width)
+            axes["light"].plot(steps, values, lw=2, label=run["label"])
+            rows += run_rows
+        style(axes["light"], "env steps on each held-out task", "AD: Light data against Dark data", 7)
+    if rl2 is not None:
+        for run in (rl2, dark):
+            mean = first_ten_episodes(run)
+            early = float(finite_mean(early_returns(run)))
+            axes["rl2"].plot(
+                np.arange(1, len(mean) + 1),
+                mean,
+                marker="o",
+                label=f"{run['label']} (first 500 steps: {early:.2f})",
+            )
+            rows += [
+                {
+                    "figure": "6 right",
+                    "curve": run["label"],
+                    "episode": k + 1,
+                    "mean_return": round(float(v), 4),
+                    "first500": round(early, 4),
+                }
+                for k, v in enumerate(mean)
+            ]
+        style(
+            axes["rl2"],
+            "episode on the held-out task",
+            "RL² against AD: the first 10 episodes",
+            7,
+            ylabel=light is None,
+        )
+    return fig, rows
 
 
 def ad(args: Ad) -> None:
     if not (args.fig3 or args.fig4 or args.fig5 or args.fig6_dark and (args.fig6_light or args.fig6_rl2)):
         raise ValueError("nothing to draw: give --fig3, --fig4, --fig5 or --fig6-dark with --fig6-light/--fig6-rl2")
-    if min(args.bin, args.final_steps) < 1:
-        raise ValueError("--bin and --final-steps must be >= 1")
+    if args.bin < 1:
+        raise ValueError(f"--bin must be >= 1, got {args.bin}")
+    check_final_steps(args.final_steps)
     # every input read and checked, and the output folder proven writable, before anything is drawn
     paths = [*args.fig3, *args.fig4, *args.fig5, args.fig6_light, args.fig6_dark, args.fig6_rl2]
     runs = {path: load_eval(path) for path in paths if path}
@@ -363,151 +552,21 @@ def ad(args: Ad) -> None:
         source["num_envs"] = int(source["episodes"]["env"].max()) + 1
     prepare_output(args.out_dir)
     plt = pyplot()
-    written = []
 
-    def save(fig, name: str, rows: list[dict]) -> None:
-        save_figure(fig, os.path.join(args.out_dir, name), rows)
-        written.append(name)
-
-    if args.fig3:  # returns over the whole evaluation, with the random policy and the source agents
-        first = runs[args.fig3[0]]
-        fig, ax = plt.subplots(figsize=(7, 3.8))
-        rows = []
-        for run in (runs[p] for p in args.fig3):
-            steps, values, r = curve_rows("3", run["label"], run, args.bin)
-            ax.plot(steps, values, lw=2, label=run["label"])
-            rows += r
-        steps, values, r = curve_rows("3", "random policy", first["random"], args.bin)
-        ax.plot(steps, values, color="gray", ls=":", label="random policy")
-        rows += r
-        if source is not None:
-            label = f"source SAC ({source['num_envs']} runs, own tasks)"
-            steps, values, r = curve_rows("3", label, source, args.bin)
-            ax.plot(steps, values, color="black", ls="--", label=label)
-            rows += r
-        style(
-            ax,
-            "env steps on each held-out task",
-            f"In-context learning on {first['num_envs']} held-out Dark tasks "
-            f"({first['meta']['size']}x{first['meta']['size']})",
-            7,
-            loc="lower right",
-        )
-        save(fig, "fig3_ad_dark", rows)
-
-    if args.fig4:  # final return against context: each model's mean over its training seeds, 95% CI over tasks
-        models = group_by_model([runs[path] for path in dict.fromkeys(args.fig4)])
-        rows = []
-        for label, members in sorted(models, key=lambda model: model[1][0]["meta"]["context"]):
-            if any(not np.array_equal(m["tasks"], members[0]["tasks"]) for m in members):
-                raise ValueError(f"--fig4: the seeds of {label!r} were evaluated on different tasks")
-            final = np.stack([final_returns(m, args.final_steps) for m in members])  # (seeds, tasks)
-            early = np.stack([K.early_return(m["episodes"], m["num_envs"]) for m in members])
-            mean, interval = mean_and_interval(np.nanmean(final, axis=0))  # per task, the mean over seeds
-            per_seed = np.nanmean(final, axis=1)
-            rows.append(
-                {
-                    "figure": "4",
-                    "context": members[0]["meta"]["context"],
-                    "curve": label,
-                    "seeds": len(members),
-                    "first500": round(float(np.nanmean(early)), 4),
-                    "final": round(mean, 4),
-                    "final_ci95": round(interval, 4),
-                    "final_seed_min": round(float(per_seed.min()), 4),
-                    "final_seed_max": round(float(per_seed.max()), 4),
-                    "random_final": round(float(np.nanmean(final_returns(members[0]["random"], args.final_steps))), 4),
-                }
-            )
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        contexts = [r["context"] for r in rows]
-        ax.errorbar(
-            contexts,
-            [r["final"] for r in rows],
-            yerr=[r["final_ci95"] for r in rows],
-            marker="o",
-            capsize=3,
-            label=f"last {args.final_steps:,} steps (95% CI over tasks)",
-        )
-        for i, r in enumerate(rows):  # the spread between training seeds
-            ax.vlines(
-                r["context"],
-                r["final_seed_min"],
-                r["final_seed_max"],
-                color="C0",
-                lw=5,
-                alpha=0.3,
-                label="lowest to highest seed" if i == 0 else None,
-            )
-        ax.plot(contexts, [r["first500"] for r in rows], marker="s", ls="--", color="gray", label="first 500 steps")
-        ax.axhline(rows[0]["random_final"], color="gray", ls=":", label="random policy")
-        ax.set_xscale("log")
-        ax.set_xticks(contexts, [str(c) for c in contexts])
-        num_tasks, seeds = len(models[0][1][0]["tasks"]), max(r["seeds"] for r in rows)
-        style(
-            ax,
-            "context (timesteps)",
-            f"AD on {num_tasks} held-out Dark tasks, {seeds} training seed{'s' if seeds > 1 else ''}",
-            8,
-        )
-        save(fig, "fig4_context", rows)
-
-    if args.fig5:  # BC on 1xN data
-        fig, ax = plt.subplots(figsize=(7, 3.8))
-        rows = []
-        for run in (runs[p] for p in args.fig5):
-            steps, values, r = curve_rows("5", run["label"], run, args.bin)
-            ax.plot(steps, values, lw=2, label=run["label"])
-            rows += r
-        style(ax, "env steps on each held-out task", "BC on 1xN histories", 7)
-        save(fig, "fig5_bc", rows)
-
+    figures = []
+    if args.fig3:
+        figures.append(("fig3_ad_dark", *figure3(plt, [runs[p] for p in args.fig3], source, args.bin)))
+    if args.fig4:
+        fig4_runs = [runs[path] for path in dict.fromkeys(args.fig4)]
+        figures.append(("fig4_context", *figure4(plt, fig4_runs, args.final_steps)))
+    if args.fig5:
+        figures.append(("fig5_bc", *figure5(plt, [runs[p] for p in args.fig5], args.bin)))
     if args.fig6_dark and (args.fig6_light or args.fig6_rl2):
-        dark = runs[args.fig6_dark]
-        panels = [p for p in ("light", "rl2") if getattr(args, f"fig6_{p}")]
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
-        axes = {panel: ax for panel, ax in zip(panels, axes[0])}
-        rows = []
-        if args.fig6_light:  # left: AD on Light data against Dark data, whole evaluation
-            for run in (runs[args.fig6_light], dark):
-                steps, values, r = curve_rows("6 left", run["label"], run, args.bin)
-                axes["light"].plot(steps, values, lw=2, label=run["label"])
-                rows += r
-            style(axes["light"], "env steps on each held-out task", "AD: Light data against Dark data", 7)
-        if args.fig6_rl2:  # right: the first 10 episodes of RL² and AD, on the same held-out tasks
-            for run in (runs[args.fig6_rl2], dark):
-                by_index = np.full((run["num_envs"], 10), np.nan)
-                for i in range(run["num_envs"]):
-                    returns = run["episodes"]["return"][run["episodes"]["env"] == i][:10]
-                    by_index[i, : len(returns)] = returns
-                by_index = by_index[:, ~np.isnan(by_index).all(0)]  # a trial may hold fewer than 10 episodes
-                mean = np.nanmean(by_index, axis=0)
-                early = float(np.nanmean(K.early_return(run["episodes"], run["num_envs"])))
-                axes["rl2"].plot(
-                    np.arange(1, len(mean) + 1),
-                    mean,
-                    marker="o",
-                    label=f"{run['label']} (first 500 steps: {early:.2f})",
-                )
-                rows += [
-                    {
-                        "figure": "6 right",
-                        "curve": run["label"],
-                        "episode": k + 1,
-                        "mean_return": round(float(v), 4),
-                        "first500": round(early, 4),
-                    }
-                    for k, v in enumerate(mean)
-                ]
-            style(
-                axes["rl2"],
-                "episode on the held-out task",
-                "RL² against AD: the first 10 episodes",
-                7,
-                ylabel=not args.fig6_light,
-            )
-        save(fig, "fig6_light_rl2", rows)
-    for name in written:
+        light = runs[args.fig6_light] if args.fig6_light else None
+        rl2 = runs[args.fig6_rl2] if args.fig6_rl2 else None
+        figures.append(("fig6_light_rl2", *figure6(plt, light, runs[args.fig6_dark], rl2, args.bin)))
+    for name, fig, rows in figures:
+        save_figure(fig, os.path.join(args.out_dir, name), rows)
         print(f"wrote {os.path.join(args.out_dir, name)}.png and .csv")
 
 
@@ -592,12 +651,15 @@ class Table:
     bin: int = 500
     """env steps per bin of the "best bin" column (the bins of Figure 3)"""
     final_steps: int = 2500
-    """the "last steps" column: episodes that ended in this many last env steps (as Figure 4)"""
+    """the "last steps" column: the mean of the 500-step windows in this many last env steps (as Figure 4)"""
 
 
 def table(args: Table) -> None:
-    if min(args.window, args.bin, args.final_steps) < 1:
-        raise ValueError("--window, --bin and --final-steps must be >= 1")
+    if args.window < 1:
+        raise ValueError(f"--window must be >= 1, got {args.window}")
+    if args.bin < 1:
+        raise ValueError(f"--bin must be >= 1, got {args.bin}")
+    check_final_steps(args.final_steps)
     if not args.evals:
         raise ValueError("--evals needs at least one evaluation file")
     runs = [load_eval(path) for path in args.evals]
@@ -607,73 +669,153 @@ def table(args: Table) -> None:
         f"{f'solved after a success in {args.window}':>30} {'solved otherwise':>22}"
     )
     for run in runs:
-        early = np.nanmean(K.early_return(run["episodes"], run["num_envs"]))
+        early = finite_mean(early_returns(run))
         best = binned_curve(run["episodes"], run["num_envs"], run["steps"], args.bin)[1].max()
-        cells = [
-            f"{rate:.2f} ({envs} envs)"
-            for rate, envs in (per_env_rate(*counts) for counts in solved_after(run, args.window).values())
-        ]
-        print(
-            f"{run['name'][:56]:<56} {early:>9.2f} {best:>9.2f} {np.nanmean(final_returns(run, args.final_steps)):>11.2f} "
-            f"{cells[0]:>30} {cells[1]:>22}"
-        )
+        late = finite_mean(final_returns(run, args.final_steps))
+        cells = []
+        for counts in solved_after(run, args.window).values():
+            (rate, envs) = per_env_rate(*counts)
+            cells.append(f"{rate:.2f} ({envs} envs)")
+        print(f"{run['name'][:56]:<56} {early:>9.2f} {best:>9.2f} {late:>11.2f} {cells[0]:>30} {cells[1]:>22}")
 
 
 # ----------------------------------------------------------------------------------------------
-# seeds: each model's mean over its training seeds on one set of tasks, the spread between seeds,
-# and paired differences between models on the same tasks
+# seeds: each model's mean and IQM over training seeds x tasks with two-way bootstrap intervals, the
+# rises between windows of equal width, and paired differences between models on the same tasks
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Seeds:
     evals: Sequence[str]
     """evaluation files on the same tasks; the files of one model that differ only in training seed are grouped"""
     final_steps: int = 2500
-    """the "last steps" columns: episodes that ended in this many last env steps"""
+    """the "last steps" rows: the mean of the 500-step windows in this many last env steps (a multiple of 500)"""
+    csv: str | None = None
+    """also write every printed number to this CSV file"""
+
+
+def model_scores(members: list[dict], final_steps: int) -> dict[str, np.ndarray]:
+    """(training seeds, tasks) matrices of one model's per-env returns. A late window that would overlap the first
+    500 steps (an evaluation shorter than both: RL²'s 500-step trials) is NaN, not a copy of the first."""
+    steps = members[0]["steps"]
+    if any(m["steps"] != steps for m in members):
+        raise ValueError(f"the seeds of {members[0]['label']!r} were evaluated for different --steps")
+    scores = {
+        "first episode": np.stack([first_episode_returns(m) for m in members]),
+        f"first {WINDOW} steps": np.stack([early_returns(m) for m in members]),
+    }
+    for last in (WINDOW, final_steps):
+        if steps >= WINDOW + last:
+            scores[f"last {last:,} steps"] = np.stack([final_returns(m, last) for m in members])
+        else:
+            scores[f"last {last:,} steps"] = np.full_like(scores[f"first {WINDOW} steps"], np.nan)
+    return scores
+
+
+def rise_names(final_steps: int) -> dict[str, tuple[str, str]]:
+    """Each rise: (the late window, the first) of equal-width 500-step windows."""
+    first = f"first {WINDOW} steps"
+    return {f"rise: last {last:,} - first {WINDOW}": (f"last {last:,} steps", first) for last in (WINDOW, final_steps)}
+
+
+def interval_row(kind: str, model: str, versus: str, metric: str, stats: dict, seeds: int, tasks: int) -> dict:
+    """One CSV row: a statistic's mean and IQM with their 95% intervals."""
+    row = {"kind": kind, "model": model, "versus": versus, "metric": metric, "seeds": seeds, "tasks": tasks}
+    for statistic in ("mean", "iqm"):
+        (value, low, high) = stats[statistic]
+        row[statistic] = round(value, 4)
+        row[f"{statistic}_low"] = round(low, 4)
+        row[f"{statistic}_high"] = round(high, 4)
+    return row
+
+
+def format_stats(stats: dict, sign: str) -> str:
+    """The mean and the IQM cells of one line, each marked * where a difference's interval excludes 0."""
+    cells = []
+    for statistic in ("mean", "iqm"):
+        star = " *" if sign == "+" and excludes_zero(stats[statistic]) else "  "
+        cells.append(f"{format_interval(stats[statistic], sign):>24}{star}")
+    return " ".join(cells)
+
+
+def model_block(label: str, seeds_text: str, scores: dict[str, np.ndarray], final_steps: int, tasks: int) -> list:
+    """Prints one model's windows and rises (mean, IQM, per seed) and returns them as CSV rows."""
+    print(f"\n{label}: {seeds_text}")
+    print(f"  {'':<30} {'mean [95% CI]':>24}   {'IQM [95% CI]':>24}   per seed (mean)")
+    metrics = {name: (values, None) for name, values in scores.items()}
+    for name, (late, first) in rise_names(final_steps).items():  # paired on the same seeds and tasks
+        metrics[name] = (scores[late], scores[first])
+    rows = []
+    for name, (values, baseline) in metrics.items():
+        stats = bootstrap(values, baseline)
+        if baseline is None:
+            per_seed = finite_mean(values)
+            sign = ""
+        else:
+            per_seed = finite_mean(values) - finite_mean(baseline)
+            sign = "+"
+        per_seed_text = " ".join("n/a" if np.isnan(v) else f"{v:{sign}.2f}" for v in per_seed)
+        print(f"  {name:<30} {format_stats(stats, sign)}   {per_seed_text}")
+        row = interval_row("model", label, "", name, stats, len(values), tasks)
+        row["per_seed"] = " ".join(f"{v:.4f}" for v in per_seed)
+        rows.append(row)
+    return rows
+
+
+def pair_block(a: str, b: str, scores: dict[str, dict[str, np.ndarray]], tasks: int) -> list:
+    """Prints the paired differences A - B of every window and returns them as CSV rows."""
+    print(f"\n{a} - {b}")
+    print(f"  {'':<30} {'mean [95% CI]':>24}   {'IQM [95% CI]':>24}")
+    rows = []
+    for name in scores[a]:
+        if np.isnan(scores[a][name]).all() or np.isnan(scores[b][name]).all():
+            print(f"  {name:<30} n/a (an evaluation too short for this window)")
+            continue
+        stats = bootstrap(scores[a][name], scores[b][name])
+        print(f"  {name:<30} {format_stats(stats, '+')}")
+        row = interval_row("difference", a, b, name, stats, len(scores[a][name]), tasks)
+        row["versus_seeds"] = len(scores[b][name])
+        rows.append(row)
+    return rows
 
 
 def seeds(args: Seeds) -> None:
-    if args.final_steps < 1 or not args.evals:
-        raise ValueError("--evals needs at least one evaluation file and --final-steps must be >= 1")
+    if not args.evals:
+        raise ValueError("--evals needs at least one evaluation file")
+    check_final_steps(args.final_steps)
     runs = [load_eval(path) for path in args.evals]
     if any(not np.array_equal(run["tasks"], runs[0]["tasks"]) for run in runs):
         raise ValueError("the evaluation files hold different tasks: paired comparisons need the same ones")
+    if args.csv:
+        prepare_output(os.path.dirname(args.csv) or ".")
     models = group_by_model(runs)
     models.append(("random policy", [runs[0]["random"]]))  # every file holds the same random episodes
-    # per model, (seeds, tasks) arrays; per task, the mean over seeds (the unit of the paired comparisons)
-    first = {label: np.stack([first_episode_returns(r) for r in ms]) for label, ms in models}
-    early = {label: np.stack([K.early_return(r["episodes"], r["num_envs"]) for r in ms]) for label, ms in models}
-    late = {label: np.stack([final_returns(r, args.final_steps) for r in ms]) for label, ms in models}
+    scores = {label: model_scores(members, args.final_steps) for label, members in models}
+    num_tasks = len(runs[0]["tasks"])
+
     print(
-        f"{len(runs[0]['tasks'])} tasks ({runs[0]['meta']['split']}); mean over training seeds ± 95% CI over tasks "
-        f"[lowest and highest seed]"
+        f"{num_tasks} tasks ({runs[0]['meta']['split']}); per env first, then the mean and the IQM over training "
+        f"seeds x tasks, each with a 95% interval from {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of seeds and "
+        f"tasks together; the last {args.final_steps:,} steps: the mean of their 500-step windows"
     )
-    print(
-        f"{'model':<52} {'seeds':>5} {'first episode':>28} {'first 500 steps':>28} {f'last {args.final_steps:,} steps':>28} "
-        f"{'rise (last - first)':>28}"
-    )
-    for label, members in models:  # the rise within an evaluation is what in-context learning must show
-        cells = []
-        for values, sign in (
-            (first[label], ""),
-            (early[label], ""),
-            (late[label], ""),
-            (late[label] - early[label], "+"),
-        ):
-            mean, interval = mean_and_interval(np.nanmean(values, axis=0))
-            per_seed = np.nanmean(values, axis=1)
-            cells.append(f"{mean:{sign}.2f} ± {interval:.2f} [{per_seed.min():{sign}.2f}, {per_seed.max():{sign}.2f}]")
-        print(f"{label[:52]:<52} {len(members):>5} " + " ".join(f"{cell:>28}" for cell in cells))
-    print(
-        f"\npaired differences on the same tasks, first 500 steps and last {args.final_steps:,} (95% CI; * excludes 0):"
-    )
+    rows = []
+    for label, members in models:
+        if label == "random policy":
+            seeds_text = f"the same episodes in every file, {num_tasks} tasks"
+        else:
+            seeds_text = f"{len(members)} training seed{'s' if len(members) > 1 else ''} x {num_tasks} tasks"
+        rows += model_block(label, seeds_text, scores[label], args.final_steps, num_tasks)
+
     labels = [label for label, _ in models]
-    pairs = [(a, b) for a, b in zip(labels[:-2], labels[1:-1])] + [(label, "random policy") for label in labels[:-1]]
+    pairs = list(zip(labels[:-2], labels[1:-1], strict=True)) + [(label, "random policy") for label in labels[:-1]]
+    print(
+        f"\npaired differences A - B on the same {num_tasks} tasks (the same resampled tasks; seed i of A with seed i "
+        "of B where both have as many; the random policy with every seed); * the interval excludes 0"
+    )
     for a, b in pairs:
-        cells = []
-        for values in (early, late):  # (RL²'s trials are 500 steps: compare it over the first 500)
-            mean, interval = mean_and_interval(np.nanmean(values[a], axis=0) - np.nanmean(values[b], axis=0))
-            cells.append(f"{mean:+.2f} ± {interval:.2f} {'*' if abs(mean) > interval else ' '}")
-        print(f"  {a[:44]:<44} - {b[:44]:<44} {cells[0]:>14} {cells[1]:>14}")
+        rows += pair_block(a, b, scores, num_tasks)
+    if args.csv:
+        write_csv(args.csv, rows)
+        print(f"\nwrote {args.csv}")
 
 
 COMMANDS = {"sac": (Sac, sac), "ad": (Ad, ad), "rl2": (Rl2, rl2), "table": (Table, table), "seeds": (Seeds, seeds)}

@@ -1,4 +1,5 @@
-"""ad_eval.py: KV cache against full recompute, the protocol, outputs and bad input."""
+"""ad_eval.py: KV cache against full recompute, windows and intervals, outputs and bad input, on checkpoints
+that ad_train.py wrote from a dataset that sac_collect.py wrote."""
 
 import json
 import os
@@ -13,41 +14,103 @@ import torch
 import ad_eval as E
 import ad_train as A
 import keydoor_env as K
+import rl2_train as R
+import sac_collect as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RNG = {
-    "sampler": torch.Generator().get_state(),
-    "torch": torch.get_rng_state(),
-    "cuda": torch.empty(0, dtype=torch.uint8),
-}
 
 
-def write_checkpoint(path, obs_dim=4, context=16, size=5, dataset="nx1-light", arrival=False, run_name="test"):
-    torch.manual_seed(0)
-    config = A.ModelConfig(
-        obs_dim=obs_dim, context=context, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0, arrival=arrival
+def train(data_dir, **overrides):
+    """A tiny model trained by ad_train.py on `data_dir`'s nx1-light; returns its checkpoint's path."""
+    flags = dict(
+        data_dir=str(data_dir),
+        context=16,
+        iterations=5,
+        batch_size=4,
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        d_ff=16,
+        warmup_iterations=1,
+        log_every=5,
+        val_every=5,
+        save_every=5,
+        eval_every=0,
+        progress=False,
+        cuda=False,
     )
-    model = A.DecisionModel(config)
-    checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": model.optimizer(1e-3, 0.1, torch.device("cpu")).state_dict(),
-        "iteration": 1,
-        "args": {"exp_name": "ad"},
-        "model_config": A.asdict(config),
-        "run_name": run_name,
-        "rng": RNG,
-        "data": {"dataset": dataset, "size": size, "light_obs": obs_dim == 8, "obs_dim": obs_dim},
+    flags.update(overrides)
+    return A.main(A.Args(**flags))["checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny Nx1 Light dataset written by sac_collect.py (4x4 grid) and four checkpoints ad_train.py wrote on it:
+    Dark (seeds 1 and 2), Light and Dark with the arrival token, in <tmp>/data/checkpoints/."""
+    tmp = tmp_path_factory.mktemp("trained")
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        S.main(
+            S.Args(
+                style="nx1",
+                light=True,
+                num_runs=2,
+                steps=120,
+                size=4,
+                group_size=2,
+                batch_size=8,
+                hidden=8,
+                learning_starts=100,
+                log_every=100,
+                progress=False,
+                data_dir="data",
+                cuda=False,
+            )
+        )
+        paths = {
+            "dark": train(tmp / "data"),
+            "seed2": train(tmp / "data", seed=2),
+            "light": train(tmp / "data", light_obs=True),
+            "arrival": train(tmp / "data", arrival_token=True, exp_name="ad-arrival"),
+        }
+    finally:
+        os.chdir(cwd)
+    return {"data": tmp / "data", **{name: tmp / path for name, path in paths.items()}}
+
+
+@pytest.fixture
+def data(trained, tmp_path, monkeypatch):
+    """A copy of the trained data dir (dataset and checkpoints) in this test's folder, the working directory."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained["data"], tmp_path / "data")
+    return tmp_path / "data"
+
+
+def ckpt(data, name):
+    """The path of one of the fixture's checkpoints in the copied data dir."""
+    names = {
+        "dark": "ad__nx1-light__dark__ctx16__1.pt",
+        "seed2": "ad__nx1-light__dark__ctx16__2.pt",
+        "light": "ad__nx1-light__light__ctx16__1.pt",
+        "arrival": "ad-arrival__nx1-light__dark__ctx16__1.pt",
     }
-    K.atomic_write(str(path), lambda f: torch.save(checkpoint, f))
-    return model.eval()
+    return data / "checkpoints" / names[name]
 
 
-def eval_args(checkpoints, tmp_path, **overrides):
+def rewrite(path, change):
+    """A checkpoint ad_train.py wrote, loaded, changed by `change(checkpoint)` and saved to `path`."""
+    checkpoint = torch.load(path, weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, path)
+
+
+def eval_args(checkpoints, out_dir, **overrides):
     flags = dict(
         checkpoints=tuple(str(c) for c in checkpoints),
         num_envs=3,
         steps=120,
-        out_dir=str(tmp_path / "eval"),
+        out_dir=None if out_dir is None else str(out_dir),
         progress=False,
         cuda=False,
     )
@@ -55,6 +118,9 @@ def eval_args(checkpoints, tmp_path, **overrides):
     return E.Args(**flags)
 
 
+# ----------------------------------------------------------------------------------------------
+# The rollout
+# ----------------------------------------------------------------------------------------------
 def test_window_starts():
     starts = A.window_starts(40, 10)
     assert starts[:10].tolist() == [0] * 10
@@ -73,10 +139,8 @@ def test_kv_cache_rollout_equals_full_recompute(arrival):
     ).eval()
     tasks = K.task_split(5, "test")[:3]
     for greedy in (True, False):
-        fast, slow = (
-            A.rollout(model, tasks, 150, 5, 3, torch.device("cpu"), greedy=greedy, full_recompute=full)
-            for full in (False, True)
-        )
+        fast = A.rollout(model, tasks, 150, 5, 3, torch.device("cpu"), greedy=greedy, full_recompute=False)
+        slow = A.rollout(model, tasks, 150, 5, 3, torch.device("cpu"), greedy=greedy, full_recompute=True)
         for key in ("env", "return", "end_step"):
             np.testing.assert_array_equal(fast["episodes"][key], slow["episodes"][key])
         for key in fast["tokens"]:
@@ -108,15 +172,18 @@ def test_rollout_tokens_match_training_tokens(arrival):
     for i in range(2):  # rebuild env i's trajectory as a history file would hold it
         actions = np.append(fed["prev_actions"][i, 1:].numpy(), 0)[: steps - 1]
         env = K.KeyDoorEnv(size=4, light=True, task=tasks[i])
-        obs, _ = env.reset(seed=0)
+        (obs, _) = env.reset(seed=0)
         hist = {k: [] for k in K.HISTORY_DTYPES}
         for a in actions:
-            hist["observations"].append(obs), hist["tasks"].append(env.task)
-            obs, r, term, trunc, _ = env.step(int(a))
-            hist["actions"].append(a), hist["rewards"].append(r), hist["terminations"].append(term)
+            hist["observations"].append(obs)
+            hist["tasks"].append(env.task)
+            (obs, r, term, trunc, _) = env.step(int(a))
+            hist["actions"].append(a)
+            hist["rewards"].append(r)
+            hist["terminations"].append(term)
             hist["truncations"].append(trunc)
             if term or trunc:
-                obs, _ = env.reset()
+                (obs, _) = env.reset()
         hist = {k: np.array(v) for k, v in hist.items()}
         hist["arrivals"] = A.arrival_cells(hist, 4, "replay")
         run = A.select_steps(hist, 0)
@@ -129,24 +196,42 @@ def test_rollout_tokens_match_training_tokens(arrival):
     assert fed["prev_dones"][:, 1:].sum() >= 2  # episode boundaries were crossed
 
 
+# ----------------------------------------------------------------------------------------------
+# Windows of equal width, per env first
+# ----------------------------------------------------------------------------------------------
 def test_per_env_metrics_weight_envs_equally():
     episodes = {
         "env": np.array([0] * 10 + [1] * 2),
         "return": np.array([2.0] * 10 + [0.0] * 2),
         "end_step": np.concatenate([np.arange(1, 11) * 10, [50, 100]]),
     }
-    row = E.summary_row("x", episodes, 2)
+    row = E.summary_row("x", episodes, 2, 100)
     assert row["first500"] == pytest.approx(1.0)  # not 10/6 as a mean over episodes would say
     assert row["reached"] == 1 and row["median_steps_to_1.8"] == np.inf  # the median env never got there
-    assert E.per_env_metrics(episodes, 2)["steps_to_1.8"].tolist() == [100, np.inf]
+    metrics = E.per_env_metrics(episodes, 2, 100)
+    assert metrics["steps_to_1.8"].tolist() == [100, np.inf]
+    assert np.isnan(metrics["last500"]).all() and np.isnan(row["rise"])  # 100 steps: the windows would overlap
 
 
-def test_confidence_interval_is_students_t():
-    values = np.array([0.0, 1.0] * 10)  # 20 envs, sd 0.513
-    mean, half = E.mean_and_interval(values)
-    assert mean == 0.5 and half == pytest.approx(2.093 * values.std(ddof=1) / np.sqrt(20), rel=1e-3)
-    assert np.isnan(E.mean_and_interval(np.array([1.0]))[1])
-    assert E.mean_and_interval(np.array([1.0, np.nan, 3.0]))[0] == 2.0  # envs with no episode left out
+def test_windows_are_per_env_and_of_equal_width():
+    # env 0: a 2 ending at 400 and at 600, five 2s in (1500, 2000]; env 1: a 0 at 300, a 1 at 1000 and at 1900
+    episodes = {
+        "env": np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 1]),
+        "return": np.array([2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 1.0, 1.0]),
+        "end_step": np.array([400, 600, 1600, 1700, 1800, 1900, 2000, 300, 1000, 1900]),
+    }
+    np.testing.assert_array_equal(E.window_returns(episodes, 3, 0, 500), [2.0, 0.0, np.nan])
+    np.testing.assert_array_equal(E.window_returns(episodes, 3, 0, 500), K.early_return(episodes, 3))
+    np.testing.assert_array_equal(E.per_env_metrics(episodes, 3, 2000)["last500"], [2.0, 1.0, np.nan])
+    # the last 1,500 steps as three 500-step windows: env 0 (500, 1000] 2, (1000, 1500] none, (1500, 2000] 2;
+    # env 1 (500, 1000] 1, (1000, 1500] none, (1500, 2000] 1
+    np.testing.assert_array_equal(E.late_returns(episodes, 3, 2000, 1500), [2.0, 1.0, np.nan])
+    # with a 0 among env 0's five late episodes, its last 2,000 steps are windows of 2 (one episode), 2 (one) and
+    # 8/5 (five): their mean, not the pooled 12/7, which would weigh the window of five episodes five times
+    mixed = dict(episodes, **{"return": np.array([2.0, 2.0, 0.0, 2.0, 2.0, 2.0, 2.0, 0.0, 1.0, 1.0])})
+    assert E.late_returns(mixed, 3, 2000, 2000)[0] == pytest.approx((2 + 2 + 8 / 5) / 3)
+    # windows wholly before step 0 are left out: the last 2,500 steps of a 1,000-step evaluation
+    np.testing.assert_array_equal(E.late_returns(episodes, 3, 1000, 2500), [2.0, 0.5, np.nan])
 
 
 def test_binned_curve_weights_envs_equally():
@@ -155,120 +240,220 @@ def test_binned_curve_weights_envs_equally():
         "return": np.array([2.0, 2.0, 2.0, 0.0]),
         "end_step": np.array([10, 20, 60, 50]),
     }
-    steps, values = E.binned_curve(episodes, 2, 120, 50)
+    (steps, values) = E.binned_curve(episodes, 2, 120, 50)
     assert steps.tolist() == [50, 100] and values.tolist() == [1.0, 2.0]
     late = dict(episodes, end_step=np.array([10, 20, 110, 50]))
     assert E.binned_curve(late, 2, 120, 50)[0].tolist() == [50, 120]  # the last bin ends at the last step
 
 
-def test_end_to_end(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    ckpt = tmp_path / "data" / "checkpoints" / "m.pt"
-    write_checkpoint(ckpt)
-    light = tmp_path / "data" / "checkpoints" / "light.pt"
-    write_checkpoint(light, obs_dim=8)
-    arrival = tmp_path / "data" / "checkpoints" / "arrival.pt"
-    write_checkpoint(arrival, arrival=True)
-    rows = E.main(eval_args([ckpt, light, arrival], tmp_path, plot=True))
+# ----------------------------------------------------------------------------------------------
+# Intervals: the two-way bootstrap of training seeds and tasks
+# ----------------------------------------------------------------------------------------------
+def test_interquartile_mean_is_rliables():
+    # scipy.stats.trim_mean(x, 0.25): int(n / 4) values cut at each end; NaN left out
+    assert E.interquartile_mean(np.arange(1.0, 9.0)) == 4.5  # 3, 4, 5, 6
+    assert E.interquartile_mean(np.array([0.0, 0.0, 1.0, 9.0, 100.0])) == pytest.approx(10 / 3)  # cut 1 each end
+    assert E.interquartile_mean(np.array([5.0, np.nan, 1.0, 3.0])) == 3.0  # 3 finite values: nothing cut
+    assert np.isnan(E.interquartile_mean(np.array([np.nan, np.nan])))
+    batch = np.array([[1.0, 2.0, 3.0, 100.0], [0.0, 0.0, 0.0, 4.0]])
+    np.testing.assert_array_equal(E.interquartile_mean(batch), [2.5, 0.0])
+
+
+def test_bootstrap_with_one_seed_resamples_tasks_alone():
+    rng = np.random.default_rng(0)
+    scores = rng.random((1, 40))
+    one = E.bootstrap(scores)
+    # the same tasks repeated as identical seeds: resampling seeds changes nothing, so the interval is the same
+    same = E.bootstrap(np.repeat(scores, 5, axis=0))
+    for statistic in ("mean", "iqm"):
+        assert one[statistic] == pytest.approx(same[statistic])
+    assert one["mean"][0] == pytest.approx(scores.mean())
+    assert one["mean"][1] < scores.mean() < one["mean"][2]
+    assert E.bootstrap(scores) == one  # a fixed generator
+    # a difference with itself is 0, with no width
+    assert E.bootstrap(scores, scores) == {"mean": (0.0, 0.0, 0.0), "iqm": (0.0, 0.0, 0.0)}
+
+
+def test_bootstrap_widens_with_the_seed_variance():
+    rng = np.random.default_rng(1)
+    tasks = rng.normal(0, 0.3, (1, 50))
+    noise = rng.normal(0, 0.3, (5, 50))
+    seed_effect = rng.normal(0, 1, (5, 1))
+    widths = []
+    for scale in (0.0, 0.3, 1.0):
+        stats = E.bootstrap(tasks + noise + scale * seed_effect)
+        widths.append([stats[s][2] - stats[s][1] for s in ("mean", "iqm")])
+    widths = np.array(widths)
+    assert (np.diff(widths, axis=0) > 0).all()  # wider at every step, for the mean and the IQM
+    assert (widths[2] > 2 * widths[0]).all()
+
+
+def test_bootstrap_covers_the_true_mean_with_ten_seeds():
+    """Synthetic scores with a known seed effect: 10 training seeds x 30 tasks, seed, task and noise effects of
+    equal variance (0.3^2), true mean 0 (the IQM's too: every draw is symmetric about 0). The 95% intervals cover 0
+    in about 95% of replicates (0.93 for the mean and 0.95 for the IQM, measured over 1,000; 300 here, whose standard
+    error is 0.013). With 3 seeds the same check gives about 0.75 (`ad_eval.bootstrap`'s docstring)."""
+    rng = np.random.default_rng(7)
+    covered = {"mean": 0, "iqm": 0}
+    replicates = 300
+    for replicate in range(replicates):
+        scores = rng.normal(0, 0.3, (10, 1)) + rng.normal(0, 0.3, (1, 30)) + rng.normal(0, 0.3, (10, 30))
+        stats = E.bootstrap(scores, resamples=500, seed=replicate)
+        for statistic in covered:
+            covered[statistic] += stats[statistic][1] <= 0 <= stats[statistic][2]
+    for statistic, hits in covered.items():
+        assert 0.89 <= hits / replicates <= 0.99, (statistic, hits)
+
+
+def test_paired_bootstrap_pairs_seeds_and_tasks():
+    rng = np.random.default_rng(2)
+    shared = rng.normal(0, 1, (3, 40))  # what two models share on the same tasks and seeds
+    a = shared + 0.5 + rng.normal(0, 0.05, (3, 40))
+    b = shared + rng.normal(0, 0.05, (3, 40))
+    paired = E.bootstrap(a, b)
+    assert paired["mean"][0] == pytest.approx(a.mean() - b.mean())
+    assert 0.4 < paired["mean"][1] < 0.5 < paired["mean"][2] < 0.6  # the shared spread cancels
+    apart = E.bootstrap(a, b[::-1])  # seed i of a against seed 2 - i of b: their shared parts no longer cancel
+    assert apart["mean"][2] - apart["mean"][1] > 5 * (paired["mean"][2] - paired["mean"][1])
+    # a one-seed baseline (the random policy) is paired with every seed
+    random_policy = rng.normal(0, 1, (1, 40))
+    against = E.bootstrap(a, random_policy)
+    assert against["mean"][0] == pytest.approx(a.mean() - random_policy.mean())
+    with pytest.raises(ValueError, match="same tasks"):
+        E.bootstrap(a, b[:, :30])
+
+
+def test_bootstrap_leaves_out_nan():
+    scores = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, np.nan]])
+    stats = E.bootstrap(scores)
+    assert stats["mean"][0] == 2.0 and 1.0 <= stats["mean"][1] <= stats["mean"][2] <= 3.0
+    none = E.bootstrap(np.full((2, 3), np.nan))
+    assert all(np.isnan(v) for v in none["mean"])
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end, on checkpoints ad_train.py wrote
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_end_to_end(data, tmp_path, capsys):
+    paths = [ckpt(data, name) for name in ("dark", "light", "arrival")]
+    rows = E.main(eval_args(paths, tmp_path / "eval", plot=True, source_runs=2))
     assert len(rows) == 3 and all(row["envs"] == 3 for row in rows)
-    with np.load(tmp_path / "eval" / "m__test3_steps120_seed1.npz", allow_pickle=False) as data:
-        tasks, meta = data["tasks"], json.loads(str(data["meta"]))
-        assert len(data["episode_return"]) == len(data["episode_env"]) == len(data["episode_end_step"]) > 0
-        assert data["episode_end_step"].max() <= 120
-        random_episodes = {k: data[f"random_episode_{k}"] for k in ("env", "return", "end_step")}
-    test = {tuple(t) for t in K.task_split(5, "test")}
-    assert tasks.shape == (3, 4) and {tuple(t) for t in tasks} <= test  # test tasks only
-    assert meta["split"] == "test" and meta["context"] == 16 and meta["algorithm"] == "ad"
-    assert meta["model_config"]["n_embd"] == 16 and meta["checkpoint"] == str(ckpt)
-    assert meta["exp_name"] == "ad" and meta["dataset"] == "nx1-light" and meta["iteration"] == 1
-    for key, value in E.random_rollout(tasks, 120, 5, 1).items():
+    with np.load(tmp_path / "eval" / "ad__nx1-light__dark__ctx16__1__test3_steps120_seed1.npz") as f:
+        tasks = f["tasks"]
+        meta = json.loads(str(f["meta"]))
+        assert len(f["episode_return"]) == len(f["episode_env"]) == len(f["episode_end_step"]) > 0
+        assert f["episode_end_step"].max() <= 120
+        random_episodes = {k: f[f"random_episode_{k}"] for k in ("env", "return", "end_step")}
+    assert tasks.shape == (3, 4) and {tuple(t) for t in tasks} <= {tuple(t) for t in K.task_split(4, "test")}
+    assert meta["split"] == "test" and meta["context"] == 16 and meta["algorithm"] == "ad" and meta["obs"] == "dark"
+    assert meta["model_config"]["n_embd"] == 16 and meta["checkpoint"] == str(paths[0])
+    assert meta["exp_name"] == "ad" and meta["dataset"] == "nx1-light" and meta["iteration"] == 5
+    for key, value in E.random_rollout(tasks, 120, 4, 1).items():
         np.testing.assert_array_equal(random_episodes[key], value)
+    with np.load(tmp_path / "eval" / "ad__nx1-light__light__ctx16__1__test3_steps120_seed1.npz") as f:
+        assert json.loads(str(f["meta"]))["obs"] == "light"
+    with np.load(tmp_path / "eval" / "ad-arrival__nx1-light__dark__ctx16__1__test3_steps120_seed1.npz") as f:
+        assert json.loads(str(f["meta"]))["arrival"] is True
     (png,) = [p for p in os.listdir(tmp_path / "eval") if p.endswith(".png")]
-    assert png.startswith("m__test3_steps120_seed1__and_2_more_")  # a digest of the set of checkpoints
+    assert png.startswith("ad__nx1-light__dark__ctx16__1__test3_steps120_seed1__and_2_more_")  # a digest of the set
     out = capsys.readouterr().out
-    assert "random policy" in out and "first 500 steps (95% CI)" in out and "source agents" not in out
-    again = E.main(eval_args([ckpt], tmp_path, out_dir=str(tmp_path / "eval2")))
-    assert again[0].pop("out") == str(tmp_path / "eval2" / "m__test3_steps120_seed1.npz")
-    assert again[0] == {k: v for k, v in rows[0].items() if k != "out"}  # seeded
-    assert E.main(eval_args([ckpt], tmp_path))[0] == rows[0]  # rerun: the same file, rewritten
+    assert "random policy" in out and "source agents (nx1-light, own tasks)" in out and "first 500 steps" in out
+    # the printed mean and its interval are the row's; the table's interval is the bootstrap over tasks
+    assert f"{rows[0]['first500']:.2f} [{rows[0]['first500_low']:.2f}, {rows[0]['first500_high']:.2f}]" in out
+    # seeded: another folder gets the same row; a rerun rewrites the same file
+    again = E.main(eval_args(paths[:1], tmp_path / "eval2", source_runs=2))
+    assert again[0].pop("out") == str(tmp_path / "eval2" / "ad__nx1-light__dark__ctx16__1__test3_steps120_seed1.npz")
+    np.testing.assert_equal(again[0], {k: v for k, v in rows[0].items() if k != "out"})  # NaN equal to NaN
+    np.testing.assert_equal(E.main(eval_args(paths[:1], tmp_path / "eval", source_runs=2))[0], rows[0])
+    # the validation split: the fixed tasks, whatever the seed
+    validation = len(K.task_split(4, "validation"))
+    E.main(eval_args(paths[:1], tmp_path / "eval", split="validation", num_envs=validation, steps=60, seed=5))
+    name = f"ad__nx1-light__dark__ctx16__1__validation{validation}_steps60_seed5.npz"
+    with np.load(tmp_path / "eval" / name) as f:
+        np.testing.assert_array_equal(f["tasks"], K.task_split(4, "validation"))
+
+
+def test_default_out_dir_is_beside_the_checkpoints(data, tmp_path):
+    shutil.copytree(data, tmp_path / "data9")
+    paths = [ckpt(data, "dark"), ckpt(tmp_path / "data9", "dark")]
+    E.main(eval_args(paths, None, steps=60, source_runs=0))
+    for folder, path in zip(("data", "data9"), paths, strict=True):
+        with np.load(tmp_path / folder / "eval" / "ad__nx1-light__dark__ctx16__1__test3_steps60_seed1.npz") as f:
+            assert json.loads(str(f["meta"]))["checkpoint"] == str(path)
     # a checkpoint outside a checkpoints/ folder: its evaluation goes beside it, with no source row
-    loose = tmp_path / "loose" / "m.pt"
-    write_checkpoint(loose)
-    E.main(eval_args([loose], tmp_path, out_dir=None, steps=60))
+    (tmp_path / "loose").mkdir()
+    shutil.copy(ckpt(data, "dark"), tmp_path / "loose" / "m.pt")
+    E.main(eval_args([tmp_path / "loose" / "m.pt"], None, steps=60))
     assert (tmp_path / "loose" / "eval" / "m__test3_steps60_seed1.npz").exists()
-    # the validation split: the fixed 20 tasks, whatever the seed
-    E.main(eval_args([ckpt], tmp_path, split="validation", num_envs=20, steps=60, seed=5))
-    with np.load(tmp_path / "eval" / "m__validation20_steps60_seed5.npz", allow_pickle=False) as data:
-        np.testing.assert_array_equal(data["tasks"], K.task_split(5, "validation"))
 
 
-def test_default_out_dir_is_beside_the_checkpoints(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for folder in ("data", "data9"):
-        write_checkpoint(tmp_path / folder / "checkpoints" / "x.pt")
-    E.main(
-        eval_args(
-            [tmp_path / "data" / "checkpoints" / "x.pt", tmp_path / "data9" / "checkpoints" / "x.pt"],
-            tmp_path,
-            out_dir=None,
-        )
-    )
-    for folder in ("data", "data9"):
-        with np.load(tmp_path / folder / "eval" / "x__test3_steps120_seed1.npz", allow_pickle=False) as data:
-            assert json.loads(str(data["meta"]))["checkpoint"] == str(tmp_path / folder / "checkpoints" / "x.pt")
-
-
-def test_eval_files_of_different_checkpoints_never_share_a_name(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    first, second = tmp_path / "data" / "checkpoints" / "x.pt", tmp_path / "data9" / "checkpoints" / "x.pt"
-    write_checkpoint(first, run_name="KeyDoor-Dark-5x5__ad__1__1700000000")
-    write_checkpoint(second, context=20, run_name="KeyDoor-Dark-5x5__ad__1__1700000099")
+def test_eval_files_of_different_checkpoints_never_share_a_name(data, tmp_path):
+    (tmp_path / "data9" / "checkpoints").mkdir(parents=True)
+    first = data / "checkpoints" / "x.pt"
+    second = tmp_path / "data9" / "checkpoints" / "x.pt"
+    shutil.copy(ckpt(data, "dark"), first)
+    shutil.copy(ckpt(data, "seed2"), second)  # another training run (seed 2) under the same file name
     with pytest.raises(ValueError, match="would both write"):  # before any rollout
-        E.main(eval_args([first, second], tmp_path))
+        E.main(eval_args([first, second], tmp_path / "eval", steps=60))
     assert not (tmp_path / "eval").exists()
-    E.main(eval_args([first], tmp_path))
-    written = (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes()
+    E.main(eval_args([first], tmp_path / "eval", steps=60))
     with pytest.raises(ValueError, match="holds the evaluation of"):
-        E.main(eval_args([second], tmp_path))
+        E.main(eval_args([second], tmp_path / "eval", steps=60))
     # the same training run may be evaluated again after its folder moved; another run with the same
     # file name, given by the same relative path, may not overwrite it
-    shutil.move(str(tmp_path / "data"), str(tmp_path / "moved"))
-    E.main(eval_args([tmp_path / "moved" / "checkpoints" / "x.pt"], tmp_path))
-    written = (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes()
+    shutil.move(str(data), str(tmp_path / "moved"))
+    E.main(eval_args([tmp_path / "moved" / "checkpoints" / "x.pt"], tmp_path / "eval", steps=60))
+    written = (tmp_path / "eval" / "x__test3_steps60_seed1.npz").read_bytes()
     os.chdir(tmp_path / "data9")
     with pytest.raises(ValueError, match="holds the evaluation of"):
-        E.main(eval_args(["checkpoints/x.pt"], tmp_path))
-    broken = tmp_path / "eval" / "x__test3_steps60_seed1.npz"
+        E.main(eval_args(["checkpoints/x.pt"], tmp_path / "eval", steps=60))
+    broken = tmp_path / "eval" / "x__test3_steps50_seed1.npz"
     broken.write_bytes(b"")  # an empty file where an evaluation file would go
     with pytest.raises(ValueError, match="not a readable evaluation file"):
-        E.main(eval_args([tmp_path / "moved" / "checkpoints" / "x.pt"], tmp_path, steps=60))
-    assert (tmp_path / "eval" / "x__test3_steps120_seed1.npz").read_bytes() == written  # nothing lost
+        E.main(eval_args([tmp_path / "moved" / "checkpoints" / "x.pt"], tmp_path / "eval", steps=50))
+    assert (tmp_path / "eval" / "x__test3_steps60_seed1.npz").read_bytes() == written  # nothing lost
 
 
-def test_bad_input(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_tensorboard_runs_of_other_settings_are_apart(data, tmp_path):
+    path = ckpt(data, "dark")
+    E.main(eval_args([path], tmp_path / "eval", steps=60, num_envs=2))
+    E.main(eval_args([path], tmp_path / "eval", steps=80, num_envs=3))
+    run_name = torch.load(path, weights_only=True)["run_name"]
+    assert sorted(os.listdir(tmp_path / "runs")) == [
+        f"{run_name}__eval_test2_steps60_seed1",
+        f"{run_name}__eval_test3_steps80_seed1",
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one clear error before any work
+# ----------------------------------------------------------------------------------------------
+def test_bad_input(data, tmp_path):
     with pytest.raises(FileNotFoundError):
-        E.main(eval_args([tmp_path / "missing.pt"], tmp_path))
+        E.main(eval_args([tmp_path / "missing.pt"], tmp_path / "eval"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        E.main(eval_args([tmp_path / "junk.pt"], tmp_path))
+        E.main(eval_args([tmp_path / "junk.pt"], tmp_path / "eval"))
     torch.save({"model": {}, "update": 3}, tmp_path / "old.pt")
-    with pytest.raises(ValueError, match="not a checkpoint of this version"):
-        E.main(eval_args([tmp_path / "old.pt"], tmp_path))
-    ckpt = tmp_path / "data" / "checkpoints" / "m.pt"
-    write_checkpoint(ckpt, size=4)
+    with pytest.raises(ValueError, match="not a checkpoint of"):
+        E.main(eval_args([tmp_path / "old.pt"], tmp_path / "eval"))
+    path = ckpt(data, "dark")
     test_tasks = len(K.task_split(4, "test"))
     with pytest.raises(ValueError, match=f"holds {test_tasks} tasks"):
-        E.main(eval_args([ckpt], tmp_path, num_envs=test_tasks + 1))
-    with pytest.raises(ValueError, match=">= 1"):
-        E.main(eval_args([ckpt], tmp_path, steps=0))
+        E.main(eval_args([path], tmp_path / "eval", num_envs=test_tasks + 1))
+    for flag, value in (("steps", 0), ("num_envs", 0), ("curve_bin", 0), ("source_runs", -1)):
+        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be >= "):
+            E.main(eval_args([path], tmp_path / "eval", **{flag: value}))
+    with pytest.raises(ValueError, match="--checkpoints needs"):
+        E.main(eval_args([], tmp_path / "eval"))
     # a corrupt source history is reported before any rollout, and nothing is written
-    source = tmp_path / "data" / "nx1-light"
-    source.mkdir(parents=True)
-    (source / "run_00000.npz").write_bytes(b"truncated")
+    source = data / "nx1-light" / "run_00000.npz"
+    good = source.read_bytes()
+    source.write_bytes(b"truncated")
     with pytest.raises(ValueError, match="run_00000.npz: not a readable"):
-        E.main(eval_args([ckpt], tmp_path))
-    assert not (tmp_path / "eval").exists()
+        E.main(eval_args([path], None))
+    assert not (data / "eval").exists()
     # a source run of another grid than the checkpoint's is refused before any rollout
     history = {
         "observations": np.zeros((60, 4), np.float32),
@@ -278,31 +463,109 @@ def test_bad_input(tmp_path, monkeypatch):
         "truncations": np.arange(60) % 50 == 49,
         "tasks": np.tile([1, 1, 2, 2], (60, 1)),
     }
-    K.save_history(str(source / "run_00000.npz"), history, {"size": 5})
+    os.remove(source)
+    K.save_history(str(source), history, {"size": 5})
     with pytest.raises(ValueError, match="run_00000.npz is a 5x5 run, the checkpoint was trained on 4x4"):
-        E.main(eval_args([ckpt], tmp_path))
-    assert not (tmp_path / "eval").exists()
+        E.main(eval_args([path], None))
+    assert not (data / "eval").exists()
+    source.write_bytes(good)
     # TensorBoard's runs/ that cannot be written is reported before any rollout too
     (tmp_path / "runs").write_bytes(b"")
     with pytest.raises(OSError, match="runs: cannot write there"):
-        E.main(eval_args([ckpt], tmp_path, source_runs=0))
+        E.main(eval_args([path], tmp_path / "eval"))
     assert not (tmp_path / "eval").exists()
     os.remove(tmp_path / "runs")
     # an output folder that cannot be written is reported before any rollout
     (tmp_path / "a_file").write_bytes(b"")
     with pytest.raises(OSError, match="cannot write"):
-        E.main(eval_args([ckpt], tmp_path, source_runs=0, out_dir=str(tmp_path / "a_file" / "eval")))
+        E.main(eval_args([path], tmp_path / "a_file" / "eval"))
 
 
-def test_stale_parts_are_removed(tmp_path, monkeypatch):
+def claim_size_100(checkpoint):
+    checkpoint["data"]["size"] = 100  # a task split of 100M tasks
+
+
+def drop_the_size(checkpoint):
+    del checkpoint["data"]["size"]
+
+
+def cut_the_weights(checkpoint):
+    for name, tensor in list(checkpoint["model"].items()):
+        if tensor.dim() == 2:
+            checkpoint["model"][name] = tensor[:1]
+
+
+def add_a_model_field(checkpoint):
+    checkpoint["model_config"]["unknown"] = 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (claim_size_100, "grid size 100"),
+        (drop_the_size, "size"),
+        (cut_the_weights, ""),
+        (add_a_model_field, ""),
+    ],
+)
+def test_every_checkpoint_is_checked_before_the_first_is_evaluated(data, tmp_path, monkeypatch, change, message):
+    """A bad second checkpoint is one line naming it, and writes nothing, not even the good first one's file; no
+    rollout starts (a claimed grid of 100 is refused before its task split is built)."""
+
+    def no_rollout(*args, **kwargs):
+        raise AssertionError("a rollout started before every checkpoint was checked")
+
+    monkeypatch.setattr(E, "rollout", no_rollout)
+    bad = tmp_path / "bad.pt"
+    shutil.copy(ckpt(data, "seed2"), bad)
+    rewrite(bad, change)
+    with pytest.raises(ValueError, match=f"bad.pt: .*{message}") as error:
+        E.main(eval_args([ckpt(data, "dark"), bad], tmp_path / "eval"))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "runs").exists()
+
+
+def test_sizes_no_memory_holds_are_refused_before_any_work(data, tmp_path, monkeypatch):
+    path = ckpt(data, "dark")
+    with pytest.raises(ValueError, match="--steps 1,000,000,000 x --num-envs 3 needs about"):
+        E.main(eval_args([path], tmp_path / "eval", steps=1_000_000_000))
+    assert not (tmp_path / "eval").exists()
+    # the buffers grow with envs x steps, and with a Light model's wider observations
+    need = sum(E.rollout_bytes(3, 120, K.DARK_OBS_DIM))
+    assert sum(E.rollout_bytes(6, 120, K.DARK_OBS_DIM)) == sum(E.rollout_bytes(3, 240, K.DARK_OBS_DIM)) == 2 * need
+    assert sum(E.rollout_bytes(3, 120, K.LIGHT_OBS_DIM)) > need
+    monkeypatch.setattr(E, "host_memory", lambda: need - 1)
+    with pytest.raises(ValueError, match="lower --steps or --num-envs"):
+        E.main(eval_args([path], tmp_path / "eval"))
+    assert not (tmp_path / "eval").exists()
+    monkeypatch.setattr(E, "host_memory", lambda: need)
+    E.main(eval_args([path], tmp_path / "eval", source_runs=0))
+    # on a GPU the tokens must fit its free memory, the rest the host's
+    (device_bytes, host_bytes) = E.rollout_bytes(3, 120, K.DARK_OBS_DIM)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (device_bytes - 1, 10**12))
+    with pytest.raises(ValueError, match="free memory on cuda"):
+        E.check_memory(eval_args([path], None), K.DARK_OBS_DIM, torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (device_bytes, 10**12))
+    monkeypatch.setattr(E, "host_memory", lambda: host_bytes)
+    E.check_memory(eval_args([path], None), K.DARK_OBS_DIM, torch.device("cuda"))
+
+
+def test_an_rl2_checkpoint_is_named_as_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    ckpt = tmp_path / "m.pt"
-    write_checkpoint(ckpt)
+    flags = dict(size=4, iterations=1, num_envs=2, num_minibatches=1, episodes_per_trial=2, save_every=1)
+    flags.update(eval_every=0, eval_envs=1, n_layer=1, n_embd=16, n_head=2, d_ff=16, progress=False, cuda=False)
+    checkpoint = R.main(R.Args(data_dir=str(tmp_path / "data"), **flags))["checkpoint"]
+    with pytest.raises(ValueError, match="rl2_train.py") as error:
+        E.main(eval_args([checkpoint], tmp_path / "eval"))
+    assert checkpoint in str(error.value)
+
+
+def test_stale_parts_are_removed(data, tmp_path):
     (tmp_path / "eval").mkdir()
     stale = tmp_path / "eval" / ".tmp-otherhost-1-x.part"
     stale.write_bytes(b"partial")
     os.utime(stale, (0, 0))
-    E.main(eval_args([ckpt], tmp_path, steps=60))
+    E.main(eval_args([ckpt(data, "dark")], tmp_path / "eval", steps=60, source_runs=0))
     assert not stale.exists()
 
 

@@ -180,10 +180,10 @@ def test_figures_3_to_6_against_hand_computed_values(tmp_path, evals):
     fig4 = read_csv(out / "fig4_context.csv")
     assert [int(r["context"]) for r in fig4] == [4, 16]  # sorted by context
     # context 16: first 500 steps: env 0 mean 2, env 1 mean 0 -> 1.0; last 500 steps: env 0 0, env 1 1 -> 0.5,
-    # and the 95% CI over the two tasks (0 and 1), from ad_eval's Student-t interval (std with ddof=1)
+    # and its 95% interval from the bootstrap of the two tasks: resamples average 0, 0.5 or 1 (1/4, 1/2, 1/4)
     assert float(fig4[1]["first500"]) == 1.0 and float(fig4[1]["final"]) == 0.5
-    assert float(fig4[1]["final_ci95"]) == pytest.approx(round(M.mean_and_interval(np.array([0.0, 1.0]))[1], 4))
-    assert float(fig4[1]["final_ci95"]) > 0.5 / np.sqrt(2) and int(fig4[1]["seeds"]) == 1  # wider than a s.e.
+    assert (float(fig4[1]["final_low"]), float(fig4[1]["final_high"])) == (0.0, 1.0)
+    assert float(fig4[1]["final_iqm"]) == 0.5 and int(fig4[1]["seeds"]) == 1  # two values: nothing to trim
     assert float(fig4[1]["random_final"]) == 1.0  # RANDOM's last 500 steps: env 0 1, env 1 1
     assert float(fig4[0]["first500"]) == 1.0 and float(fig4[0]["final"]) == 1.0  # ctx 4: env 1 has no early episode
     assert {r["curve"] for r in read_csv(out / "fig5_bc.csv")} == {"ad on nx1-light, dark obs, ctx 4"}
@@ -300,6 +300,7 @@ def test_bad_inputs_are_clear_errors_before_any_output(tmp_path, evals):
         M.rl2(M.Rl2(curve=str(tmp_path / "tb.csv")))
 
 
+@pytest.mark.slow
 def test_command_line_runs_as_a_module_and_errors_are_one_line(tmp_path, evals):
     run = subprocess.run(
         [sys.executable, "-m", "docs.make_figures", "table", "--evals", evals["long"]],
@@ -318,6 +319,7 @@ def test_command_line_runs_as_a_module_and_errors_are_one_line(tmp_path, evals):
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no such evaluation file" in run.stderr
 
 
+@pytest.mark.slow
 def test_no_sys_path_change_and_no_import_of_other_scripts():
     tree = ast.parse(open(SOURCE).read())
     imported = {
@@ -356,26 +358,64 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
         1000,
         **ad_meta("ad", 50),
     )
-    M.main(["seeds", "--evals", a1, a2, b1, "--final-steps", "500"])
+    table = tmp_path / "out" / "seeds.csv"
+    M.main(["seeds", "--evals", a1, a2, b1, "--final-steps", "500", "--csv", str(table)])
     out = capsys.readouterr().out
-    # context 10, last 500 steps: per seed (2 + 0) / 2 = 1.0 and (1 + 1) / 2 = 1.0; per task over seeds 1.5 and 0.5
-    ctx10 = next(line for line in out.splitlines() if line.startswith("ad on nx1-light, dark obs, ctx 10"))
-    assert ctx10.split()[7:9] == ["2", "0.25"] and "[0.00, 0.50]" in ctx10 and "1.00 ±" in ctx10
-    ctx50 = next(line for line in out.splitlines() if line.startswith("ad on nx1-light, dark obs, ctx 50"))
-    assert ctx50.split()[7] == "1" and "2.00 ± 0.00 [2.00, 2.00]" in ctx50  # one seed, the same on both tasks
-    # ctx 10 - ctx 50 per task: 1.5 - 2 and 0.5 - 2: mean -1.00; random: 1.0 per task (both envs' episode at 700/800)
-    assert "ctx 10" in out and "-1.00 ±" in out and "random policy" in out
-    # and over the first 500 steps: ctx 10 per task (0 + 0) / 2 and (0 + 1) / 2, ctx 50 2 and 2: mean -1.75
-    assert "-1.75 ± " in out
-    assert "+0.75 ± " in ctx10  # the rise: per task (1.5 - 0) and (0.5 - 0.5) over seeds, mean 0.75
-    # the first episode per env, averaged over seeds then tasks: env 0 (0 + 0) / 2, env 1 (0 + 1) / 2 -> 0.25
-    assert ctx10.split()[8:10] == ["0.25", "±"] and "[0.00, 0.50]" in ctx10
+    rows = {(r["kind"], r["model"], r["versus"], r["metric"]): r for r in read_csv(table)}
+    ctx10 = "ad on nx1-light, dark obs, ctx 10"
+    ctx50 = "ad on nx1-light, dark obs, ctx 50"
+
+    def values(kind, model, versus, metric):
+        row = rows[(kind, model, versus, metric)]
+        assert float(row["mean_low"]) <= float(row["mean"]) <= float(row["mean_high"])
+        assert float(row["iqm_low"]) <= float(row["iqm"]) <= float(row["iqm_high"])
+        return float(row["mean"]), float(row["iqm"])
+
+    # context 10, seeds x tasks: first 500 steps [[0, 0], [0, 1]]: mean 0.25, IQM of (0, 0, 0, 1) cut 1 each end 0;
+    # last 500 steps [[2, 0], [1, 1]]: mean 1, IQM of (0, 1, 1, 2) 1; per seed (2 + 0) / 2 and (1 + 1) / 2
+    assert values("model", ctx10, "", "first 500 steps") == (0.25, 0.0)
+    assert values("model", ctx10, "", "last 500 steps") == (1.0, 1.0)
+    assert rows[("model", ctx10, "", "last 500 steps")]["per_seed"] == "1.0000 1.0000"
+    assert int(rows[("model", ctx10, "", "last 500 steps")]["seeds"]) == 2
+    # the rise on equal windows, each statistic's difference on the same resamples; per seed 1 - 0 and 1 - 0.5
+    assert values("model", ctx10, "", "rise: last 500 - first 500") == (0.75, 1.0)
+    assert rows[("model", ctx10, "", "rise: last 500 - first 500")]["per_seed"] == "1.0000 0.5000"
+    assert values("model", ctx10, "", "first episode") == (0.25, 0.0)
+    # context 50: one seed, 2 on both tasks: no spread
+    assert "2.00 [2.00, 2.00]" in out
+    # paired: context 10 - context 50 over the first 500 steps 0.25 - 2 and IQM 0 - 2; over the last 1 - 2
+    assert values("difference", ctx10, ctx50, "first 500 steps") == (-1.75, -2.0)
+    assert values("difference", ctx10, ctx50, "last 500 steps") == (-1.0, -1.0)
+    # the random policy (RANDOM): first 500 steps (0 + 1) / 2, last 500 (1 + 1) / 2
+    assert values("difference", ctx10, "random policy", "first 500 steps") == (-0.25, -0.5)
+    assert values("difference", ctx50, "random policy", "last 500 steps") == (1.0, 1.0)
+    assert int(rows[("difference", ctx10, "random policy", "last 500 steps")]["versus_seeds"]) == 1
+    block = out[out.index(f"{ctx10}: 2 training seeds x 2 tasks") :]
+    rise = next(line for line in block.splitlines() if "rise: last 500 - first 500" in line)
+    assert "+0.75 [" in rise and rise.endswith("+1.00 +0.50")  # the mean, then each seed's rise
     other_tasks = write_eval(
         tmp_path / "c.npz", {0: [(500, 0.0)]}, RANDOM, 1000, num_envs=2, size=6, **ad_meta("ad", 10)
     )
     with pytest.raises(SystemExit):
         M.main(["seeds", "--evals", a1, other_tasks])
     assert "different tasks" in capsys.readouterr().err
+
+
+def test_seeds_leaves_out_windows_an_evaluation_does_not_reach(evals, capsys):
+    """RL²'s 500-step trials have no last 500 steps apart from their first: n/a, not a copy of the first window."""
+    M.seeds(M.Seeds(evals=[evals["long"], evals["rl2"]]))
+    out = capsys.readouterr().out
+    rl2 = out[out.index("RL²: 1 training seed") : out.index("random policy: the same episodes")]
+    assert [line.split()[-1] for line in rl2.splitlines() if "last" in line] == ["n/a"] * 4
+    # 1,000 steps: the last 500 are apart from the first 500; the last 2,500 are not
+    ad = out[out.index("ad on nx1-light, dark obs, ctx 16: 1 training seed") : out.index("RL²: 1 training seed")]
+    last500 = next(line for line in ad.splitlines() if "last 500 steps" in line)
+    assert "0.50 [0.00, 1.00]" in last500
+    assert "n/a" in next(line for line in ad.splitlines() if "last 2,500 steps" in line)
+    pair = out[out.index("ad on nx1-light, dark obs, ctx 16 - RL²") :]
+    assert "last 500 steps                 n/a" in pair
+    with pytest.raises(ValueError, match="--final-steps must be a positive multiple of 500, got 300"):
+        M.seeds(M.Seeds(evals=[evals["long"]], final_steps=300))
 
 
 def test_figure_4_groups_training_seeds_and_refuses_different_tasks(tmp_path, evals):
@@ -386,9 +426,10 @@ def test_figure_4_groups_training_seeds_and_refuses_different_tasks(tmp_path, ev
     M.ad(M.Ad(fig4=[evals["long"], seed2, evals["short"]], bin=500, final_steps=500, out_dir=str(tmp_path / "f")))
     rows = read_csv(tmp_path / "f" / "fig4_context.csv")
     assert [(int(r["context"]), int(r["seeds"])) for r in rows] == [(4, 1), (16, 2)]
-    # per task, the mean over seeds: env 0 (0 + 1) / 2, env 1 (1 + 1) / 2 -> 0.75; per seed: LONG 0.5, SHORT 1.0
+    # seeds x tasks [[0, 1], [1, 1]]: mean 0.75; per seed: LONG 0.5, SHORT 1.0. The bootstrap draws seed 1 twice and
+    # task 1 twice (all 0) in 1/16 of resamples, above 2.5%: the interval reaches 0 -- and 1 at the top
     assert float(rows[1]["final"]) == 0.75
-    assert float(rows[1]["final_ci95"]) == pytest.approx(round(M.mean_and_interval(np.array([0.5, 1.0]))[1], 4))
+    assert (float(rows[1]["final_low"]), float(rows[1]["final_high"])) == (0.0, 1.0)
     assert (float(rows[1]["final_seed_min"]), float(rows[1]["final_seed_max"])) == (0.5, 1.0)
     # a model is all its settings but the seed: the same label with the arrival token is another model
     arrival = write_eval(
