@@ -339,9 +339,11 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        # created in this order (both norms first): the order of `parameters()`, which the optimizer's saved state
+        # and the gradient-norm sum follow, stays that of earlier checkpoints, so they resume and reproduce exactly
         self.ln1 = nn.LayerNorm(config.n_embd)
-        self.attn = SelfAttention(config)
         self.ln2 = nn.LayerNorm(config.n_embd)
+        self.attn = SelfAttention(config)
         self.mlp = nn.Sequential(
             nn.Linear(config.n_embd, config.d_ff),
             nn.GELU(),
