@@ -22,12 +22,15 @@ its experience, the fifth dataset (`ad_train.py --dataset rl2`); `data/checkpoin
 a rerun resumes bit for bit; `data/eval/<stem>__curve.csv`, the learning curve (a row per evaluation);
 `data/eval/<stem>__<split><N>_trial_seed<seed>.npz`, the final held-out trials and a random policy's, in
 ad_eval.py's layout. Settings are chosen on the 20 validation tasks, results reported on test tasks. A
-run that has reached `--iterations` only evaluates its checkpoint on the split asked for.
+run that has reached `--iterations` only evaluates its checkpoint on the split asked for. A rerun resumes
+only under the flags its checkpoint was trained with (`TRAINING_FLAGS`; `--iterations` may grow): another
+`--lr`, say, is refused in one line naming the flag and both values.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -103,22 +106,24 @@ class Args:
     """show a progress bar"""
 
 
-# --- The model: the same pre-norm causal Transformer as ad_train.py, with a policy and a value head
+# --- The model: the same pre-norm causal Transformer as ad_train.py (without dropout), with a policy and a value head
 @dataclass
-class ModelConfig:
+class ModelConfig:  # built from `Args` in `main`: the context is one whole trial
     obs_dim: int
     context: int
     n_layer: int
     n_head: int
     n_embd: int
     d_ff: int
-    arrival: bool  # tokens carry p_{t-1}, the (x, y) the previous action led to
+    arrival: bool  # tokens carry p_{t-1}, the (x, y) the previous action led to (--arrival-token)
 
 
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.n_head, self.context = config.n_head, config.context
+        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"  # the heads split the width
+        self.n_head = config.n_head
+        self.context = config.context
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
 
@@ -130,24 +135,34 @@ class SelfAttention(nn.Module):
         if cache is not None:  # preallocated to the context: one in-place write per step, no copy
             if "k" not in cache:
                 cache["k"] = k.new_empty(B, self.n_head, self.context, E // self.n_head)
-                cache["v"], cache["len"] = torch.empty_like(cache["k"]), 0
+                cache["v"] = torch.empty_like(cache["k"])
+                cache["len"] = 0
             end = cache["len"] + T
             # several new tokens over cached ones would need a block-causal mask, which the rollout never needs
             assert end <= self.context and (cache["len"] == 0 or T == 1), f"KV cache misuse: {cache['len']} + {T}"
-            cache["k"][:, :, cache["len"] : end], cache["v"][:, :, cache["len"] : end] = k, v
-            k, v, cache["len"] = cache["k"][:, :, :end], cache["v"][:, :, :end], end
+            cache["k"][:, :, cache["len"] : end] = k
+            cache["v"][:, :, cache["len"] : end] = v
+            cache["len"] = end
+            k = cache["k"][:, :, :end]
+            v = cache["v"][:, :, :end]
         # causal over a window from its start; one token after a filled cache sees all of it
         y = F.scaled_dot_product_attention(q, k, v, is_causal=k.shape[2] == T)
         return self.proj(y.transpose(1, 2).reshape(B, T, E))
 
 
 class Block(nn.Module):
+    """Pre-norm Transformer block."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(config.n_embd), nn.LayerNorm(config.n_embd)
+        # this order is the parameters' order, by which a checkpoint's Adam state is matched to them on a resume
+        self.ln1 = nn.LayerNorm(config.n_embd)
+        self.ln2 = nn.LayerNorm(config.n_embd)
         self.attn = SelfAttention(config)
         self.mlp = nn.Sequential(
-            nn.Linear(config.n_embd, config.d_ff), nn.GELU(), nn.Linear(config.d_ff, config.n_embd)
+            nn.Linear(config.n_embd, config.d_ff),
+            nn.GELU(),
+            nn.Linear(config.d_ff, config.n_embd),
         )
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
@@ -161,6 +176,7 @@ class ActorCritic(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        # one linear embedding of [o_t, one-hot a_{t-1}, r_{t-1}, d_{t-1}(, p_{t-1})]
         self.embed = nn.Linear(config.obs_dim + K.NUM_ACTIONS + 2 + 2 * config.arrival, config.n_embd)
         self.pos = nn.Embedding(config.context, config.n_embd)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
@@ -172,22 +188,34 @@ class ActorCritic(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
             if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
-        nn.init.normal_(self.policy.weight, std=0.002)  # a near-uniform first policy
+        # a near-uniform first policy: PPO starts from maximal exploration, as CleanRL's small actor init does
+        nn.init.normal_(self.policy.weight, std=0.002)
 
     def forward(
-        self, observations, prev_actions, prev_rewards, prev_dones, prev_arrivals=None, start: int = 0, caches=None
-    ):
+        self,
+        observations: torch.Tensor,
+        prev_actions: torch.Tensor,
+        prev_rewards: torch.Tensor,
+        prev_dones: torch.Tensor,
+        prev_arrivals: torch.Tensor | None = None,
+        start: int = 0,
+        caches: list[dict] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs (B, T, ...) for positions start..start+T-1; `prev_arrivals` (B, T, 2), the scaled (x, y) the
-        previous action led to, is read only by a model with `config.arrival`. Returns logits (B, T, 5), values (B, T)."""
+        previous action led to, is read only by a model with `config.arrival`.
+        Returns logits (B, T, 5) and values (B, T)."""
         T = observations.shape[1]
         parts = [
             observations,
             F.one_hot(prev_actions, K.NUM_ACTIONS).to(observations.dtype),
             prev_rewards[..., None],
             prev_dones[..., None],
-        ] + ([prev_arrivals] if self.config.arrival else [])
+        ]
+        if self.config.arrival:
+            parts.append(prev_arrivals)
         features = torch.cat(parts, dim=-1)  # (B, T, obs_dim + 7 [+ 2])
-        x = self.embed(features) + self.pos(torch.arange(start, start + T, device=observations.device))
+        positions = torch.arange(start, start + T, device=observations.device)
+        x = self.embed(features) + self.pos(positions)  # (B, T, E)
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
         x = self.ln_f(x)
@@ -195,6 +223,27 @@ class ActorCritic(nn.Module):
 
 
 # --- Rollout of one trial per env, and its episodes
+TOKEN_KEYS = ("observations", "prev_actions", "prev_rewards", "prev_dones", "prev_arrivals")  # the model's inputs
+
+
+def trial_buffer(num_envs: int, length: int, obs_dim: int) -> dict:
+    """Zeroed (num_envs, length, ...) tensors for one trial per env: its tokens, what the policy did, and `active`."""
+    return {
+        "observations": torch.zeros(num_envs, length, obs_dim),
+        "prev_actions": torch.zeros(num_envs, length, dtype=torch.long),
+        "prev_rewards": torch.zeros(num_envs, length),
+        "prev_dones": torch.zeros(num_envs, length),
+        "prev_arrivals": torch.zeros(num_envs, length, 2),
+        "actions": torch.zeros(num_envs, length, dtype=torch.long),
+        "logprobs": torch.zeros(num_envs, length),
+        "values": torch.zeros(num_envs, length),
+        "rewards": torch.zeros(num_envs, length),
+        "terminations": torch.zeros(num_envs, length, dtype=torch.bool),
+        "truncations": torch.zeros(num_envs, length, dtype=torch.bool),
+        "active": torch.zeros(num_envs, length, dtype=torch.bool),
+    }
+
+
 @torch.no_grad()
 def run_trials(
     model: ActorCritic,
@@ -210,28 +259,26 @@ def run_trials(
     env was still in its trial). Envs that finish early keep stepping (the batch stays rectangular) but
     their steps are inactive and masked everywhere.
     """
-    N, L = len(tasks), episodes * K.EPISODE_STEPS
+    N = len(tasks)
+    L = episodes * K.EPISODE_STEPS  # a trial's longest length: every episode truncated
     observations, _ = env.reset(options={"tasks": tasks})
-    obs_dim = observations.shape[1]
-    buf = {
-        "observations": torch.zeros(N, L, obs_dim),
-        "prev_arrivals": torch.zeros(N, L, 2),  # (N, L, obs_dim), (N, L, 2)
-        **{k: torch.zeros(N, L) for k in ("prev_rewards", "prev_dones", "logprobs", "values", "rewards")},
-        **{k: torch.zeros(N, L, dtype=torch.long) for k in ("prev_actions", "actions")},
-        **{k: torch.zeros(N, L, dtype=torch.bool) for k in ("terminations", "truncations", "active")},
-    }
-    buf["prev_dones"][:, 0] = 1.0  # the first token of a trial looks like the start of any episode
+    buf = trial_buffer(N, L, observations.shape[1])
     finished = np.zeros(N, dtype=np.int64)  # episodes finished in this trial
     caches = [{} for _ in model.blocks]
-    prev_action, prev_reward, prev_done = torch.zeros(N, dtype=torch.long), torch.zeros(N), torch.ones(N)
+    # the first token of a trial looks like the start of any episode, as in AD: action "stay", reward 0, done 1
+    prev_action = torch.zeros(N, dtype=torch.long)
+    prev_reward = torch.zeros(N)
+    prev_done = torch.ones(N)
     prev_arrival = torch.as_tensor(observations[:, :2])  # before the first action: where the agent stands
     for t in range(L):
-        active = finished < episodes
+        active = finished < episodes  # (N,) bool
         if not active.any():
             break
-        obs_t = torch.as_tensor(observations)
-        buf["observations"][:, t], buf["prev_actions"][:, t] = obs_t, prev_action
-        buf["prev_rewards"][:, t], buf["prev_dones"][:, t] = prev_reward, prev_done
+        obs_t = torch.as_tensor(observations)  # (N, obs_dim)
+        buf["observations"][:, t] = obs_t
+        buf["prev_actions"][:, t] = prev_action
+        buf["prev_rewards"][:, t] = prev_reward
+        buf["prev_dones"][:, t] = prev_done
         buf["prev_arrivals"][:, t] = prev_arrival
         logits, values = model(
             obs_t[:, None].to(device),
@@ -243,18 +290,23 @@ def run_trials(
             caches=caches,
         )
         dist = torch.distributions.Categorical(logits=logits[:, 0].float().cpu())
-        action = torch.multinomial(dist.probs, 1, generator=generator)[:, 0]
+        action = torch.multinomial(dist.probs, 1, generator=generator)[:, 0]  # (N,)
         observations, rewards, terminated, truncated, infos = env.step(action.numpy())
         ended = terminated | truncated  # (N,) bool: the episode ended with this action
         arrival = K.final_observations(observations, infos)[:, :2]  # (N, 2); at an episode's end, the cell it ended in
-        buf["actions"][:, t], buf["logprobs"][:, t] = action, dist.log_prob(action)
-        buf["values"][:, t], buf["rewards"][:, t] = values[:, 0].float().cpu(), torch.as_tensor(rewards)
-        buf["terminations"][:, t], buf["truncations"][:, t] = torch.as_tensor(terminated), torch.as_tensor(truncated)
+        buf["actions"][:, t] = action
+        buf["logprobs"][:, t] = dist.log_prob(action)
+        buf["values"][:, t] = values[:, 0].float().cpu()
+        buf["rewards"][:, t] = torch.as_tensor(rewards)
+        buf["terminations"][:, t] = torch.as_tensor(terminated)
+        buf["truncations"][:, t] = torch.as_tensor(truncated)
         buf["active"][:, t] = torch.as_tensor(active)
         finished += ended & active
-        prev_action, prev_reward = action, torch.as_tensor(rewards)
-        prev_done, prev_arrival = torch.as_tensor(ended, dtype=torch.float32), torch.as_tensor(arrival)
-    buf["rewards"] *= buf["active"]
+        prev_action = action
+        prev_reward = torch.as_tensor(rewards)
+        prev_done = torch.as_tensor(ended, dtype=torch.float32)
+        prev_arrival = torch.as_tensor(arrival)
+    buf["rewards"] *= buf["active"]  # an env past the end of its trial earns nothing
     return buf
 
 
@@ -262,104 +314,168 @@ def trial_metrics(buf: dict, episodes_per_trial: int) -> dict:
     """The trials' "episodes" (active steps only; flat "env", "return", "end_step" arrays), the mean over
     envs of each episode index's return "by_episode" (E,), "first_500" (per env the mean return of the
     episodes ended within 500 steps, `K.early_return`, then the mean over envs) and "episodes_5_to_10"."""
-    num_envs, dones = len(buf["rewards"]), (buf["terminations"] | buf["truncations"]).numpy()
+    num_envs = len(buf["rewards"])
+    dones = (buf["terminations"] | buf["truncations"]).numpy()
     episodes = K.stream_episodes(buf["rewards"].numpy(), dones, buf["active"].sum(1).numpy())
     # an episode lasts at most 50 steps, so every trial holds exactly its E episodes, env by env in order
     by_episode = episodes["return"].reshape(num_envs, episodes_per_trial).mean(0, dtype=np.float64)
+    if episodes_per_trial > 4:
+        episodes_5_to_10 = float(by_episode[4:].mean())
+    else:
+        episodes_5_to_10 = float("nan")  # a trial too short to have a fifth episode
     return {
         "episodes": episodes,
         "by_episode": by_episode,
         "first_500": float(np.nanmean(K.early_return(episodes, num_envs))),
-        "episodes_5_to_10": float(by_episode[4:].mean()) if episodes_per_trial > 4 else float("nan"),
+        "episodes_5_to_10": episodes_5_to_10,
     }
 
 
+def trials_to_histories(buf: dict, tasks: np.ndarray) -> list[dict]:
+    """Each env's trial as contract arrays (active steps only)."""
+    keys = ("observations", "actions", "rewards", "terminations", "truncations")
+    histories = []
+    for i, steps in enumerate(buf["active"].sum(1).tolist()):
+        history = {key: buf[key][i, :steps].numpy() for key in keys}
+        history["tasks"] = np.repeat(tasks[i][None], steps, axis=0)  # (steps, 4): one task for the whole trial
+        histories.append(history)
+    return histories
+
+
+# --- PPO over whole trials
 def gae(buf: dict, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and returns over each trial; the trial ends at its last active step (value 0 after)."""
-    rewards, values, active = buf["rewards"], buf["values"], buf["active"].float()
+    """Advantages and returns (N, L) over each trial; the trial ends at its last active step (value 0 after)."""
+    rewards = buf["rewards"]
+    values = buf["values"]
+    active = buf["active"].float()
     N, L = rewards.shape
     advantages = torch.zeros(N, L)
-    last = torch.zeros(N)
+    last = torch.zeros(N)  # the advantage of step t + 1
     for t in reversed(range(L)):
-        next_value = values[:, t + 1] * active[:, t + 1] if t + 1 < L else torch.zeros(N)
+        if t + 1 < L:
+            next_active = active[:, t + 1]
+            next_value = values[:, t + 1] * next_active
+        else:  # past the buffer's end: every trial has ended
+            next_active = torch.zeros(N)
+            next_value = torch.zeros(N)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        next_active = active[:, t + 1] if t + 1 < L else torch.zeros(N)
         last = (delta + gamma * lam * next_active * last) * active[:, t]
         advantages[:, t] = last
     return advantages, advantages + values
 
 
-def ppo_update(model, optimizer, buf, args: Args, generator: torch.Generator, device: torch.device) -> dict:
-    advantages, returns = gae(buf, args.gamma, args.gae_lambda)
-    mask = buf["active"]
-    length = int(mask.any(0).nonzero().max()) + 1  # steps up to the last active one
-    tokens = {
-        k: buf[k][:, :length] for k in ("observations", "prev_actions", "prev_rewards", "prev_dones", "prev_arrivals")
-    }
-    N = mask.shape[0]
-    per_batch = max(1, N // args.num_minibatches)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of `x` over the steps where the float `mask` (same shape) is 1: the trials' active steps."""
+    return (x * mask).sum() / mask.sum()
+
+
+def normalize(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Advantages at mean 0 and standard deviation 1 over the active steps of a minibatch (as CleanRL's PPO)."""
+    mean = masked_mean(advantages, mask)
+    std = masked_mean((advantages - mean) ** 2, mask).sqrt()
+    return (advantages - mean) / (std + 1e-8)
+
+
+def ppo_update(
+    model: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    buf: dict,
+    args: Args,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict:
+    """`args.update_epochs` passes of PPO over the trials of `buf` in `args.num_minibatches` minibatches of whole
+    trials (a trial is one sequence of the model: it cannot be cut). Returns the last minibatch's losses."""
+    advantages, returns = gae(buf, args.gamma, args.gae_lambda)  # (N, L) each
+    active = buf["active"]
+    length = int(active.any(0).nonzero().max()) + 1  # steps up to the last active one: the rest is padding
+    tokens = {key: buf[key][:, :length] for key in TOKEN_KEYS}
+    N = active.shape[0]
+    per_minibatch = max(1, N // args.num_minibatches)
     stats = {}
     for _ in range(args.update_epochs):
         order = torch.randperm(N, generator=generator)
-        for lo in range(0, N, per_batch):
-            idx = order[lo : lo + per_batch]
-            m = mask[idx, :length].to(device).float()
-            logits, values = model(**{k: v[idx].to(device) for k, v in tokens.items()})
-            logp_all = torch.log_softmax(logits.float(), -1)
-            logp = logp_all.gather(-1, buf["actions"][idx, :length, None].to(device))[..., 0]
-            ratio = (logp - buf["logprobs"][idx, :length].to(device)).exp()
-            masked = lambda x: (x * m).sum() / m.sum()  # mean over the active steps
-            adv = advantages[idx, :length].to(device)
-            adv = (adv - masked(adv)) / (masked((adv - masked(adv)) ** 2).sqrt() + 1e-8)
-            pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef))
+        for first in range(0, N, per_minibatch):
+            idx = order[first : first + per_minibatch]
+            mask = active[idx, :length].to(device).float()  # (n, length)
+            logits, values = model(**{key: value[idx].to(device) for key, value in tokens.items()})
+            logp_all = torch.log_softmax(logits.float(), -1)  # (n, length, 5)
+            logp = logp_all.gather(-1, buf["actions"][idx, :length, None].to(device))[..., 0]  # (n, length)
+            old_logp = buf["logprobs"][idx, :length].to(device)
+            ratio = (logp - old_logp).exp()
+            adv = normalize(advantages[idx, :length].to(device), mask)
+            # the clipped surrogate: the pessimistic one of the two, so a step gains nothing by moving the
+            # policy's probability of an action beyond 1 ± clip_coef of the probability that acted
+            clipped_ratio = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+            pg_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio)
             v_loss = 0.5 * (values.float() - returns[idx, :length].to(device)) ** 2
             entropy = -(logp_all.exp() * logp_all).sum(-1)
-            loss = masked(pg) + args.vf_coef * masked(v_loss) - args.ent_coef * masked(entropy)
+            loss = (
+                masked_mean(pg_loss, mask)
+                + args.vf_coef * masked_mean(v_loss, mask)
+                - args.ent_coef * masked_mean(entropy, mask)  # the entropy bonus keeps the policy exploring
+            )
+
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
-            stats = {
-                "policy_loss": masked(pg).item(),
-                "value_loss": masked(v_loss).item(),
-                "entropy": masked(entropy).item(),
-                "approx_kl": masked((ratio - 1) - (logp - buf["logprobs"][idx, :length].to(device))).item(),
-            }
+
+            with torch.no_grad():
+                approx_kl = masked_mean((ratio - 1) - (logp - old_logp), mask)  # CleanRL's k3 estimator
+                stats = {
+                    "policy_loss": masked_mean(pg_loss, mask).item(),
+                    "value_loss": masked_mean(v_loss, mask).item(),
+                    "entropy": masked_mean(entropy, mask).item(),
+                    "approx_kl": approx_kl.item(),
+                }
     return stats
 
 
-def trials_to_histories(buf: dict, tasks: np.ndarray) -> list[dict]:
-    """Each env's trial as contract arrays (active steps only)."""
-    keys, out = ("observations", "actions", "rewards", "terminations", "truncations"), []
-    for i, steps in enumerate(buf["active"].sum(1).tolist()):
-        out.append({**{k: buf[k][i, :steps].numpy() for k in keys}, "tasks": np.repeat(tasks[i][None], steps, axis=0)})
-    return out
+# --- Held-out evaluation, its learning curve and the evaluation file
+def eval_seed(args: Args) -> int:
+    """The seed the held-out tasks are chosen with: --eval-seed, or --seed where it is 0."""
+    return args.eval_seed or args.seed
 
 
-# --- Held-out evaluation, its learning curve and the checkpoint
 def evaluate(model: ActorCritic, args: Args, tasks: np.ndarray, device: torch.device) -> dict:
     """One trial on each held-out task of `tasks` (N, 4), actions sampled with a fixed seed."""
     env = K.KeyDoorVectorEnv(len(tasks), size=args.size, tasks=tasks, split="all")
     env.reset(seed=args.seed)
+    generator = torch.Generator().manual_seed(args.seed)  # every evaluation draws the same numbers
     model.eval()
-    buf = run_trials(model, env, tasks, args.episodes_per_trial, torch.Generator().manual_seed(args.seed), device)
+    buf = run_trials(model, env, tasks, args.episodes_per_trial, generator, device)
     model.train()
     return {**trial_metrics(buf, args.episodes_per_trial), "tasks": tasks}
 
 
 def random_trials(tasks: np.ndarray, size: int, episodes: int, seed: int) -> dict:
     """A uniform-random policy for one trial of `episodes` episodes on each task: the floor of the eval file."""
-    N, L = len(tasks), episodes * K.EPISODE_STEPS
+    N = len(tasks)
+    L = episodes * K.EPISODE_STEPS
     env = K.KeyDoorVectorEnv(N, size=size, tasks=tasks, split="all")
     env.reset(seed=seed)
     actions = np.random.default_rng(seed).integers(0, K.NUM_ACTIONS, size=(L, N))
-    rewards, dones = np.zeros((N, L), dtype=np.float32), np.zeros((N, L), dtype=bool)
+    rewards = np.zeros((N, L), dtype=np.float32)
+    dones = np.zeros((N, L), dtype=bool)
     for t in range(L):
-        _, rewards[:, t], terminated, truncated, _ = env.step(actions[t])
+        _, step_rewards, terminated, truncated, _ = env.step(actions[t])
+        rewards[:, t] = step_rewards
         dones[:, t] = terminated | truncated
     # each env's trial ends with its `episodes`-th episode (episodes last at most 50 steps, so it always does)
     lengths = np.argmax(np.cumsum(dones, axis=1) >= episodes, axis=1) + 1
     return K.stream_episodes(rewards, dones, lengths)
+
+
+def curve_header(episodes_per_trial: int) -> str:
+    """The learning curve's columns: the iteration, the episodes of experience, the held-out metrics, the minutes."""
+    episode_columns = [f"episode_{i + 1}" for i in range(episodes_per_trial)]
+    return ",".join(["iteration", "episodes", "first_500", "episodes_5_to_10"] + episode_columns + ["minutes"])
+
+
+def eval_values(result: dict) -> list[float]:
+    """The held-out metrics of an evaluation, in the learning curve's order."""
+    return [result["first_500"], result["episodes_5_to_10"], *result["by_episode"]]
 
 
 def read_curve(path: str, header: str, upto: int) -> list[str]:
@@ -377,70 +493,235 @@ def read_curve(path: str, header: str, upto: int) -> list[str]:
     return kept
 
 
-def load_checkpoint(path: str, model_config: ModelConfig, device: torch.device) -> dict:
-    """The checkpoint at `path`, checked against the model of this run; a one-line error otherwise."""
+def write_curve(path: str, header: str, rows: list[str]) -> None:
+    """The whole file, every time: the figures script may read it at any moment."""
+    text = "".join(line + "\n" for line in [header] + rows)
+    K.atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_eval_file(path: str, tasks: np.ndarray, result: dict, floor: dict, meta: dict) -> None:
+    """The held-out trials and the random policy's, in the layout of ad_eval.py's files (one figure can show RL²
+    beside AD)."""
+    payload = {
+        "tasks": tasks,
+        "meta": np.array(json.dumps(meta)),
+        **{f"episode_{key}": value for key, value in result["episodes"].items()},
+        **{f"random_episode_{key}": value for key, value in floor.items()},
+    }
+    K.atomic_write(path, lambda f: np.savez_compressed(f, **payload))
+
+
+# --- Checkpoints, dataset chunks, TensorBoard
+# The flags that change what a further iteration computes. A rerun resumes only under the ones its checkpoint was
+# trained with: otherwise its later iterations would silently differ from its earlier ones and its record would lie.
+# --iterations may grow; the evaluation flags are checked against the learning curve (`check_curve_tasks`); the rest
+# (--eval-every, --save-every, --cuda, --progress) change when and where things are written or run, not what.
+TRAINING_FLAGS = (
+    "size",
+    "seed",
+    "episodes_per_trial",
+    "num_envs",
+    "lr",
+    "gamma",
+    "gae_lambda",
+    "update_epochs",
+    "num_minibatches",
+    "clip_coef",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "d_ff",
+    "arrival_token",
+)
+CHECKPOINT_KEYS = ("model", "optimizer", "iteration", "args", "model_config", "run_name", "seconds")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an `Args` field: eval_seed -> --eval-seed."""
+    return "--" + name.replace("_", "-")
+
+
+def load_checkpoint(path: str, args: Args, model_config: ModelConfig) -> dict:
+    """The checkpoint at `path`, on the CPU, checked against this run's training flags and model; a one-line
+    error naming the file (and the flag) otherwise."""
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding objects other than tensors
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}); move it away") from None
-    keys = {"model", "optimizer", "iteration", "args", "model_config", "run_name", "seconds"}
-    if (
-        not isinstance(checkpoint, dict)
-        or not keys <= checkpoint.keys()
-        or set(checkpoint["model_config"]) != set(asdict(model_config))
-    ):
-        raise ValueError(f"{path}: not a checkpoint of this version of rl2_train.py; move it away or change --exp-name")
-    if checkpoint["model_config"] != asdict(model_config):
+    other_version = "not a checkpoint of this version of rl2_train.py; move it away or change --exp-name"
+    if not isinstance(checkpoint, dict) or not set(CHECKPOINT_KEYS) <= checkpoint.keys():
+        raise ValueError(f"{path}: {other_version}")
+    if not isinstance(checkpoint["args"], dict) or not isinstance(checkpoint["model_config"], dict):
+        raise ValueError(f"{path}: {other_version}")
+    if set(checkpoint["model_config"]) != set(asdict(model_config)):
+        raise ValueError(f"{path}: {other_version}")
+    if not isinstance(checkpoint["iteration"], int) or checkpoint["iteration"] < 0:
+        raise ValueError(f"{path}: {other_version}")
+    if not isinstance(checkpoint["seconds"], float) or not isinstance(checkpoint["run_name"], str):
+        raise ValueError(f"{path}: {other_version}")
+    recorded = checkpoint["args"]
+    for name in TRAINING_FLAGS:
+        if name not in recorded:
+            raise ValueError(f"{path} does not record {flag(name)}: {other_version}")
+        if recorded[name] != getattr(args, name):
+            raise ValueError(
+                f"{path} was trained with {flag(name)} {recorded[name]}, not {getattr(args, name)}; "
+                "move it away or change --exp-name"
+            )
+    if checkpoint["model_config"] != asdict(model_config):  # the flags agree, so only a damaged record gets here
         raise ValueError(f"{path} holds a model of another shape; move it away or change --exp-name")
     return checkpoint
 
 
+def check_curve_tasks(path: str, checkpoint: dict, args: Args) -> None:
+    """Training goes on with the evaluation it started with: one learning curve, one set of held-out tasks."""
+    recorded = {name: checkpoint["args"].get(name, 0) for name in ("eval_split", "eval_envs", "eval_seed")}
+    resume_with = " ".join(f"{flag(name)} {value}" for name, value in recorded.items())
+    for name, value in recorded.items():
+        if value != getattr(args, name):
+            raise ValueError(
+                f"{path}: its learning curve is measured with {flag(name)} {value}, not {getattr(args, name)}; "
+                f"resume its training with {resume_with}"
+            )
+
+
+def restore(model: ActorCritic, optimizer: torch.optim.Optimizer, checkpoint: dict, path: str) -> None:
+    """The checkpoint's weights and optimizer state (moved to the model's device by `load_state_dict`)."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # weights of another shape, a damaged state
+        raise ValueError(f"{path}: its weights do not fit the model ({type(e).__name__}); move it away") from None
+
+
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Written whole or not at all (`K.atomic_write`): a kill while saving leaves the previous checkpoint."""
+    K.atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def save_dataset_chunks(pending: list[list[dict]], folder: str, stem: str, completed: int, args: Args) -> None:
+    """Each env's trials since the last chunk as one history file, named after the run and the chunk's first
+    iteration: two runs (another --exp-name, seed or size) never overwrite each other, and no chunk is reused."""
+    first = completed - len(pending[0]) + 1
+    for i, trials in enumerate(pending):
+        history = {key: np.concatenate([trial[key] for trial in trials]) for key in trials[0]}
+        history_config = {
+            "size": args.size,
+            "style": "rl2",
+            "light": False,
+            "seed": args.seed,
+            "run": i,
+            "iterations": [first, completed],
+            "algorithm": "rl2-ppo",
+        }
+        K.save_history(os.path.join(folder, f"{stem}__run_{i:05d}_it{first:06d}.npz"), history, history_config)
+
+
+def open_writer(run_name: str, args: Args) -> SummaryWriter:
+    """The TensorBoard run, with the flags as a table (CleanRL's "hyperparameters" text)."""
+    writer = SummaryWriter(os.path.join("runs", run_name))
+    table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    return writer
+
+
+def log_iteration(writer: SummaryWriter, metrics: dict, stats: dict, sps: float, step: int) -> None:
+    """The iteration's own trials (train tasks) and PPO losses, at x = episodes of experience."""
+    by_episode = metrics["by_episode"]
+    writer.add_scalar("charts/trial_return", by_episode.sum(), step)
+    writer.add_scalar("charts/return_first_500", metrics["first_500"], step)
+    writer.add_scalar("charts/episode_1_return", by_episode[0], step)
+    writer.add_scalar(f"charts/episode_{len(by_episode)}_return", by_episode[-1], step)
+    writer.add_scalar("charts/SPS", sps, step)
+    for name, value in stats.items():
+        writer.add_scalar(f"losses/{name}", value, step)
+
+
+def log_evaluation(writer: SummaryWriter, result: dict, step: int) -> None:
+    """The held-out metrics, under the learning curve's names."""
+    tags = ["eval/return_first_500", "eval/return_episodes_5_to_10"]
+    tags += [f"eval/episode_{i + 1}_return" for i in range(len(result["by_episode"]))]
+    for tag, value in zip(tags, eval_values(result), strict=True):
+        writer.add_scalar(tag, value, step)
+
+
+# --- Flags
+def require(ok: bool, message: str) -> None:
+    """Raise the one-line error `message` unless `ok`."""
+    if not ok:
+        raise ValueError(message)
+
+
 def validate(args: Args) -> None:
-    """One-line errors for bad flags (the eval split and envs are checked by `K.eval_tasks`)."""
-    for ok, message in [
-        (
-            min(args.iterations, args.num_envs, args.episodes_per_trial) >= 1,
-            "--iterations, --num-envs and --episodes-per-trial must be >= 1",
-        ),
-        (1 <= args.num_minibatches <= args.num_envs, "--num-minibatches must lie in 1..--num-envs"),
-        (args.n_head >= 1 and args.n_embd % args.n_head == 0, "--n-embd must be divisible by --n-head"),
-        (
-            min(args.update_epochs, args.save_every, args.n_layer, args.d_ff) >= 1,
-            "--update-epochs, --save-every, --n-layer and --d-ff must be >= 1",
-        ),
-        (args.eval_every >= 0, "--eval-every must be >= 0"),
-        (min(args.lr, args.max_grad_norm, args.clip_coef) > 0, "--lr, --max-grad-norm and --clip-coef must be > 0"),
-        (
-            0 <= min(args.gamma, args.gae_lambda) <= max(args.gamma, args.gae_lambda) <= 1,
-            "--gamma and --gae-lambda must lie in [0, 1]",
-        ),
-    ]:
-        if not ok:
-            raise ValueError(message)
-    K.validate_size(args.size)
-
-
-def main(args: Args) -> dict:
-    # 1. every input and output checked before any work
-    validate(args)
-    eval_tasks = K.eval_tasks(args.size, args.eval_split, args.eval_envs, args.eval_seed or args.seed)  # (eval_envs, 4)
-    data_folder, checkpoint_folder, eval_folder = (
-        os.path.join(args.data_dir, name) for name in ("rl2", "checkpoints", "eval")
+    """Every flag on its own, before any work (the eval split and envs are checked by `K.eval_tasks`).
+    Comparisons with NaN are false, so `require(x > 0)` refuses nan too; `math.isfinite` refuses inf."""
+    K.validate_size(args.size)  # first: the task split below enumerates all size**4 tasks
+    require(args.episodes_per_trial >= 1, f"--episodes-per-trial must be >= 1, got {args.episodes_per_trial}")
+    require(args.num_envs >= 1, f"--num-envs must be >= 1, got {args.num_envs}")
+    require(args.iterations >= 1, f"--iterations must be >= 1, got {args.iterations}")
+    require(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}")
+    require(0 <= args.gamma <= 1, f"--gamma must lie in [0, 1], got {args.gamma}")
+    require(0 <= args.gae_lambda <= 1, f"--gae-lambda must lie in [0, 1], got {args.gae_lambda}")
+    require(args.update_epochs >= 1, f"--update-epochs must be >= 1, got {args.update_epochs}")
+    require(
+        1 <= args.num_minibatches <= args.num_envs,
+        f"--num-minibatches must lie in 1..{args.num_envs} (--num-envs), got {args.num_minibatches}",
     )
+    require(
+        math.isfinite(args.clip_coef) and args.clip_coef > 0,
+        f"--clip-coef must be a finite number > 0, got {args.clip_coef}",
+    )
+    require(
+        math.isfinite(args.ent_coef) and args.ent_coef >= 0,
+        f"--ent-coef must be a finite number >= 0, got {args.ent_coef}",
+    )
+    require(
+        math.isfinite(args.vf_coef) and args.vf_coef >= 0,
+        f"--vf-coef must be a finite number >= 0, got {args.vf_coef}",
+    )
+    require(
+        math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0,
+        f"--max-grad-norm must be a finite number > 0, got {args.max_grad_norm}",
+    )
+    require(args.n_layer >= 1, f"--n-layer must be >= 1, got {args.n_layer}")
+    require(args.n_head >= 1, f"--n-head must be >= 1, got {args.n_head}")
+    require(args.n_embd >= 1, f"--n-embd must be >= 1, got {args.n_embd}")
+    # after --n-head >= 1: it divides here. Each head attends over n_embd / n_head of the width.
+    require(
+        args.n_embd % args.n_head == 0,
+        f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}",
+    )
+    require(args.d_ff >= 1, f"--d-ff must be >= 1, got {args.d_ff}")
+    require(args.eval_every >= 0, f"--eval-every must be >= 0, got {args.eval_every}")
+    require(args.eval_seed >= 0, f"--eval-seed must be >= 0, got {args.eval_seed}")
+    require(args.save_every >= 1, f"--save-every must be >= 1, got {args.save_every}")
+    require(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")  # numpy's generators take no negative seed
+    require(
+        args.exp_name != "" and "/" not in args.exp_name and os.sep not in args.exp_name,
+        f"--exp-name must be a non-empty name without '/', got {args.exp_name!r}",
+    )
+
+
+# --- The run
+def main(args: Args) -> dict:
+    # 1. every flag, input and output checked before any work
+    validate(args)
+    eval_tasks = K.eval_tasks(args.size, args.eval_split, args.eval_envs, eval_seed(args))  # (eval_envs, 4)
+    data_folder = os.path.join(args.data_dir, "rl2")
+    checkpoint_folder = os.path.join(args.data_dir, "checkpoints")
+    eval_folder = os.path.join(args.data_dir, "eval")
     for folder in (data_folder, checkpoint_folder, eval_folder):
         K.check_writable(folder)
         K.remove_stale_parts(folder)  # left by a run killed while writing
     K.check_writable("runs")  # TensorBoard
-    stem = (
-        f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks and eval files
-    )
-    path = os.path.join(checkpoint_folder, f"{stem}.pt")
+    stem = f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks, eval files
+    checkpoint_path = os.path.join(checkpoint_folder, f"{stem}.pt")
     curve_path = os.path.join(eval_folder, f"{stem}__curve.csv")
-    episode_columns = [f"episode_{i + 1}" for i in range(args.episodes_per_trial)]
-    header = ",".join(["iteration", "episodes", "first_500", "episodes_5_to_10"] + episode_columns + ["minutes"])
-    out = os.path.join(
-        eval_folder, f"{stem}__{args.eval_split}{args.eval_envs}_trial_seed{args.eval_seed or args.seed}.npz"
-    )
+    eval_path = os.path.join(eval_folder, f"{stem}__{args.eval_split}{args.eval_envs}_trial_seed{eval_seed(args)}.npz")
+    header = curve_header(args.episodes_per_trial)
 
     # 2. the model, resumed from the checkpoint if there is one
     random.seed(args.seed)
@@ -458,137 +739,100 @@ def main(args: Args) -> dict:
     )
     model = ActorCritic(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
-    start, seconds, run_name = (
-        0,
-        0.0,
-        f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}",
-    )
-    if os.path.exists(path):
-        checkpoint = load_checkpoint(path, model_config, device)
-        start, seconds, run_name = checkpoint["iteration"], checkpoint["seconds"], checkpoint["run_name"]
-        # one curve, one set of tasks: training goes on with the evaluation it started with
-        split, envs, seed = (checkpoint["args"].get(k, 0) for k in ("eval_split", "eval_envs", "eval_seed"))
-        if start < args.iterations and (split, envs, seed) != (args.eval_split, args.eval_envs, args.eval_seed):
-            raise ValueError(
-                f"{path}: its learning curve is measured on {envs} {split} tasks; "
-                f"resume its training with --eval-split {split} --eval-envs {envs} --eval-seed {seed}"
-            )
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        print(f"resuming {path} at iteration {start}")
-    curve = read_curve(curve_path, header, start) if start < args.iterations else []  # rows as CSV lines
+    start = 0  # iterations done
+    seconds = 0.0  # the run's training wall-clock so far
+    run_name = f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if os.path.exists(checkpoint_path):
+        checkpoint = load_checkpoint(checkpoint_path, args, model_config)
+        if checkpoint["iteration"] < args.iterations:
+            check_curve_tasks(checkpoint_path, checkpoint, args)
+        restore(model, optimizer, checkpoint, checkpoint_path)
+        start = checkpoint["iteration"]
+        seconds = checkpoint["seconds"]
+        run_name = checkpoint["run_name"]  # one TensorBoard run across resumes
+        print(f"resuming {checkpoint_path} at iteration {start}")
+    training = start < args.iterations  # a finished run rerun only evaluates: no TensorBoard run, no writes but its own
+    curve = read_curve(curve_path, header, start) if training else []  # rows as CSV lines
 
     # 3. training: one trial per env on fresh train tasks, then a PPO update
     train_tasks = K.task_split(args.size, "train")
     env = K.KeyDoorVectorEnv(args.num_envs, size=args.size, tasks=train_tasks[: args.num_envs], split="train")
     env.reset(seed=args.seed)
-    if start < args.iterations:  # (a finished run rerun only evaluates: no TensorBoard run)
-        writer = SummaryWriter(os.path.join("runs", run_name))
-        writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
-        )
-    pending: list[list[dict]] = [[] for _ in range(args.num_envs)]  # trials since the last dataset chunk
-    result: dict = {}
-    clock = time.time() - seconds  # the run's training wall-clock, pauses between resumes left out
+    writer = open_writer(run_name, args) if training else None
+    pending = [[] for _ in range(args.num_envs)]  # per env, its trials since the last dataset chunk
+    result = {}  # the latest held-out evaluation
+    clock = time.time() - seconds  # pauses between resumes left out
     bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
     for iteration in bar:
         # per-iteration generators: a resumed run draws what an uninterrupted one would have drawn
         rng = np.random.default_rng([args.seed, iteration])
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + iteration)
-        tasks = train_tasks[rng.integers(len(train_tasks), size=args.num_envs)]
+        tasks = train_tasks[rng.integers(len(train_tasks), size=args.num_envs)]  # (num_envs, 4)
         started = time.time()
         buf = run_trials(model, env, tasks, args.episodes_per_trial, generator, device)
         stats = ppo_update(model, optimizer, buf, args, generator, device)
+        sps = int(buf["active"].sum()) / (time.time() - started)
+
         completed = iteration + 1  # iterations completed, counting this one
         step = completed * args.num_envs * args.episodes_per_trial  # x axis: episodes of experience
         metrics = trial_metrics(buf, args.episodes_per_trial)
-        scalars = {
-            "charts/trial_return": metrics["by_episode"].sum(),
-            "charts/return_first_500": metrics["first_500"],
-            "charts/episode_1_return": metrics["by_episode"][0],
-            f"charts/episode_{args.episodes_per_trial}_return": metrics["by_episode"][-1],
-            "charts/SPS": int(buf["active"].sum()) / (time.time() - started),
-            **{f"losses/{name}": value for name, value in stats.items()},
-        }
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, step)
+        log_iteration(writer, metrics, stats, sps, step)
         bar.set_postfix(ep1=f"{metrics['by_episode'][0]:.2f}", ep10=f"{metrics['by_episode'][-1]:.2f}")
         for i, history in enumerate(trials_to_histories(buf, tasks)):
             pending[i].append(history)
-        if args.eval_every and completed % args.eval_every == 0 or completed == args.iterations:
+
+        if (args.eval_every and completed % args.eval_every == 0) or completed == args.iterations:
             result = evaluate(model, args, eval_tasks, device)
-            values = [result["first_500"], result["episodes_5_to_10"], *result["by_episode"]]
-            tags = ["eval/return_first_500", "eval/return_episodes_5_to_10"] + [
-                f"eval/{c}_return" for c in episode_columns
-            ]
-            for tag, value in zip(tags, values):
-                writer.add_scalar(tag, value, step)
+            log_evaluation(writer, result, step)
             minutes = f"{(time.time() - clock) / 60:.1f}"  # the only column a resumed run does not repeat bit for bit
-            curve.append(",".join([str(completed), str(step)] + [repr(float(v)) for v in values] + [minutes]))
-            # the whole file, every time: the figures script may read it at any moment
-            K.atomic_write(curve_path, lambda f: f.write("".join(line + "\n" for line in [header] + curve).encode()))
+            values = [repr(float(value)) for value in eval_values(result)]
+            curve.append(",".join([str(completed), str(step), *values, minutes]))
+            write_curve(curve_path, header, curve)
+
         if completed % args.save_every == 0 or completed == args.iterations:
-            # dataset chunk first, then the checkpoint: a kill in between rewrites the same chunk
-            first = completed - len(pending[0]) + 1  # the chunk's first iteration names it: never reused
-            for i in range(args.num_envs):
-                history = {k: np.concatenate([h[k] for h in pending[i]]) for k in pending[i][0]}
-                history_config = {
-                    "size": args.size,
-                    "style": "rl2",
-                    "light": False,
-                    "seed": args.seed,
-                    "run": i,
-                    "iterations": [first, completed],
-                    "algorithm": "rl2-ppo",
-                }
-                # named after the run as well: two runs (another --exp-name, seed or size) never overwrite each other
-                K.save_history(
-                    os.path.join(data_folder, f"{stem}__run_{i:05d}_it{first:06d}.npz"), history, history_config
-                )
+            # the dataset chunks first, then the checkpoint: a kill in between rewrites the same chunks
+            save_dataset_chunks(pending, data_folder, stem, completed, args)
             pending = [[] for _ in range(args.num_envs)]
             checkpoint = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "iteration": completed,
-                "args": asdict(args),
+                "args": asdict(args),  # its training flags are the checkpoint's own (`load_checkpoint`)
                 "model_config": asdict(model_config),
                 "run_name": run_name,
                 "seconds": time.time() - clock,
             }
-            K.atomic_write(path, lambda f: torch.save(checkpoint, f))
-    if start < args.iterations:
+            save_checkpoint(checkpoint_path, checkpoint)
+    if writer is not None:
         writer.close()
 
-    # 4. the held-out trials, in the layout of ad_eval.py's files (one figure can show RL² beside AD)
+    # 4. the held-out trials beside a random policy's, in the layout of ad_eval.py's files
     if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
         result = evaluate(model, args, eval_tasks, device)
     floor = random_trials(eval_tasks, args.size, args.episodes_per_trial, args.seed)
     meta = {
         "algorithm": "rl2",
-        "checkpoint": path,
+        "checkpoint": checkpoint_path,
         "model_config": asdict(model_config),
         "split": args.eval_split,
         "num_envs": args.eval_envs,
         "steps": model_config.context,
-        "seed": args.seed,
+        "seed": args.seed,  # the training seed; it also seeds the evaluation's actions and the random policy
+        "eval_seed": eval_seed(args),  # the seed the held-out tasks were chosen with (ad_eval.py's --seed)
         "size": args.size,
         "obs": "dark",
         "episodes_per_trial": args.episodes_per_trial,
         "iteration": max(start, args.iterations),
     }
-    payload = {
-        "tasks": eval_tasks,
-        "meta": np.array(json.dumps(meta)),
-        **{f"episode_{k}": v for k, v in result["episodes"].items()},
-        **{f"random_episode_{k}": v for k, v in floor.items()},
-    }
-    K.atomic_write(out, lambda f: np.savez_compressed(f, **payload))
+    write_eval_file(eval_path, eval_tasks, result, floor, meta)
     random_500 = float(np.nanmean(K.early_return(floor, args.eval_envs)))
+    by_episode = np.round(result["by_episode"], 2).tolist()
     print(
-        f"{args.eval_split} tasks ({args.eval_envs}): return by episode {np.round(result['by_episode'], 2).tolist()}, first 500 "
-        f"steps {result['first_500']:.2f} (random {random_500:.2f}), episodes 5-10 {result['episodes_5_to_10']:.2f} -> {out}"
+        f"{args.eval_split} tasks ({args.eval_envs}): return by episode {by_episode}, "
+        f"first 500 steps {result['first_500']:.2f} (random {random_500:.2f}), "
+        f"episodes 5-10 {result['episodes_5_to_10']:.2f} -> {eval_path}"
     )
-    return {"checkpoint": path, "eval": out, "curve": curve_path, **result}
+    return {"checkpoint": checkpoint_path, "eval": eval_path, "curve": curve_path, **result}
 
 
 if __name__ == "__main__":

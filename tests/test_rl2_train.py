@@ -1,5 +1,6 @@
-"""rl2_train.py: causality, trials, end to end, held-out splits, the learning curve, bit-exact resume,
-errors before any work, and the rl2 dataset read by ad_train.py."""
+"""rl2_train.py: causality, trials, PPO's update (its behaviour on hand-made batches), end to end, held-out splits,
+the learning curve, bit-exact resume, a resume only under the flags it was trained with, each flag checked on its
+own, errors before any work, and the rl2 dataset read by ad_train.py."""
 
 import json
 import os
@@ -181,6 +182,7 @@ def test_end_to_end_files_curve_and_reevaluation(tmp_path, monkeypatch, capsys):
         "num_envs": 3,
         "steps": 150,
         "seed": 1,
+        "eval_seed": 1,  # --eval-seed 0: the tasks were chosen with --seed
         "size": 4,
         "obs": "dark",
         "episodes_per_trial": 3,
@@ -237,14 +239,19 @@ def test_end_to_end_files_curve_and_reevaluation(tmp_path, monkeypatch, capsys):
     assert other["eval"].endswith("rl2__4x4__1__test5_trial_seed7.npz")
     with np.load(other["eval"], allow_pickle=False) as f:
         np.testing.assert_array_equal(f["tasks"], K.eval_tasks(4, "test", 5, seed=7))
+        meta = json.loads(str(f["meta"]))
+        assert (meta["seed"], meta["eval_seed"]) == (1, 7)  # trained with seed 1, its tasks chosen with seed 7
     # resume: more iterations continue from the checkpoint and the curve
     R.main(tiny(tmp_path, iterations=4))
     assert torch.load(result["checkpoint"], weights_only=True)["iteration"] == 4
     assert len(os.listdir(folder)) == 18  # a new chunk, the earlier ones kept
     assert [row[0] for row in read_curve(result["curve"])[1]] == [2, 3, 4]
     # another model under the same name is refused; --arrival-token changes the model's input
-    for overrides in ({"n_embd": 32}, {"arrival_token": True}):
-        with pytest.raises(ValueError, match="another shape"):
+    for overrides, trained in (
+        ({"n_embd": 32}, "--n-embd 16, not 32"),
+        ({"arrival_token": True}, "--arrival-token False, not True"),
+    ):
+        with pytest.raises(ValueError, match=f"rl2__4x4__1.pt was trained with {trained}"):
             R.main(tiny(tmp_path, iterations=5, **overrides))
     arrival = R.main(tiny(tmp_path, iterations=2, arrival_token=True, exp_name="rl2-arrival"))
     assert torch.load(arrival["checkpoint"], weights_only=True)["model_config"]["arrival"] is True
@@ -279,14 +286,15 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("kill_after", ["checkpoint", "curve"])
+@pytest.mark.parametrize("kill_after", ["checkpoint", pytest.param("curve", marks=pytest.mark.slow)])
 def test_resume_after_a_kill_is_bit_identical(tmp_path, monkeypatch, kill_after):
     """4 iterations in one go against a run killed after its checkpoint at iteration 2 (and, for "curve",
     after its evaluation at iteration 3 too, so the curve holds a row the checkpoint has not reached)."""
     monkeypatch.chdir(tmp_path)
     flags = dict(iterations=4, save_every=2, eval_every=1)
     whole = R.main(tiny(tmp_path / "whole", **flags))
-    atomic_write, writes = K.atomic_write, []
+    atomic_write = K.atomic_write
+    writes = []
 
     def write_then_die(path, write):
         atomic_write(path, write)
@@ -306,9 +314,10 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, monkeypatch, kill_after)
     if kill_after == "curve":
         assert len(read_curve(tmp_path / "split" / "data" / "eval" / "rl2__4x4__1__curve.csv")[1]) == 3
     resumed = R.main(tiny(tmp_path / "split", **flags))
-    a, b = (torch.load(r["checkpoint"], weights_only=True) for r in (whole, resumed))
+    a = torch.load(whole["checkpoint"], weights_only=True)
+    b = torch.load(resumed["checkpoint"], weights_only=True)
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+    for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     assert [row[0] for row in read_curve(resumed["curve"])[1]] == [1, 2, 3, 4]  # each evaluation once
     with open(whole["curve"]) as f, open(resumed["curve"]) as g:  # the same text, but for the minutes
@@ -369,18 +378,271 @@ def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
     assert torch.load(path, weights_only=True)["iteration"] == 1 and len(os.listdir(data / "rl2")) == 6
 
 
+def test_a_resume_under_another_training_flag_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    R.main(tiny(tmp_path, iterations=1))
+    path = os.path.join("data", "checkpoints", "rl2__4x4__1.pt")
+    before = {name: (tmp_path / name).read_bytes() for name in files_under(tmp_path)}
+    for overrides, message in [
+        ({"lr": 1e-3}, f"{path} was trained with --lr 0.0003, not 0.001; move it away or change --exp-name"),
+        ({"num_envs": 4}, f"{path} was trained with --num-envs 6, not 4;"),
+        ({"gamma": 0.9}, f"{path} was trained with --gamma 0.995, not 0.9;"),
+        ({"clip_coef": 0.1}, f"{path} was trained with --clip-coef 0.2, not 0.1;"),
+        ({"episodes_per_trial": 2}, f"{path} was trained with --episodes-per-trial 3, not 2;"),
+    ]:
+        with pytest.raises(ValueError) as refused:
+            R.main(tiny(tmp_path, iterations=2, data_dir="data", **overrides))
+        assert str(refused.value).startswith(message)
+        # a finished run rerun only to evaluate is held to the same flags (its command repeats them)
+        with pytest.raises(ValueError, match="was trained with"):
+            R.main(tiny(tmp_path, iterations=1, data_dir="data", eval_split="test", **overrides))
+    # nothing written: the checkpoint keeps its record, no chunk, curve, eval file or TensorBoard run was added
+    assert {name: (tmp_path / name).read_bytes() for name in files_under(tmp_path)} == before
+    # --iterations may grow, and --eval-every, --save-every, --progress may change: it resumes and keeps its record
+    R.main(tiny(tmp_path, iterations=2, data_dir="data", eval_every=1, save_every=1))
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["iteration"] == 2
+    assert all(checkpoint["args"][name] == getattr(tiny(tmp_path), name) for name in R.TRAINING_FLAGS)
+
+
+def test_a_checkpoint_without_a_training_flag_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = R.main(tiny(tmp_path, iterations=1))
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    del checkpoint["args"]["gae_lambda"]
+    torch.save(checkpoint, result["checkpoint"])
+    with pytest.raises(ValueError, match="does not record --gae-lambda: not a checkpoint of this version"):
+        R.main(tiny(tmp_path, iterations=2))
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    checkpoint["args"]["gae_lambda"] = 0.95
+    checkpoint["model"]["embed.weight"] = torch.zeros(3, 3)  # damaged weights
+    torch.save(checkpoint, result["checkpoint"])
+    with pytest.raises(ValueError, match="its weights do not fit the model"):
+        R.main(tiny(tmp_path, iterations=2))
+
+
+def test_a_grid_too_large_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def no_tasks(*args, **kwargs):
+        raise AssertionError("the task split was built for a refused size")
+
+    monkeypatch.setattr(K, "all_tasks", no_tasks)  # size 100 would enumerate 100**4 tasks
+    for size, message in [(100, f"grid size 100 is larger than {K.MAX_SIZE}"), (2, "grid size must be")]:
+        with pytest.raises(ValueError, match=message):
+            R.main(tiny(tmp_path, size=size))
+    assert os.listdir(tmp_path) == []  # no folder, no TensorBoard run
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"iterations": 0}, "--iterations must be >= 1, got 0"),
+        ({"num_envs": 0}, "--num-envs must be >= 1, got 0"),
+        ({"episodes_per_trial": 0}, "--episodes-per-trial must be >= 1, got 0"),
+        ({"lr": float("inf")}, "--lr must be a finite number > 0, got inf"),
+        ({"lr": float("nan")}, "--lr must be a finite number > 0, got nan"),
+        ({"lr": 0.0}, "--lr must be a finite number > 0, got 0.0"),
+        ({"gamma": float("nan")}, "--gamma must lie in [0, 1], got nan"),
+        ({"gamma": 1.5}, "--gamma must lie in [0, 1], got 1.5"),
+        ({"gae_lambda": -0.1}, "--gae-lambda must lie in [0, 1], got -0.1"),
+        ({"update_epochs": 0}, "--update-epochs must be >= 1, got 0"),
+        ({"num_minibatches": 7}, "--num-minibatches must lie in 1..6 (--num-envs), got 7"),
+        ({"clip_coef": float("inf")}, "--clip-coef must be a finite number > 0, got inf"),
+        ({"ent_coef": float("nan")}, "--ent-coef must be a finite number >= 0, got nan"),
+        ({"ent_coef": -0.01}, "--ent-coef must be a finite number >= 0, got -0.01"),
+        ({"vf_coef": float("inf")}, "--vf-coef must be a finite number >= 0, got inf"),
+        ({"max_grad_norm": float("nan")}, "--max-grad-norm must be a finite number > 0, got nan"),
+        ({"n_layer": 0}, "--n-layer must be >= 1, got 0"),
+        ({"n_head": 0}, "--n-head must be >= 1, got 0"),
+        ({"n_embd": 18, "n_head": 4}, "--n-embd 18 must be a multiple of --n-head 4"),
+        ({"d_ff": 0}, "--d-ff must be >= 1, got 0"),
+        ({"eval_every": -1}, "--eval-every must be >= 0, got -1"),
+        ({"eval_seed": -1}, "--eval-seed must be >= 0, got -1"),
+        ({"save_every": 0}, "--save-every must be >= 1, got 0"),
+        ({"seed": -1}, "--seed must be >= 0, got -1"),
+        ({"exp_name": "a/b"}, "--exp-name must be a non-empty name without '/', got 'a/b'"),
+    ],
+)
+def test_each_flag_is_checked_on_its_own(tmp_path, overrides, message):
+    with pytest.raises(ValueError) as refused:
+        R.validate(tiny(tmp_path, **overrides))
+    assert str(refused.value) == message
+
+
+# --- ppo_update on a hand-made batch: trials 0 and 1 act 1 and earn 1, trials 2 and 3 act 2 and earn 0
+def ppo_args(**overrides):
+    flags = dict(num_envs=4, num_minibatches=1, update_epochs=1, gamma=1.0, gae_lambda=1.0, ent_coef=0.0, vf_coef=0.0)
+    return R.Args(**{**flags, **overrides})
+
+
+def ppo_batch(model):
+    """4 trials of 8 steps; trials 0-1 see observations in [0, 0.5), act 1 and are paid 1 at their end (advantage
+    +1 at every step, with values 0), trials 2-3 see observations in [0.5, 1), act 2 and earn nothing (advantage 0);
+    after the minibatch's normalization, the first two have positive advantages, the last two negative."""
+    g = torch.Generator().manual_seed(0)
+    observations = torch.rand(4, 8, 4, generator=g) / 2
+    observations[2:] += 0.5
+    buf = {
+        "observations": observations,
+        "prev_actions": torch.zeros(4, 8, dtype=torch.long),
+        "prev_rewards": torch.zeros(4, 8),
+        "prev_dones": torch.zeros(4, 8),
+        "prev_arrivals": torch.zeros(4, 8, 2),
+        "actions": torch.tensor([1, 1, 2, 2])[:, None].repeat(1, 8),
+        "values": torch.zeros(4, 8),
+        "rewards": torch.zeros(4, 8),
+        "active": torch.ones(4, 8, dtype=torch.bool),
+    }
+    buf["prev_dones"][:, 0] = 1
+    buf["rewards"][:2, -1] = 1
+    buf["logprobs"] = chosen_logprobs(model, buf)  # the policy that acted is the model as it is
+    return buf
+
+
+def chosen_logprobs(model, buf):
+    """(N, L) the model's log-probability of each trial's chosen actions."""
+    with torch.no_grad():
+        logits, _ = model(**{key: buf[key] for key in R.TOKEN_KEYS})
+    return torch.log_softmax(logits, -1).gather(-1, buf["actions"][..., None])[..., 0]
+
+
+def ppo_model():
+    torch.manual_seed(0)
+    return R.ActorCritic(config(context=8, n_layer=1))
+
+
+def update(model, buf, args, optimizer=None):
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-2, eps=1e-5)
+    return R.ppo_update(model, optimizer, buf, args, torch.Generator().manual_seed(0), torch.device("cpu"))
+
+
+def weights(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_ppo_update_moves_the_policy_towards_actions_with_positive_advantage():
+    model = ppo_model()
+    buf = ppo_batch(model)
+    before = buf["logprobs"]
+    stats = update(model, buf, ppo_args())
+    after = chosen_logprobs(model, buf)
+    assert (after[:2] > before[:2]).all()  # positive advantage: the chosen action became more likely
+    assert (after[2:] < before[2:]).all()  # negative advantage: less likely
+    assert set(stats) == {"policy_loss", "value_loss", "entropy", "approx_kl"}
+    assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-6)  # measured before the step: the policy that acted
+
+
+def test_ppo_update_stops_pushing_beyond_the_clip_range():
+    """Once each chosen action's probability is past 1 ± clip_coef of the acting policy's, in the direction of its
+    advantage, the clipped objective has no gradient: no weight moves (an unclipped objective would push on)."""
+    model = ppo_model()
+    buf = ppo_batch(model)
+    buf["logprobs"][:2] -= 1.0  # ratio e > 1.2 where the advantage is positive
+    buf["logprobs"][2:] += 1.0  # ratio 1/e < 0.8 where it is negative
+    before = weights(model)
+    update(model, buf, ppo_args(clip_coef=0.2))
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    update(model, buf, ppo_args(clip_coef=2.0))  # a ratio of e lies inside 1 ± 2: pushed further
+    assert not torch.equal(model.policy.bias, before["policy.bias"])
+
+
+def test_ppo_update_fits_the_value_to_the_returns():
+    model = ppo_model()
+    buf = ppo_batch(model)
+    _, returns = R.gae(buf, gamma=1.0, lam=1.0)  # 1 in trials 0-1, 0 in trials 2-3
+
+    def value_error():
+        with torch.no_grad():
+            _, values = model(**{key: buf[key] for key in R.TOKEN_KEYS})
+        return float(((values - returns) ** 2).mean())
+
+    before = value_error()
+    update(model, buf, ppo_args(vf_coef=0.5, update_epochs=30))
+    assert value_error() < 0.2 * before
+
+
+def test_ppo_update_clips_the_gradient_norm():
+    """With plain SGD at lr 1 the step is minus the gradient: its norm is the clipped gradient's norm."""
+    steps = {}
+    for max_grad_norm in (1e-3, 1e6):
+        model = ppo_model()
+        buf = ppo_batch(model)
+        before = weights(model)
+        update(model, buf, ppo_args(vf_coef=1.0, max_grad_norm=max_grad_norm), torch.optim.SGD(model.parameters(), 1))
+        steps[max_grad_norm] = float(
+            torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()]).norm()
+        )
+    assert steps[1e-3] == pytest.approx(1e-3, rel=1e-3)  # clipped to the bound
+    assert steps[1e6] > 1e-2  # the gradient itself is far larger
+
+
+def test_ppo_update_entropy_bonus_raises_the_entropy():
+    model = ppo_model()
+    with torch.no_grad():
+        model.policy.bias.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0, 0.0]))  # a peaked policy
+    buf = ppo_batch(model)
+    buf["rewards"].zero_()  # no advantage anywhere: only the entropy term pulls
+
+    def entropy():
+        with torch.no_grad():
+            logits, _ = model(**{key: buf[key] for key in R.TOKEN_KEYS})
+        return float(torch.distributions.Categorical(logits=logits).entropy().mean())
+
+    before = weights(model)
+    update(model, buf, ppo_args(ent_coef=0.0, update_epochs=3))
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # nothing to learn
+    first = entropy()
+    update(model, buf, ppo_args(ent_coef=0.5, update_epochs=3))
+    assert entropy() > first + 0.05
+
+
+def test_ppo_update_ignores_the_steps_after_a_trial_ended():
+    runs = []
+    for garbage in (False, True):
+        model = ppo_model()
+        buf = ppo_batch(model)
+        buf["active"][3, 5:] = False  # trial 3 ended at step 5: its last 3 steps are padding
+        if garbage:
+            buf["observations"][3, 5:] = 9.0
+            buf["actions"][3, 5:] = 4
+            buf["rewards"][3, 5:] = 5.0
+            buf["values"][3, 5:] = -3.0
+            buf["logprobs"][3, 5:] = -7.0
+        update(model, buf, ppo_args(vf_coef=0.5, ent_coef=0.01, update_epochs=2))
+        runs.append(weights(model))
+    assert all(torch.equal(runs[0][name], runs[1][name]) for name in runs[0])
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--iterations", "0"], "--iterations"),
+        (["--iterations", "0"], "--iterations must be >= 1"),
+        (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
         (["--size", "5", "--eval-envs", "60"], "holds 20 tasks"),
         ([], "not a readable checkpoint"),
     ],
 )
-def test_cli_error_is_one_line(tmp_path, flags, message):
+def test_cli_error_is_one_line(tmp_path, monkeypatch, capsys, flags, message):
+    """K.run_cli in this process (a subprocess costs seconds of imports; the slow test below runs one)."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "checkpoints").mkdir(parents=True)
     (tmp_path / "data" / "checkpoints" / "rl2__9x9__1.pt").write_bytes(b"garbage")
+    monkeypatch.setattr(sys, "argv", ["rl2_train.py", *flags])
+    with pytest.raises(SystemExit) as exited:
+        K.run_cli(R.main, R.Args)
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2 and stderr.strip().count("\n") == 0 and message in stderr
+
+
+@pytest.mark.slow
+def test_cli_error_is_one_line_in_a_subprocess(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "rl2_train.py"), *flags], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, os.path.join(ROOT, "rl2_train.py"), "--size", "100"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
-    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and message in result.stderr
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "grid size 100 is larger than 32" in result.stderr
+    assert os.listdir(tmp_path) == []
