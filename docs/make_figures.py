@@ -117,7 +117,7 @@ def load_eval(path: str) -> dict:
         check_episodes(path, prefix.rstrip("_") or "the policy's", runs[prefix], num_envs, steps)
     name = os.path.splitext(os.path.basename(meta["checkpoint"]))[0]
     if meta["algorithm"] == "rl2":
-        label = "RL²"
+        label = "RL², arrival token" if model_arrival(meta) else "RL²"
     elif "exp_name" in meta and "dataset" in meta:  # ad_train.py names runs <exp_name> on <dataset>
         label = f"{meta['exp_name']} on {meta['dataset']}, {meta['obs']} obs, ctx {meta['context']}"
     else:
@@ -160,6 +160,14 @@ def final_returns(run: dict, last: int) -> np.ndarray:
     return late_returns(run["episodes"], run["num_envs"], run["steps"], last)
 
 
+def model_arrival(meta: dict) -> bool:
+    """Whether the evaluated model had the arrival token: ad_eval.py records it as meta["arrival"], rl2_train.py in
+    meta["model_config"]["arrival"]."""
+    if "arrival" in meta:
+        return bool(meta["arrival"])
+    return bool(meta.get("model_config", {}).get("arrival"))
+
+
 def group_by_model(runs: list[dict]) -> list[tuple[str, list[dict]]]:
     """(label, runs) per model, in a fixed order: a model is all its settings but the training seed. Within a model
     the runs keep the order given (seed i of one model is paired with seed i of another)."""
@@ -171,7 +179,7 @@ def group_by_model(runs: list[dict]) -> list[tuple[str, list[dict]]]:
             meta.get("exp_name", ""),
             meta.get("dataset", ""),
             meta["obs"],
-            bool(meta.get("arrival")),
+            model_arrival(meta),
             meta.get("context", 0),
         )
         groups.setdefault(key, []).append(run)

@@ -442,3 +442,11 @@ def test_figure_4_groups_training_seeds_and_refuses_different_tasks(tmp_path, ev
     )
     with pytest.raises(ValueError, match="different tasks"):
         M.ad(M.Ad(fig4=[evals["long"], other], bin=500, final_steps=500, out_dir=str(tmp_path / "g")))
+
+
+def test_rl2_runs_with_and_without_the_arrival_token_are_two_models():
+    """RL² records the arrival token in its model_config: the two committed 9x9 runs are two models, one seed each."""
+    files = [f"docs/9x9/{stem}__9x9__1__envs100_trial_seed1.npz" for stem in ("rl2", "rl2-arrival")]
+    groups = M.group_by_model([M.load_eval(path) for path in files])
+    assert sorted(label for label, _ in groups) == ["RL²", "RL², arrival token"]
+    assert all(len(members) == 1 for _, members in groups)
