@@ -13,20 +13,28 @@ the start cell. Observations are float32 in [0, 1]: `[agent_x, agent_y, has_key,
 divided by `size - 1` (Dark); Light appends `[key_x, key_y, door_x, door_y]` scaled the same way, so
 `obs[..., :4]` of a Light observation is exactly the Dark one.
 
+`draw_grid` draws the grid, the agent's path and the key and door once found as an RGB image (the env's
+"rgb_array" render, and the frames of an animated GIF of an agent learning in context).
+
 Importing this module registers `KeyDoor-Dark-v0` and `KeyDoor-Light-v0` with gymnasium.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import os
+import shutil
 import socket
+import struct
 import sys
 import tempfile
 import time
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -40,11 +48,13 @@ from gymnasium.vector.utils import batch_space
 EPISODE_STEPS = 50  # steps per episode before truncation (the report's 50; the t/50 feature uses it)
 NUM_ACTIONS = 5
 ACTION_DELTAS = np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1]], dtype=np.int64)  # (5, 2): dx, dy
-DARK_OBS_DIM, LIGHT_OBS_DIM = 4, 8
+DARK_OBS_DIM = 4  # agent x, agent y, has_key, t / 50
+LIGHT_OBS_DIM = 8  # the Dark features, then key x, key y, door x, door y
 HELD_OUT_FRACTION = 0.1  # share of all valid tasks held out for evaluation (validation and test), at every size
 VALIDATION_TASKS = 20  # held-out tasks in the fixed validation split (at most half the held-out ones on tiny grids)
 # a learner has solved its task once `SOLVED_WINDOW` consecutive episodes average `SOLVED_RETURN`
-SOLVED_RETURN, SOLVED_WINDOW = 1.8, 10
+SOLVED_RETURN = 1.8
+SOLVED_WINDOW = 10
 # the largest grid: the task split enumerates all size**4 (key, door) pairs (1M at 32; 100M at 100 fills memory)
 MAX_SIZE = 32
 
@@ -143,7 +153,11 @@ class _Rules:
     (x * size + y, so that a move is one lookup in `_next_cell`), `has_key`, `t`, and each env's task."""
 
     def _init_rules(self, tasks: np.ndarray, size: int, light: bool, to: Callable[[np.ndarray], Any]) -> None:
-        self.tasks, self.num_envs, self.size, self.light, self._to = tasks, len(tasks), size, light, to
+        self.tasks = tasks
+        self.num_envs = len(tasks)
+        self.size = size
+        self.light = light
+        self._to = to
         cells = np.arange(size * size)
         xy = np.stack([cells // size, cells % size], axis=1)  # (cells, 2)
         moved = np.clip(xy[:, None, :] + ACTION_DELTAS[None, :, :], 0, size - 1)  # (cells, 5, 2)
@@ -151,7 +165,8 @@ class _Rules:
         self._cell_xy = to((xy / (size - 1)).astype(np.float32))  # (cells, 2) scaled positions
         self._time = to((np.arange(EPISODE_STEPS + 1) * (1.0 / EPISODE_STEPS)).astype(np.float32))  # (51,) t / 50
         self._sync_tasks()
-        self.cell, self.t = to(np.zeros(self.num_envs, dtype=np.int64)), to(np.zeros(self.num_envs, dtype=np.int64))
+        self.cell = to(np.zeros(self.num_envs, dtype=np.int64))
+        self.t = to(np.zeros(self.num_envs, dtype=np.int64))
         self.has_key = to(np.zeros(self.num_envs, dtype=bool))
 
     def _sync_tasks(self) -> None:  # what is derived from `tasks`: key and door cells, Light features
@@ -177,7 +192,9 @@ class _Rules:
     def _restart(self, mask) -> None:
         # products rather than masked assignment: on a GPU a boolean index would wait for the host
         keep = ~mask
-        self.cell, self.has_key, self.t = self.cell * keep, self.has_key & keep, self.t * keep
+        self.cell = self.cell * keep
+        self.has_key = self.has_key & keep
+        self.t = self.t * keep
 
 
 class KeyDoorVectorEnv(_Rules, VectorEnv):
@@ -269,18 +286,133 @@ class KeyDoorVectorEnv(_Rules, VectorEnv):
         done = terminations | truncations
         infos: dict[str, Any] = {}
         if done.any():
-            infos["final_obs"], infos["_final_obs"] = self._obs(), done
+            infos["final_obs"] = self._obs()
+            infos["_final_obs"] = done
             self._draw_tasks(np.flatnonzero(done & self.resample))
             self._restart(done)
         return self._obs(), rewards.astype(np.float32), terminations, truncations, infos
 
 
+# ---------------------------------------------------------------- pictures of the grid
+RENDER_COLORS = {
+    "floor": (240, 240, 240),
+    "grid": (205, 205, 205),
+    "wall": (70, 70, 70),
+    "path": (190, 212, 242),
+    "trail": (95, 140, 215),
+    "key": (235, 175, 0),
+    "door": (150, 85, 40),
+    "agent": (25, 55, 185),
+}
+"""RGB colours of `draw_grid`: floor cells, the lines between cells, the wall around the room, cells on the agent's
+path, the line of its moves, the key, the door, the agent."""
+
+
+def draw_grid(
+    size: int,
+    position: Any,
+    task: Any,
+    path: Any = None,
+    key_found: bool = False,
+    door_found: bool = False,
+    has_key: bool = False,
+    scale: int = 24,
+) -> np.ndarray:
+    """An RGB picture of the grid, uint8 (size * scale, size * scale, 3), y up as in the "ansi" render (the image's
+    top row of cells is y = size - 1). `position`: the agent's cell (x, y). `task`: (key_x, key_y, door_x, door_y),
+    or None. `path`: the cells the agent visited, oldest first, (n, 2) of (x, y) (None: none); they are tinted, and
+    each move between neighbouring cells is drawn as a line (a jump, such as the return to the start cell after an
+    episode, is not). The key and the door are drawn only once `key_found` / `door_found`: a Dark agent sees neither
+    until it steps on it. `has_key`: a key-coloured dot on the agent. `scale`: pixels per cell."""
+    size = validate_size(size)
+    if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or scale < 4:
+        raise ValueError(f"scale must be an integer >= 4 (pixels per cell), got {scale!r}")
+    scale = int(scale)
+    x, y = _cells([position], size, "position")[0]
+    visited = np.zeros((0, 2), dtype=np.int64) if path is None else _cells(path, size, "path")
+    image = np.empty((size * scale, size * scale, 3), dtype=np.uint8)
+    image[:] = RENDER_COLORS["floor"]
+    image[::scale, :] = RENDER_COLORS["grid"]  # the first pixel row and column of every cell
+    image[:, ::scale] = RENDER_COLORS["grid"]
+
+    # each distinct cell and move drawn once: a frame of a long rollout costs what a short one does
+    for cell_x, cell_y in np.unique(visited, axis=0):
+        _fill_cell(image, cell_x, cell_y, size, scale, 1, RENDER_COLORS["path"])
+    steps = np.concatenate([visited[:-1], visited[1:]], axis=1)  # (n - 1, 4): x0, y0, x1, y1
+    is_move = np.abs(steps[:, 2:] - steps[:, :2]).sum(axis=1) == 1  # staying draws nothing, a jump is no move
+    width = max(1, scale // 8)
+    for x0, y0, x1, y1 in np.unique(steps[is_move], axis=0):
+        _draw_move(image, (x0, y0), (x1, y1), size, scale, width)
+
+    if task is not None:
+        key_x, key_y, door_x, door_y = validate_task(task, size)
+        if door_found:
+            _fill_cell(image, door_x, door_y, size, scale, 1, RENDER_COLORS["door"])
+        if key_found:
+            _fill_cell(image, key_x, key_y, size, scale, max(2, scale // 4), RENDER_COLORS["key"])
+
+    _fill_disk(image, x, y, size, scale, 0.35 * scale, RENDER_COLORS["agent"])
+    if has_key:
+        _fill_disk(image, x, y, size, scale, 0.15 * scale, RENDER_COLORS["key"])
+    border = max(1, scale // 12)  # the wall around the room
+    image[:border] = RENDER_COLORS["wall"]
+    image[-border:] = RENDER_COLORS["wall"]
+    image[:, :border] = RENDER_COLORS["wall"]
+    image[:, -border:] = RENDER_COLORS["wall"]
+    return image
+
+
+def _cells(cells: Any, size: int, name: str) -> np.ndarray:
+    """`cells` as int64 (n, 2) of (x, y) inside the grid, or a ValueError naming `name`."""
+    array = np.asarray(cells)
+    if array.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if array.ndim != 2 or array.shape[1] != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must be integer cells (x, y), got shape {array.shape} dtype {array.dtype}")
+    if array.min() < 0 or array.max() > size - 1:
+        raise ValueError(f"{name} has cells outside the {size}x{size} grid (cells 0..{size - 1})")
+    return array.astype(np.int64)
+
+
+def _cell_pixels(x: int, y: int, size: int, scale: int) -> tuple[int, int]:
+    """The top-left pixel (row, column) of cell (x, y): y grows upwards, image rows downwards."""
+    return (size - 1 - int(y)) * scale, int(x) * scale
+
+
+def _fill_cell(image: np.ndarray, x: int, y: int, size: int, scale: int, inset: int, color: tuple) -> None:
+    """Cell (x, y) filled but for `inset` pixels at its edges (1: all but the grid lines)."""
+    (row, column) = _cell_pixels(x, y, size, scale)
+    image[row + inset : row + scale - inset + 1, column + inset : column + scale - inset + 1] = color
+
+
+def _draw_move(image: np.ndarray, start: tuple, end: tuple, size: int, scale: int, width: int) -> None:
+    """A line of `width` pixels from the centre of cell `start` to the centre of its neighbour `end`."""
+    (row0, column0) = _cell_pixels(*start, size, scale)
+    (row1, column1) = _cell_pixels(*end, size, scale)
+    half = scale // 2
+    top = min(row0, row1) + half - width // 2
+    left = min(column0, column1) + half - width // 2
+    bottom = max(row0, row1) + half - width // 2 + width
+    right = max(column0, column1) + half - width // 2 + width
+    image[top:bottom, left:right] = RENDER_COLORS["trail"]
+
+
+def _fill_disk(image: np.ndarray, x: int, y: int, size: int, scale: int, radius: float, color: tuple) -> None:
+    """A disk of `radius` pixels at the centre of cell (x, y)."""
+    (row, column) = _cell_pixels(x, y, size, scale)
+    centre = scale / 2
+    offsets = np.arange(scale) + 0.5 - centre  # pixel centres relative to the cell's centre
+    inside = offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2  # (scale, scale)
+    image[row : row + scale, column : column + scale][inside] = color
+
+
 class KeyDoorEnv(gym.Env):
     """Dark- or Light-Key-To-Door as a `gymnasium.Env`: one env of a `KeyDoorVectorEnv`, without autoreset.
     `task`: fixed, or None to draw one from `split` at the first reset; `resample`: draw a new one at every
-    reset (1xN); `render_mode`: None or "ansi". `reset(options={"task": t})` sets the task (kept if fixed)."""
+    reset (1xN); `render_mode`: None, "ansi" (text) or "rgb_array" (`draw_grid`'s picture of this episode so far,
+    the key and the door shown). `reset(options={"task": t})` sets the task (kept if fixed)."""
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -292,23 +424,33 @@ class KeyDoorEnv(gym.Env):
         render_mode: str | None = None,
     ):
         self._env = KeyDoorVectorEnv(1, size, light, resample=bool(resample), split=split)
-        self.size, self.light = self._env.size, self._env.light
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.size = self._env.size
+        self.light = self._env.light
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None, 'ansi' or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
+        self._path: list[tuple[int, int]] = []  # this episode's cells, for the "rgb_array" render
         if task is not None:
             self._env._set_tasks([validate_task(task, self.size)], np.ones(1, dtype=bool))
         self.observation_space = self._env.single_observation_space
         self.action_space = self._env.single_action_space
 
-    task = property(lambda self: self._env.tasks[0].copy() if self._env.tasks[0].any() else None)
-    _pos = property(lambda self: list(divmod(int(self._env.cell[0]), self.size)))  # [x, y]
+    @property
+    def task(self) -> np.ndarray | None:
+        """The task in force, (4,) int64, or None before the first reset draws one."""
+        return self._env.tasks[0].copy() if self._env.tasks[0].any() else None
+
+    @property
+    def _pos(self) -> list[int]:
+        """The agent's cell [x, y]."""
+        return list(divmod(int(self._env.cell[0]), self.size))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._env._rngs = [self.np_random]  # draws come from gymnasium's seeded generator
         task = (options or {}).get("task")
         obs, _ = self._env.reset(options=None if task is None else {"tasks": [validate_task(task, self.size)]})
+        self._path = [(0, 0)]
         return obs[0], {"task": self.task}
 
     def step(self, action):
@@ -317,13 +459,30 @@ class KeyDoorEnv(gym.Env):
         if not isinstance(action, (int, np.integer)) or isinstance(action, bool) or not 0 <= action < NUM_ACTIONS:
             raise ValueError(f"action must be an integer in 0..{NUM_ACTIONS - 1}, got {action!r}")
         reward, terminated, truncated = self._env._advance(np.array([action]))
+        if self.render_mode == "rgb_array":  # only a picture needs the path: the plain step stays as fast
+            self._path.append(tuple(self._pos))
         return self._env._obs()[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
 
     def render(self):
-        if self.render_mode != "ansi":
-            return None
-        (x, y), has_key, grid = self._pos, bool(self._env.has_key[0]), [["."] * self.size for _ in range(self.size)]
-        if self.task is not None:  # grid[y][x]
+        if self.render_mode == "ansi":
+            return self._render_text()
+        if self.render_mode == "rgb_array":
+            return draw_grid(
+                self.size,
+                self._pos,
+                self.task,
+                path=self._path,
+                key_found=True,
+                door_found=True,
+                has_key=bool(self._env.has_key[0]),
+            )
+        return None
+
+    def _render_text(self) -> str:
+        (x, y) = self._pos
+        has_key = bool(self._env.has_key[0])
+        grid = [["."] * self.size for _ in range(self.size)]  # grid[y][x]
+        if self.task is not None:
             key_x, key_y, door_x, door_y = self.task
             grid[door_y][door_x] = "D"
             if not has_key:
@@ -338,12 +497,13 @@ class TorchVectorEnv(_Rules):
     terminations, truncations, final_observations)` as tensors, the last as `final_observations()` for numpy."""
 
     def __init__(self, tasks: Any, size: int, light: bool, device: torch.device | str = "cpu"):
-        size, self.device = validate_size(size), torch.device(device)
+        size = validate_size(size)
+        self.device = torch.device(device)
         tasks = np.asarray(tasks)
         if tasks.ndim != 2 or tasks.shape[1] != 4:
             raise ValueError(f"tasks must have shape (N, 4), got {tasks.shape}")
         tasks = np.stack([validate_task(task, size) for task in tasks])
-        self._init_rules(tasks, size, bool(light), to=lambda array: torch.as_tensor(array, device=self.device))
+        self._init_rules(tasks, size, bool(light), to=functools.partial(torch.as_tensor, device=self.device))
 
     def reset(self) -> torch.Tensor:
         self._restart(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
@@ -376,29 +536,110 @@ HISTORY_DTYPES = {
 """One learning history: T steps of observation (T, 4 or 8) seen before action (T,), then reward, terminations,
 truncations (T,) and the task (T, 4) of that step; plus "config", a 0-d JSON string."""
 PART_PREFIX = ".tmp-"
+# A write that fails for any reason while less than this is free on its disk failed because the disk is full
+# (torch.save's zip writer says only "file write failed", without an errno).
+DISK_FULL_BYTES = 1 << 20
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     """Write `path` through `write(fileobj)` to a temp file beside it, then `os.replace`: a kill leaves the old
-    file or the new one, never half of one. The temp name holds host and pid for `remove_stale_parts`."""
+    file or the new one, never half of one. The temp name holds host and pid for `remove_stale_parts`.
+
+    A failed write removes its temp file and leaves `path` as it was. If the disk is full (errno ENOSPC or
+    EDQUOT, or any error while under `DISK_FULL_BYTES` are free) it raises an OSError (errno ENOSPC) of one line
+    naming `path`, the bytes written before the disk filled and the space free."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f"{PART_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(6).hex()}.part")
-    with open(tmp, "xb") as f:  # "x": never another writer's file; the usual permissions (umask)
+    f = None
+    try:
+        f = open(tmp, "xb")  # "x": never another writer's file; the usual permissions (umask)
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+    except BaseException as error:
+        written = _bytes_written(f, tmp)
+        full = isinstance(error, Exception) and _disk_full(error, folder)
+        free = _free_bytes(folder)  # measured while the temp file still holds its share: what the writer met
+        _discard(f, tmp)
+        if full:
+            kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
+            disk_full = OSError(
+                f"{path}: the disk is full ({format_bytes(written)} written before the write failed, it needs "
+                f"more; {format_bytes(free)} free in {folder}); {kept}: free some space and rerun"
+            )
+            disk_full.errno = errno.ENOSPC
+            raise disk_full from error
+        raise
+
+
+def format_bytes(count: int | None) -> str:
+    """`count` bytes for a person: "512 B", "3.4 MB", "1.2 GB", ..., in PB at most (powers of 1000); None: unknown."""
+    if count is None:
+        return "an unknown amount"
+    if count < 1000:
+        return f"{count} B"
+    larger_units = ["MB", "GB", "TB", "PB"]
+    unit = "kB"
+    value = count / 1000
+    while round(value, 1) >= 1000 and larger_units:
+        unit = larger_units.pop(0)
+        value /= 1000
+    return f"{value:.1f} {unit}"
+
+
+def _bytes_written(f: Any, tmp: str) -> int:
+    """What the writer handed over so far: the file's position counts bytes still in its buffer."""
+    if f is None:  # the temp file could not even be created
+        return 0
+    try:
+        return f.tell()
+    except (OSError, ValueError):  # closed, or its buffer could not be flushed
         try:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.remove(tmp)
-            raise
+            return os.path.getsize(tmp)
+        except OSError:
+            return 0
+
+
+def _free_bytes(folder: str) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _disk_full(error: BaseException, folder: str) -> bool:
+    """Whether `error`, or an error it was raised from, says the disk is full, or the disk is nearly full now."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    free = _free_bytes(folder)
+    return free is not None and free < DISK_FULL_BYTES
+
+
+def _discard(f: Any, tmp: str) -> None:
+    """Close and delete a failed write's temp file, whatever state the failure left it in."""
+    if f is None:  # never created: nothing of ours to delete
+        return
+    try:
+        f.close()  # flushes what is buffered: on a full disk that fails again, and the file is closed anyway
+    except (OSError, ValueError):
+        pass
+    try:
+        os.remove(tmp)
+    except FileNotFoundError:
+        pass
 
 
 def remove_stale_parts(folder: str, max_age_s: float = 3600.0) -> list[str]:
     """Delete and return the temp files that killed writers left in `folder`: those of a process of this host
     that no longer runs, and any older than `max_age_s` (a writer on another host sharing the folder)."""
-    host, removed = socket.gethostname(), []
+    host = socket.gethostname()
+    removed = []
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         if not (name.startswith(PART_PREFIX) and name.endswith(".part")):
             continue
@@ -452,17 +693,27 @@ def history_paths(folder: str) -> list[str]:
 def save_history(path: str, history: dict[str, np.ndarray], config: dict) -> None:
     """Check one learning history against the contract and write it atomically as `.npz`."""
     arrays = {key: np.asarray(history[key], dtype=dtype) for key, dtype in HISTORY_DTYPES.items()}
-    check_history(arrays, path, config.get("size"))
+    check_history(arrays, path, _config_size(config, path))
     payload = dict(arrays, config=np.array(json.dumps(config, sort_keys=True)))
-    atomic_write(path, lambda f: np.savez_compressed(f, **payload))
+
+    def write(f) -> None:
+        np.savez_compressed(f, **payload)
+
+    atomic_write(path, write)
 
 
 def check_history(history: dict[str, np.ndarray], name: str, size: int | None = None) -> None:
     """Raise ValueError naming `name` if the arrays break the `.npz` contract (on a `size` grid, if given)."""
+    if size is not None:
+        try:
+            size = validate_size(size)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     missing = [key for key in HISTORY_DTYPES if key not in history]
     if missing:
         raise ValueError(f"{name}: missing arrays {missing}")
-    steps, obs = len(history["actions"]), history["observations"]
+    steps = len(history["actions"])
+    obs = history["observations"]
     if obs.ndim != 2 or obs.shape[1] not in (DARK_OBS_DIM, LIGHT_OBS_DIM):
         raise ValueError(f"{name}: observations must be (T, 4) or (T, 8), got {obs.shape}")
     for key, dtype in HISTORY_DTYPES.items():
@@ -481,12 +732,31 @@ def check_history(history: dict[str, np.ndarray], name: str, size: int | None = 
     if not (np.isfinite(obs).all() and obs.min() >= 0 and obs.max() <= 1):  # NaN fails every comparison
         raise ValueError(f"{name}: observations that are NaN or outside [0, 1]")
     cells = history["tasks"]
-    if cells.min() < 0 or (size is not None and cells.max() > validate_size(size) - 1):
+    if cells.min() < 0 or (size is not None and cells.max() > size - 1):
         raise ValueError(
             f"{name}: task cells outside the {size}x{size} grid" if size else f"{name}: negative task cells"
         )
     if (cells[:, :2] == cells[:, 2:]).all(axis=1).any():
         raise ValueError(f"{name}: a task with its key on its door's cell")
+
+
+# What reading a damaged `.npz` raises: a bad zip directory or CRC, a corrupted compressed stream (zlib.error), a
+# short file, an unknown compression method or an encrypted member, a mangled `.npy` header, a pickled array, or a
+# header claiming more memory than there is.
+NPZ_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    NotImplementedError,
+    RuntimeError,
+    SyntaxError,
+    tokenize.TokenError,
+    struct.error,
+    MemoryError,
+)
 
 
 def load_history(path: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -495,9 +765,12 @@ def load_history(path: str) -> tuple[dict[str, np.ndarray], dict]:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with np.load(path, allow_pickle=False) as data:
+            # reading each member decompresses it here, so that a corrupted stream fails inside this `try`
             arrays = {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
-        raise ValueError(f"{path}: not a readable .npz learning history ({type(e).__name__}: {e})") from None
+    except NPZ_READ_ERRORS as e:
+        message = " ".join(str(e).split())  # one line, whatever the zip or zlib library said
+        kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
+        raise ValueError(f"{path}: not a readable .npz learning history ({kind}: {message})") from None
     try:
         config = json.loads(str(arrays.pop("config")))
     except KeyError:
@@ -506,8 +779,21 @@ def load_history(path: str) -> tuple[dict[str, np.ndarray], dict]:
         raise ValueError(f"{path}: config is not JSON ({e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: config is not a JSON object")
-    check_history(arrays, path, config.get("size"))
+    check_history(arrays, path, _config_size(config, path))
     return arrays, config
+
+
+def _config_size(config: dict, name: str) -> int:
+    """The grid size a history's config records, checked. Every history records it: the readers check that their
+    data are of one grid, and without it they could not say which."""
+    if "size" not in config:
+        raise ValueError(
+            f"{name}: config has no grid size ('size'); every history records the grid it was collected on"
+        )
+    try:
+        return validate_size(config["size"])
+    except ValueError as e:
+        raise ValueError(f"{name}: config: {e}") from None
 
 
 # ---------------------------------------------------------------- episodes of a stream of steps
@@ -565,7 +851,8 @@ def run_cli(main: Callable[[Any], Any], args_type: type) -> None:
     try:
         main(args)
     except (ValueError, OSError) as e:
-        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, even where a library's message spans several
+        print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)

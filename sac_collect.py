@@ -3,6 +3,7 @@
     python sac_collect.py --style nx1 --light      # 800 runs x 50k steps, one fixed train task each
     python sac_collect.py --style 1xn --light      # one run of 100k steps, a new train task every reset
     python sac_collect.py --style 1xn              # the same, Dark
+    torchrun --nproc_per_node 4 sac_collect.py --style nx1 --light   # 4 processes (GPUs), one shard each
 
 Hundreds of independent agents train together as one batched computation: every weight, Adam
 moment, temperature and replay buffer carries a leading agent dimension and every layer is one
@@ -13,7 +14,13 @@ numpy env, whose per-env generators draw its tasks) and the update is one replay
 
 Output: `data/<style>-<dark|light>/run_XXXXX.npz` (the `.npz` contract of keydoor_env.py), written
 atomically when the run's group finishes. Rerunning the same command skips finished runs. Before any
-work, every file already in the folder must be readable and of this command's data settings.
+work, every file already in the folder must be readable and of this command's data settings, and a
+group must fit in memory and the shard's files on the disk.
+
+Runs are laid out in groups of `--group-size` over the global run index, and a run's data depend only
+on the seed and its group, so the groups can be dealt to shards: `--num-shards N --shard-index i` (a
+SLURM job array), or `torchrun`, whose process of rank i takes shard i of WORLD_SIZE. The files are
+those of one process, byte for byte.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import ctypes
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -41,7 +49,7 @@ class Args:
     light: bool = False
     """collect Light observations (key and door positions appended); Nx1 is collected Light and read Dark"""
     num_runs: int | None = None
-    """independent SAC runs (default: 800 for nx1, 1 for 1xn)"""
+    """independent SAC runs (default: 800 for nx1, 1 for 1xn); nx1 runs beyond the train tasks repeat tasks"""
     steps: int | None = None
     """environment steps per run (default: 50,000 for nx1, 100,000 for 1xn)"""
     size: int = 9
@@ -53,9 +61,9 @@ class Args:
     group_size: int = 128
     """runs trained together as one batched population; more runs go in later groups"""
     num_shards: int = 1
-    """split the groups of runs into this many disjoint shards (machines or job-array tasks)"""
+    """split the groups of runs into this many disjoint shards (machines or job-array tasks); torchrun sets it"""
     shard_index: int = 0
-    """which shard this process collects, 0 .. num_shards-1"""
+    """which shard this process collects, 0 .. num_shards-1; torchrun sets it to the process's rank"""
     hidden: int = 64
     """width of the 2 hidden layers of actor and critics"""
     lr: float = 5e-4
@@ -75,7 +83,7 @@ class Args:
     update_every: int = 1
     """env steps per gradient update (raise it to slow the learner down and to run faster)"""
     exploration_bonus: float = 0.1
-    """count bonus beta/sqrt(visits of the (cell, has_key) reached) added to rewards in updates only; 0: the report's plain SAC"""
+    """count bonus beta/sqrt(visits of the (cell, has_key) reached), on rewards in updates only; 0: the report's SAC"""
     cuda: bool = True
     """use CUDA when it is available"""
     exp_name: str = "sac_collect"
@@ -106,36 +114,82 @@ DATA_FIELDS = (
     "update_every",
     "exploration_bonus",
 )
+DEFAULT_NUM_RUNS = {"nx1": 800, "1xn": 1}
+DEFAULT_STEPS = {"nx1": 50_000, "1xn": 100_000}
+# Run files are named run_00000.npz .. run_99999.npz: readers take them in name order, which is run order only
+# while the names keep five digits. (It also bounds a run count no machine holds before anything is computed.)
+MAX_RUNS = 99_999
+# The compact replay codes below are int16: a task code is below size**4 < 2**15, so 13 is the largest grid.
+CODEC_MAX_SIZE = 13
 
 
 def resolve(args: Args) -> Args:
-    """Fill style-dependent defaults and reject impossible flags with a clear ValueError."""
-    defaults = {"nx1": (800, 50_000), "1xn": (1, 100_000)}[args.style]
-    args.num_runs = defaults[0] if args.num_runs is None else args.num_runs
-    args.steps = defaults[1] if args.steps is None else args.steps
-    checks = [
-        (args.num_runs >= 1, f"--num-runs must be >= 1, got {args.num_runs}"),
-        (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
-        (args.num_shards >= 1, f"--num-shards must be >= 1, got {args.num_shards}"),
-        (
-            0 <= args.shard_index < args.num_shards,
-            f"--shard-index must lie in 0..{args.num_shards - 1}, got {args.shard_index}",
-        ),
-        (args.group_size >= 1, f"--group-size must be >= 1, got {args.group_size}"),
-        (
-            min(args.batch_size, args.hidden, args.update_every) >= 1,
-            "--batch-size, --hidden and --update-every must be >= 1",
-        ),
-        (args.learning_starts >= 1, f"--learning-starts must be >= 1, got {args.learning_starts}"),
-        (args.log_every >= 1, f"--log-every must be >= 1, got {args.log_every}"),
-        (args.alpha > 0 and args.lr > 0, f"--alpha and --lr must be > 0, got {args.alpha} and {args.lr}"),
-        (0 <= args.gamma <= 1 and 0 < args.tau <= 1, "--gamma must lie in [0, 1] and --tau in (0, 1]"),
-        (args.exploration_bonus >= 0, f"--exploration-bonus must be >= 0, got {args.exploration_bonus}"),
-        (3 <= args.size <= 13, f"--size must lie in 3..13 (compact replay codes), got {args.size}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    """Fill style-dependent defaults and reject impossible flags, one ValueError per flag naming it."""
+    if args.num_runs is None:
+        args.num_runs = DEFAULT_NUM_RUNS[args.style]
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS[args.style]
+    if not 1 <= args.num_runs <= MAX_RUNS:
+        raise ValueError(
+            f"--num-runs must lie in 1..{MAX_RUNS:,} (run files are named run_00000.npz .. run_{MAX_RUNS}.npz and "
+            f"read in name order), got {args.num_runs:,}"
+        )
+    check_at_least("--steps", args.steps, 1)
+    check_at_least("--num-shards", args.num_shards, 1)
+    if not 0 <= args.shard_index < args.num_shards:
+        raise ValueError(f"--shard-index must lie in 0..{args.num_shards - 1} (--num-shards), got {args.shard_index}")
+    check_at_least("--group-size", args.group_size, 1)
+    check_at_least("--batch-size", args.batch_size, 1)
+    check_at_least("--hidden", args.hidden, 1)
+    check_at_least("--update-every", args.update_every, 1)
+    check_at_least("--learning-starts", args.learning_starts, 1)
+    check_at_least("--log-every", args.log_every, 1)
+    if not 3 <= args.size <= CODEC_MAX_SIZE:
+        raise ValueError(f"--size must lie in 3..{CODEC_MAX_SIZE} (compact replay codes), got {args.size}")
+    check_float("--lr", args.lr, "> 0", args.lr > 0)
+    check_float("--gamma", args.gamma, "in [0, 1]", 0 <= args.gamma <= 1)
+    check_float("--tau", args.tau, "in (0, 1]", 0 < args.tau <= 1)
+    check_float("--alpha", args.alpha, "> 0", args.alpha > 0)
+    check_float("--target-entropy-scale", args.target_entropy_scale, "in [0, 1]", 0 <= args.target_entropy_scale <= 1)
+    check_float("--exploration-bonus", args.exploration_bonus, ">= 0", args.exploration_bonus >= 0)
+    return args
+
+
+def check_at_least(flag: str, value: int, lowest: int) -> None:
+    if value < lowest:
+        raise ValueError(f"{flag} must be >= {lowest}, got {value}")
+
+
+def check_float(flag: str, value: float, condition: str, holds: bool) -> None:
+    """Refuse `value` unless it is finite and `holds` (the test `condition` describes); NaN fails every test."""
+    if not (math.isfinite(value) and holds):
+        raise ValueError(f"{flag} must be a finite number {condition}, got {value}")
+
+
+def shard_from_launcher(args: Args, environ: dict | None = None) -> Args:
+    """Under torchrun (RANK and WORLD_SIZE set) the process of rank r collects shard r of WORLD_SIZE; no process
+    group is needed, since shards share nothing. Explicit --num-shards/--shard-index must agree with them."""
+    environ = os.environ if environ is None else environ
+    if "RANK" not in environ or "WORLD_SIZE" not in environ:
+        return args
+    try:
+        rank = int(environ["RANK"])
+        world_size = int(environ["WORLD_SIZE"])
+    except ValueError:
+        raise ValueError(
+            f"RANK={environ['RANK']!r} and WORLD_SIZE={environ['WORLD_SIZE']!r} (set by torchrun) must be integers"
+        ) from None
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} must lie in 0..WORLD_SIZE-1 (WORLD_SIZE={world_size}, set by torchrun)")
+    flags_given = (args.num_shards, args.shard_index) != (1, 0)
+    if flags_given and (args.num_shards, args.shard_index) != (world_size, rank):
+        raise ValueError(
+            f"--num-shards {args.num_shards} --shard-index {args.shard_index} conflict with torchrun's "
+            f"WORLD_SIZE={world_size} RANK={rank}: under torchrun each process takes shard RANK of WORLD_SIZE; "
+            "drop the two flags"
+        )
+    args.num_shards = world_size
+    args.shard_index = rank
     return args
 
 
@@ -145,16 +199,20 @@ class Codec:
     """Encodes observations as int16 state codes and decodes codes back through tables."""
 
     def __init__(self, size: int, light: bool, device: torch.device):
-        self.size, self.light = size, light
+        self.size = size
+        self.light = light
         scale = K.obs_scale(size, K.LIGHT_OBS_DIM)  # (8,): observation = integer features / scale
         cells = size * size
         states = np.arange(cells * 2 * (K.EPISODE_STEPS + 1))
-        t, rest = states % (K.EPISODE_STEPS + 1), states // (K.EPISODE_STEPS + 1)
-        has_key, cell = rest % 2, rest // 2
+        t = states % (K.EPISODE_STEPS + 1)
+        rest = states // (K.EPISODE_STEPS + 1)
+        has_key = rest % 2
+        cell = rest // 2
         # (states, 4): the Dark observation of every state code
         state_table = (np.stack([cell // size, cell % size, has_key, t], axis=1) / scale[:4]).astype(np.float32)
         tasks = np.arange(cells * cells)
-        key, door = tasks // cells, tasks % cells
+        key = tasks // cells
+        door = tasks % cells
         # (task codes, 4) in grid cells
         self.task_cells = np.stack([key // size, key % size, door // size, door % size], axis=1)
         self.state_table_t = torch.as_tensor(state_table, device=device)
@@ -168,9 +226,9 @@ class Codec:
         return ((cell * 2 + scaled[:, 2]) * (K.EPISODE_STEPS + 1) + scaled[:, 3]).to(torch.int16)
 
     def encode_tasks(self, tasks: np.ndarray) -> np.ndarray:
-        return (((tasks[:, 0] * self.size + tasks[:, 1]) * self.size + tasks[:, 2]) * self.size + tasks[:, 3]).astype(
-            np.int16
-        )
+        """(N,) int16 task codes of tasks (N, 4) in grid cells."""
+        key = tasks[:, 0] * self.size + tasks[:, 1]
+        return ((key * self.size + tasks[:, 2]) * self.size + tasks[:, 3]).astype(np.int16)
 
     def observations(self, state_codes: torch.Tensor, task_codes: torch.Tensor) -> torch.Tensor:
         """Float observations (..., obs_dim) of code tensors (...)."""
@@ -182,7 +240,7 @@ class Codec:
 def init_mlp(num: int, sizes: list[int], generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
     """`num` independent MLPs as [W1 (num, in, out), b1 (num, 1, out), ...], nn.Linear's default init."""
     params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
         bound = 1.0 / math.sqrt(fan_in)
         for shape in ((num, fan_in, fan_out), (num, 1, fan_out)):
             tensor = (torch.rand(shape, generator=generator) * 2 - 1) * bound
@@ -207,7 +265,8 @@ class Population:
     """
 
     def __init__(self, num_agents: int, obs_dim: int, args: Args, generator: torch.Generator, device: torch.device):
-        self.num_agents, self.args = num_agents, args
+        self.num_agents = num_agents
+        self.args = args
         sizes = [obs_dim, args.hidden, args.hidden, K.NUM_ACTIONS]
         self.actor = init_mlp(num_agents, sizes, generator, device)
         self.critic = init_mlp(2 * num_agents, sizes, generator, device)
@@ -230,14 +289,14 @@ class Population:
     def update(self, observations, actions, rewards, next_observations, dones) -> dict[str, torch.Tensor]:
         """One SAC update of every agent on its own batch; returns the per-agent losses (A,), detached.
         observations, next_observations (A, B, obs_dim); actions (A, B) int64; rewards, dones (A, B)."""
-        A, gamma = self.num_agents, self.args.gamma
+        A = self.num_agents
         alpha = self.log_alpha.exp().detach()[:, None, None]  # (A, 1, 1)
         with torch.no_grad():
             next_logp = torch.log_softmax(mlp(self.actor, next_observations), dim=-1)  # (A, B, 5)
             next_q = mlp(self.critic_target, next_observations.repeat(2, 1, 1))  # (2A, B, 5)
             next_q = torch.minimum(next_q[:A], next_q[A:])
             next_v = (next_logp.exp() * (next_q - alpha * next_logp)).sum(-1)  # (A, B)
-            target = rewards + gamma * (1.0 - dones) * next_v  # (A, B)
+            target = rewards + self.args.gamma * (1.0 - dones) * next_v  # (A, B)
         q = mlp(self.critic, observations.repeat(2, 1, 1))  # (2A, B, 5)
         q_taken = q.gather(-1, actions.repeat(2, 1)[..., None])[..., 0]  # (2A, B)
         qf_loss = ((q_taken - target.repeat(2, 1)) ** 2).mean(1)  # (2A,)
@@ -269,42 +328,52 @@ class GraphedUpdate:
     side stream, the warm-up that capture needs; if capture raises, one warning and eager updates."""
 
     def __init__(self, update, warmup_calls: int = 3):
-        self.update, self.warmup_calls, self.graph, self.failed = update, warmup_calls, None, False
+        self.update = update
+        self.warmup_calls = warmup_calls
+        self.graph = None
+        self.failed = False
 
     def __call__(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.graph is None and not self.failed and self.warmup_calls > 0:
             self.warmup_calls -= 1
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                losses = self.update(*inputs)
-            torch.cuda.current_stream().wait_stream(side)
-            return losses
+            return self._warm_up(inputs)
         if self.graph is None and not self.failed:
-            try:
-                self.inputs, graph = [tensor.clone() for tensor in inputs], torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self.outputs = self.update(*self.inputs)
-                self.graph = graph  # capture only recorded this call's update: the replay below runs it
-            except Exception as e:  # the capture's own error (it may surface only as the capture closes): go eager
-                print(
-                    f"warning: CUDA graph capture of the SAC update failed ({type(e).__name__}: {e}); updating eagerly"
-                )
-                self.failed = True
+            self._capture(inputs)
         if self.failed:
             return self.update(*inputs)
-        for static, tensor in zip(self.inputs, inputs):
+        for static, tensor in zip(self.inputs, inputs, strict=True):
             static.copy_(tensor)
         self.graph.replay()
         return self.outputs
 
+    def _warm_up(self, inputs) -> dict[str, torch.Tensor]:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            losses = self.update(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        return losses
+
+    def _capture(self, inputs) -> None:
+        try:
+            self.inputs = [tensor.clone() for tensor in inputs]
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.outputs = self.update(*self.inputs)
+            self.graph = graph  # capture only recorded this call's update: the replay in __call__ runs it
+        except Exception as e:  # the capture's own error (it may surface only as the capture closes): go eager
+            print(f"warning: CUDA graph capture of the SAC update failed ({type(e).__name__}: {e}); updating eagerly")
+            self.failed = True
+
 
 # ---- Collecting one group of runs ----
-def run_tasks(args: Args) -> np.ndarray:
-    """The fixed train task of every Nx1 run, (num_runs, 4): a seeded permutation of the train split."""
+def run_tasks(args: Args, runs: list[int] | None = None) -> np.ndarray:
+    """The fixed train task of Nx1 runs `runs` (default: all), (len(runs), 4): a seeded permutation of the train
+    split, dealt in order; runs beyond the train tasks take them again from the start (each a fresh agent)."""
     train = K.task_split(args.size, "train")
     order = np.random.default_rng(args.seed).permutation(len(train))
-    return train[order[np.arange(args.num_runs) % len(train)]]
+    runs = np.arange(args.num_runs) if runs is None else np.asarray(runs)
+    return train[order[runs % len(train)]]
 
 
 class NumpyEnv:
@@ -313,19 +382,77 @@ class NumpyEnv:
 
     def __init__(self, args: Args, runs: list[int], device: torch.device, tasks: np.ndarray | None):
         self.env = K.KeyDoorVectorEnv(len(runs), size=args.size, light=args.light, tasks=tasks, resample=tasks is None)
-        self.seeds, self.device = [args.seed * 1_000_003 + r for r in runs], device
+        self.seeds = [args.seed * 1_000_003 + r for r in runs]
+        self.device = device
 
-    tasks = property(lambda self: self.env.tasks)  # (A, 4): each env's task now
+    @property
+    def tasks(self) -> np.ndarray:
+        """(A, 4): each env's task now."""
+        return self.env.tasks
 
     def reset(self) -> torch.Tensor:
         observations, _ = self.env.reset(seed=self.seeds)
         return torch.as_tensor(observations, device=self.device)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        *outputs, infos = self.env.step(actions.cpu().numpy())  # observations, rewards, terminations, truncations
-        return tuple(
-            torch.as_tensor(a, device=self.device) for a in (*outputs, K.final_observations(outputs[0], infos))
-        )
+        observations, rewards, terminations, truncations, infos = self.env.step(actions.cpu().numpy())
+        final = K.final_observations(observations, infos)
+        outputs = (observations, rewards, terminations, truncations, final)
+        return tuple(torch.as_tensor(array, device=self.device) for array in outputs)
+
+
+def make_env(args: Args, runs: list[int], device: torch.device, numpy_env: bool) -> NumpyEnv | K.TorchVectorEnv:
+    """Nx1 steps its fixed tasks in torch on the training device; 1xn (new tasks drawn at resets), or `numpy_env`
+    (the path before the GPU work, kept for comparison), steps the numpy env."""
+    if args.style == "1xn":
+        return NumpyEnv(args, runs, device, None)
+    tasks = run_tasks(args, runs)  # (A, 4)
+    if numpy_env:
+        return NumpyEnv(args, runs, device, tasks)
+    return K.TorchVectorEnv(tasks, args.size, args.light, device)
+
+
+class Replay:
+    """The group's history, which doubles as its replay buffer: (A, T) compact codes on the training device,
+    10 bytes per agent-step (`REPLAY_BYTES_PER_STEP`)."""
+
+    def __init__(self, num_agents: int, steps: int, device: torch.device):
+        shape = (num_agents, steps)
+        self.num_agents = num_agents
+        self.states = torch.zeros(shape, dtype=torch.int16, device=device)
+        self.next_states = torch.zeros(shape, dtype=torch.int16, device=device)  # what the action led to
+        self.task_codes = torch.zeros(shape, dtype=torch.int16, device=device)
+        self.actions = torch.zeros(shape, dtype=torch.uint8, device=device)
+        self.rewards = torch.zeros(shape, dtype=torch.uint8, device=device)
+        self.terminations = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.truncations = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.agent_rows = torch.arange(num_agents, device=device)[:, None] * steps  # (A, 1) offsets into (A*T,)
+
+    def sample_indices(self, filled: int, batch_size: int, draws: torch.Generator) -> torch.Tensor:
+        """(A*B,) flat indices of each agent's own `batch_size` uniform draws among its first `filled` steps."""
+        shape = (self.num_agents, batch_size)
+        steps = torch.randint(0, filled, shape, generator=draws, device=self.agent_rows.device)
+        return (self.agent_rows + steps).view(-1)
+
+
+REPLAY_BYTES_PER_STEP = 10  # states, next states, task codes (int16 each); action, reward (uint8); two done flags
+
+
+def update_batch(replay: Replay, index: torch.Tensor, codec: Codec, visits: torch.Tensor, args: Args):
+    """The update's batch at flat `index` (A*B,): observations and next observations (A, B, obs_dim), actions
+    (A, B) int64, rewards with the exploration bonus and dones (A, B) float."""
+    shape = (replay.num_agents, args.batch_size)
+    task_batch = replay.task_codes.view(-1)[index]
+    observations = codec.observations(replay.states.view(-1)[index], task_batch).view(*shape, -1)
+    next_observations = codec.observations(replay.next_states.view(-1)[index], task_batch).view(*shape, -1)
+    # Step 50 is terminal too: time is observed, so the horizon is part of the state.
+    dones = (replay.terminations.view(-1)[index] | replay.truncations.view(-1)[index]).float().view(shape)
+    rewards = replay.rewards.view(-1)[index].float().view(shape)
+    if args.exploration_bonus > 0:
+        slot = replay.next_states.view(-1)[index].long().view(shape) // (K.EPISODE_STEPS + 1)  # (A, B)
+        rewards = rewards + args.exploration_bonus * visits.gather(1, slot).rsqrt()
+    actions = replay.actions.view(-1)[index].long().view(shape)
+    return observations, actions, rewards, next_observations, dones
 
 
 def collect_group(
@@ -336,101 +463,102 @@ def collect_group(
     *,
     numpy_env: bool = False,
     graph: bool = True,
+    bar: tqdm | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Train the runs of one group together for `args.steps` steps; return their histories. `numpy_env`
     (Nx1 stepped on the host) and `graph=False` (eager CUDA updates) are the path before the GPU work,
-    which the tests and benchmarks/bench_sac.py compare against (the same data on the CPU)."""
-    A, T, B = len(runs), args.steps, args.batch_size
-    generator = torch.Generator().manual_seed(args.seed * 1_000_003 + runs[0])
+    which the tests and benchmarks/bench_sac.py compare against (the same data on the CPU). `bar`, if
+    given, advances by one per agent-step."""
+    A = len(runs)
+    T = args.steps
+    # One seed per group, from its first run: a run's data depend on the seed and its group, never on the shards.
+    group_seed = args.seed * 1_000_003 + runs[0]
+    generator = torch.Generator().manual_seed(group_seed)
     codec = Codec(args.size, args.light, device)
     obs_dim = K.LIGHT_OBS_DIM if args.light else K.DARK_OBS_DIM
     agents = Population(A, obs_dim, args, generator, device)
     update = GraphedUpdate(agents.update) if graph and device.type == "cuda" else agents.update
     # Per-step draws on the device: a draw on the host would be copied over, and the copy waits for the GPU.
-    draws = generator if device.type == "cpu" else torch.Generator(device).manual_seed(args.seed * 1_000_003 + runs[0])
-    tasks = run_tasks(args)[runs] if args.style == "nx1" else None  # (A, 4), or None: 1xn draws them
-    env = (
-        NumpyEnv(args, runs, device, tasks)
-        if tasks is None or numpy_env
-        else K.TorchVectorEnv(tasks, args.size, args.light, device)
-    )
+    draws = generator if device.type == "cpu" else torch.Generator(device).manual_seed(group_seed)
+    env = make_env(args, runs, device, numpy_env)
     observations = env.reset()  # (A, obs_dim)
     task_code = torch.as_tensor(codec.encode_tasks(env.tasks), device=device)  # (A,); 1xn refreshes it every step
 
-    # The history doubles as the replay buffer: (A, T) compact codes, on the training device.
-    states, next_states, task_codes = (torch.zeros((A, T), dtype=torch.int16, device=device) for _ in range(3))
-    actions, rewards = (torch.zeros((A, T), dtype=torch.uint8, device=device) for _ in range(2))
-    terminations, truncations = (torch.zeros((A, T), dtype=torch.bool, device=device) for _ in range(2))
-    agent_rows = torch.arange(A, device=device)[:, None] * T  # (A, 1) offsets into flattened (A*T) buffers
+    replay = Replay(A, T, device)
     visit_slots = 2 * args.size * args.size  # visits of each (cell, has_key) by each agent, for the exploration bonus
     visits = torch.zeros((A, visit_slots), device=device)
-    visit_rows, ones = torch.arange(A, device=device) * visit_slots, torch.ones(A, device=device)  # (A,) each
-
+    visit_rows = torch.arange(A, device=device) * visit_slots  # (A,) offsets into the flattened (A * slots,)
+    ones = torch.ones(A, device=device)
     losses: dict[str, torch.Tensor] = {}
-    start_time, last_log = time.time(), 0
-    bar = tqdm(total=T, desc=f"runs {runs[0]}..{runs[-1]}", unit="step", disable=not args.progress, dynamic_ncols=True)
+    log_time = time.time()
+    last_log = 0
+
     for step in range(T):
+        # act
         if args.style == "1xn":
             task_code = torch.as_tensor(codec.encode_tasks(env.tasks), device=device)
         state_code = codec.encode_states(observations)  # (A,)
         if step < args.learning_starts:
             action = torch.randint(0, K.NUM_ACTIONS, (A,), generator=draws, device=device)
         else:
-            action = agents.act(
-                codec.observations(state_code, task_code), torch.rand((A,), generator=draws, device=device)
-            )
+            uniforms = torch.rand((A,), generator=draws, device=device)
+            action = agents.act(codec.observations(state_code, task_code), uniforms)
         observations, reward, terminated, truncated, final = env.step(action)
+
+        # record: the history is the replay buffer
         next_code = codec.encode_states(final)
-        states[:, step] = state_code
-        next_states[:, step] = next_code
+        replay.states[:, step] = state_code
+        replay.next_states[:, step] = next_code
         visits.view(-1).index_add_(0, visit_rows + next_code.long() // (K.EPISODE_STEPS + 1), ones)
-        task_codes[:, step] = task_code
-        actions[:, step] = action.to(torch.uint8)
-        rewards[:, step] = reward.to(torch.uint8)
-        terminations[:, step] = terminated
-        truncations[:, step] = truncated
+        replay.task_codes[:, step] = task_code
+        replay.actions[:, step] = action.to(torch.uint8)
+        replay.rewards[:, step] = reward.to(torch.uint8)
+        replay.terminations[:, step] = terminated
+        replay.truncations[:, step] = truncated
 
+        # learn
         if step + 1 >= args.learning_starts and (step + 1) % args.update_every == 0:
-            index = (agent_rows + torch.randint(0, step + 1, (A, B), generator=draws, device=device)).view(-1)  # (A*B,)
-            task_batch = task_codes.view(-1)[index]
-            obs_batch = codec.observations(states.view(-1)[index], task_batch).view(A, B, obs_dim)
-            next_obs_batch = codec.observations(next_states.view(-1)[index], task_batch).view(A, B, obs_dim)
-            # Step 50 is terminal too: time is observed, so the horizon is part of the state.
-            done_batch = (terminations.view(-1)[index] | truncations.view(-1)[index]).float().view(A, B)
-            reward_batch = rewards.view(-1)[index].float().view(A, B)
-            if args.exploration_bonus > 0:
-                slot = next_states.view(-1)[index].long().view(A, B) // (K.EPISODE_STEPS + 1)  # (A, B)
-                reward_batch = reward_batch + args.exploration_bonus * visits.gather(1, slot).rsqrt()
-            losses = update(
-                obs_batch, actions.view(-1)[index].long().view(A, B), reward_batch, next_obs_batch, done_batch
-            )
+            index = replay.sample_indices(step + 1, args.batch_size, draws)  # (A*B,)
+            losses = update(*update_batch(replay, index, codec, visits, args))
 
+        # log
         if (step + 1) % args.log_every == 0 or step + 1 == T:
-            means = window_means(rewards, terminations | truncations, last_log, step + 1)  # waits for the device
+            dones = replay.terminations | replay.truncations
+            means = window_means(replay.rewards, dones, last_log, step + 1)  # waits for the device
             if writer is not None and not np.isnan(means).all():
-                log_population(
-                    writer, step + 1, means, losses, agents, A * (step + 1 - last_log) / (time.time() - start_time)
-                )
-            bar.set_postfix(ret=f"{np.nanmean(means):.2f}" if not np.isnan(means).all() else "-")
-            start_time, last_log = time.time(), step + 1
-        bar.update(1)
-    bar.close()
+                sps = A * (step + 1 - last_log) / (time.time() - log_time)
+                log_population(writer, step + 1, means, losses, agents, sps)
+            if bar is not None:
+                bar.set_postfix(ret=f"{np.nanmean(means):.2f}" if not np.isnan(means).all() else "-")
+            log_time = time.time()
+            last_log = step + 1
+        if bar is not None:
+            bar.update(A)
 
-    observations = [codec.observations(states[i], task_codes[i]).cpu().numpy() for i in range(A)]  # (T, obs_dim) each
-    task_codes, actions, rewards, terminations, truncations = (
-        buffer.cpu().numpy() for buffer in (task_codes, actions, rewards, terminations, truncations)
-    )
-    return [
-        {
-            "observations": observations[i],
-            "actions": actions[i].astype(np.int64),
-            "rewards": rewards[i].astype(np.float32),
-            "terminations": terminations[i],
-            "truncations": truncations[i],
-            "tasks": codec.task_cells[task_codes[i]].astype(np.int64),
-        }
-        for i in range(A)
-    ]
+    return histories(replay, codec)
+
+
+def histories(replay: Replay, codec: Codec) -> list[dict[str, np.ndarray]]:
+    """The `.npz` contract's arrays of every run of a group, on the host, from its replay codes."""
+    task_codes = replay.task_codes.cpu().numpy()
+    actions = replay.actions.cpu().numpy()
+    rewards = replay.rewards.cpu().numpy()
+    terminations = replay.terminations.cpu().numpy()
+    truncations = replay.truncations.cpu().numpy()
+    runs = []
+    for i in range(len(task_codes)):
+        observations = codec.observations(replay.states[i], replay.task_codes[i]).cpu().numpy()  # (T, obs_dim)
+        runs.append(
+            {
+                "observations": observations,
+                "actions": actions[i].astype(np.int64),
+                "rewards": rewards[i].astype(np.float32),
+                "terminations": terminations[i],
+                "truncations": truncations[i],
+                "tasks": codec.task_cells[task_codes[i]].astype(np.int64),
+            }
+        )
+    return runs
 
 
 def window_means(rewards: torch.Tensor, dones: torch.Tensor, start: int, end: int) -> np.ndarray:
@@ -458,9 +586,141 @@ def log_population(writer, step, means, losses, agents, sps) -> None:
         writer.add_scalar(f"losses/{name}", value.mean().item(), step)
 
 
-# ---- Dataset folder: checks before any work, resume, summary ----
+# ---- Sizes: a group must fit in memory and the shard's files on the disk, checked before any work ----
+def history_bytes_per_step(obs_dim: int) -> int:
+    """Host bytes per agent-step of the histories a group builds at its end, all kept until written: observations
+    float32 (obs_dim), action int64, reward float32, task int64 (4), two bool flags."""
+    return 4 * obs_dim + 8 + 4 + 8 * 4 + 2
+
+
+def memory_needed(args: Args, num_agents: int) -> dict[str, int]:
+    """Bytes a group of `num_agents` runs holds at its peak, by part: "replay" (the codes of every step, on the
+    training device), "histories" (built on the host at the end), "networks" (weights, targets, gradients and Adam's
+    two moments of actor and twin critics: 14 copies of one MLP's floats), "update" (an update's activations,
+    about 12 hidden-wide floats per sample and network)."""
+    obs_dim = K.LIGHT_OBS_DIM if args.light else K.DARK_OBS_DIM
+    mlp_floats = (obs_dim + 1) * args.hidden + (args.hidden + 1) * args.hidden + (args.hidden + 1) * K.NUM_ACTIONS
+    agent_steps = num_agents * args.steps
+    return {
+        "replay": agent_steps * REPLAY_BYTES_PER_STEP,
+        "histories": agent_steps * history_bytes_per_step(obs_dim),
+        "networks": num_agents * 14 * mlp_floats * 4,
+        "update": num_agents * args.batch_size * (12 * args.hidden + 40) * 4,
+    }
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a process can still take without swapping (MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(args: Args, num_agents: int, device: torch.device) -> None:
+    """Refuse, naming the flag to lower, a group that cannot fit: on the CPU everything is in host memory; on CUDA
+    the replay buffer, networks and activations are on the device and the histories on the host."""
+    parts = memory_needed(args, num_agents)
+    if device.type == "cuda":
+        free_on_device = torch.cuda.mem_get_info(device)[0]
+        refuse_if_larger(args, num_agents, parts, ("replay", "networks", "update"), free_on_device, f"{device} memory")
+        refuse_if_larger(args, num_agents, parts, ("histories",), available_memory(), "memory")
+    else:
+        refuse_if_larger(args, num_agents, parts, tuple(parts), available_memory(), "memory")
+
+
+def refuse_if_larger(
+    args: Args, num_agents: int, parts: dict[str, int], names: tuple, available: int | None, pool: str
+) -> None:
+    needed = sum(parts[name] for name in names)
+    if available is None or needed <= available:
+        return
+    largest = max(names, key=parts.__getitem__)
+    flag = {
+        "replay": f"--steps {args.steps:,}",
+        "histories": f"--steps {args.steps:,}",
+        "networks": f"--hidden {args.hidden:,}",
+        "update": f"--batch-size {args.batch_size:,}",
+    }[largest]
+    others = "--num-runs" if args.num_runs < args.group_size else "--group-size"
+    raise ValueError(
+        f"{flag}: a group of {num_agents:,} runs trained together needs about {K.format_bytes(needed)} of {pool} "
+        f"(most for its {largest}), {K.format_bytes(available)} is available; lower {flag.split()[0]} or {others}"
+    )
+
+
+def min_file_bytes(args: Args) -> int:
+    """A lower bound on one run's `.npz`: 1 kB of zip and array headers, plus its arrays deflated at deflate's
+    largest ratio (1032:1); real files are several hundred times larger."""
+    obs_dim = K.LIGHT_OBS_DIM if args.light else K.DARK_OBS_DIM
+    return 1000 + args.steps * history_bytes_per_step(obs_dim) // 1032
+
+
+def check_disk(args: Args, folder: str, runs_to_write: int) -> None:
+    """Refuse, naming --num-runs, a shard whose files cannot fit on the disk even at the smallest they can be."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):  # the nearest existing folder above: the disk the files will go to
+        existing = os.path.dirname(existing)
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return  # unknown: the writes themselves will say
+    needed = runs_to_write * min_file_bytes(args)
+    if needed > free:
+        raise ValueError(
+            f"--num-runs {args.num_runs:,} x --steps {args.steps:,}: this shard's {runs_to_write:,} histories need "
+            f"at least {K.format_bytes(needed)} on disk, {folder} has {K.format_bytes(free)} free; lower --num-runs "
+            "or --steps, or shard the runs (--num-shards) over disks"
+        )
+
+
+# ---- Dataset folder: the groups of this shard, checks before any work, summary ----
 def run_path(folder: str, run: int) -> str:
     return os.path.join(folder, f"run_{run:05d}.npz")
+
+
+def shard_groups(args: Args) -> list[range]:
+    """This shard's groups of runs. Groups are laid out over the global run index and dealt to shards in turn,
+    so that a run's data depend only on the seed and its group, never on the shards."""
+    num_groups = math.ceil(args.num_runs / args.group_size)
+    groups = []
+    for group in range(args.shard_index, num_groups, args.num_shards):
+        first = group * args.group_size
+        groups.append(range(first, min(first + args.group_size, args.num_runs)))
+    return groups
+
+
+def shard_run_count(args: Args) -> int:
+    """How many runs this shard owns, counted without listing them (a huge --num-runs is refused first)."""
+    num_groups = math.ceil(args.num_runs / args.group_size)
+    owned = len(range(args.shard_index, num_groups, args.num_shards))
+    count = owned * args.group_size
+    last = num_groups - 1
+    if owned and (last - args.shard_index) % args.num_shards == 0:  # the last, short group is this shard's
+        count -= num_groups * args.group_size - args.num_runs
+    return count
+
+
+def shard_runs_written(args: Args, folder: str) -> list[int]:
+    """The runs of this shard whose files are in `folder` (found from the folder's listing, not the shard's)."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    runs = []
+    for name in names:
+        number = name[len("run_") : -len(".npz")]
+        if not (name.startswith("run_") and name.endswith(".npz") and number.isdigit()):
+            continue
+        run = int(number)
+        group = run // args.group_size
+        if run < args.num_runs and group % args.num_shards == args.shard_index:
+            runs.append(run)
+    return runs
 
 
 def check_folder(folder: str, history_config: dict) -> None:
@@ -485,16 +745,21 @@ def check_folder(folder: str, history_config: dict) -> None:
 
 
 def summarize(folder: str) -> dict:
-    """Share of runs whose last SOLVED_WINDOW episodes average >= SOLVED_RETURN, and when the median run first got there."""
-    names = sorted(n for n in os.listdir(folder) if n.startswith("run_") and n.endswith(".npz"))
-    final, solved_at = [], []
+    """Share of runs whose last SOLVED_WINDOW episodes average >= SOLVED_RETURN, and when the median run first
+    got there. A folder that does not exist (a shard with nothing to do) holds no runs."""
+    names = []
+    if os.path.isdir(folder):
+        names = sorted(n for n in os.listdir(folder) if n.startswith("run_") and n.endswith(".npz"))
+    final = []
+    solved_at = []
     for name in names:
         history, _ = K.load_history(os.path.join(folder, name))
         dones = history["terminations"] | history["truncations"]
         returns, _ = K.episode_returns(history["rewards"], dones)
         final.append(returns[-K.SOLVED_WINDOW :].mean() if len(returns) else 0.0)
         solved_at.append(K.first_solved_step(history["rewards"], dones) or np.inf)  # steps count from 1
-    final, solved_at = np.array(final), np.array(solved_at)
+    final = np.array(final)
+    solved_at = np.array(solved_at)
     median = float(np.median(solved_at)) if len(solved_at) else np.inf
     return {
         "runs": len(names),
@@ -515,51 +780,83 @@ def keep_freed_memory() -> None:
         pass  # not glibc: nothing to tune
 
 
+def training_device(args: Args) -> torch.device:
+    """CUDA if asked and present; under torchrun, the process's own GPU (LOCAL_RANK)."""
+    if not (args.cuda and torch.cuda.is_available()):
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)  # streams and CUDA graphs go to the current device: make it this process's GPU
+    return device
+
+
+def write_group(folder: str, runs: range, histories: list[dict], history_config: dict) -> None:
+    """Each run's file, atomically. A group cut short while writing left some: same seed, same data, kept."""
+    for run, history in zip(runs, histories, strict=True):
+        path = run_path(folder, run)
+        if not os.path.exists(path):
+            K.save_history(path, history, dict(history_config, run=run, task=history["tasks"][0].tolist()))
+
+
 def main(args: Args) -> dict:
-    # 1. flags, seeds, device
+    # 1. flags (under torchrun the rank picks the shard), seeds, device
+    args = shard_from_launcher(args)
     args = resolve(args)
     keep_freed_memory()
     torch.manual_seed(args.seed)  # every draw has its own seeded generator; this is for anything implicit
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
-    # 2. before any work: every file of the folder readable and of these data settings, the folder
-    #    writable, temp files that killed writers left there removed
+    device = training_device(args)
     folder = os.path.join(args.data_dir, f"{args.style}-{'light' if args.light else 'dark'}")
+
+    # 2. sizes no machine holds, before anything is read or written: a group in memory, the shard on the disk
+    check_memory(args, min(args.group_size, args.num_runs), device)
+    check_disk(args, folder, shard_run_count(args) - len(shard_runs_written(args, folder)))
+
+    # 3. before any work: every file of the folder readable and of these data settings, the folder
+    #    writable, temp files that killed writers left there removed
     history_config = {field: getattr(args, field) for field in DATA_FIELDS}
     history_config["algorithm"] = "sac"
     check_folder(folder, history_config)
     K.check_writable(folder)
     removed = K.remove_stale_parts(folder)
 
-    # 3. the groups this shard still owes. Groups are laid out over the global run index and dealt to
-    #    shards, so that a run's data depends only on the seed and its group, never on the shards.
-    all_groups = [
-        list(range(i, min(i + args.group_size, args.num_runs))) for i in range(0, args.num_runs, args.group_size)
-    ]
-    groups = all_groups[args.shard_index :: args.num_shards]
-    todo = [g for g in groups if not all(os.path.exists(run_path(folder, r)) for r in g)]
+    # 4. the groups this shard still owes
+    groups = shard_groups(args)
+    written = set(shard_runs_written(args, folder))
+    todo = [group for group in groups if not written.issuperset(group)]
     if todo:
         K.check_writable("runs")  # TensorBoard's folder
     print(
-        f"{folder}: {sum(map(len, groups))} runs in this shard, {len(groups) - len(todo)} of {len(groups)} groups "
-        f"already written; device {device}" + (f"; removed {len(removed)} stale temp files" if removed else "")
+        f"{folder}: {sum(map(len, groups))} runs in shard {args.shard_index} of {args.num_shards}, "
+        f"{len(groups) - len(todo)} of {len(groups)} groups already written; device {device}"
+        + (f"; removed {len(removed)} stale temp files" if removed else "")
     )
 
-    # 4. collect group by group; each group's files are written atomically when it finishes
-    run_name = f"KeyDoor-{'Light' if args.light else 'Dark'}-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    # 5. collect group by group under one progress bar over the shard (agent-steps; a resumed run starts it at
+    #    what is written); each group's files are written atomically when it finishes
+    total_steps = args.steps * sum(map(len, groups))
+    done_steps = total_steps - args.steps * sum(map(len, todo))
+    show_bar = args.progress and os.environ.get("LOCAL_RANK", "0") == "0"  # under torchrun: one bar per machine
+    bar = tqdm(
+        total=total_steps,
+        initial=done_steps,
+        unit="step",
+        unit_scale=True,
+        disable=not show_bar,
+        dynamic_ncols=True,
+    )
+    grid = f"{args.size}x{args.size}"
+    run_name = f"KeyDoor-{'Light' if args.light else 'Dark'}-{grid}__{args.exp_name}__{args.seed}__{int(time.time())}"
     for runs in todo:
+        bar.set_description(f"runs {runs[0]}..{runs[-1]}")
         writer = SummaryWriter(os.path.join("runs", run_name, f"runs_{runs[0]:05d}-{runs[-1]:05d}"))
-        writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
-        )
-        histories = collect_group(args, runs, device, writer)
+        table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+        group_histories = collect_group(args, list(runs), device, writer, bar=bar)
         writer.close()
-        for run, history in zip(runs, histories):
-            path = run_path(folder, run)
-            if not os.path.exists(path):  # a group cut short while writing left some: same seed, same data
-                K.save_history(path, history, dict(history_config, run=run, task=history["tasks"][0].tolist()))
+        write_group(folder, runs, group_histories, history_config)
+    bar.close()
 
-    # 5. the summary of the whole folder
+    # 6. the summary of the whole folder (under torchrun, of the files written so far)
     summary = summarize(folder)
     print(json.dumps({"dataset": folder, **summary}))
     return summary

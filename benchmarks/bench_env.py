@@ -8,6 +8,7 @@ All run the same random actions with SAME_STEP autoreset; the ratio is what to r
 absolute figures move with the machine's load.
 """
 
+import functools
 import os
 import sys
 import time
@@ -39,23 +40,29 @@ def measure(step, num_envs: int, seconds: float, device: str | None = None) -> f
     if given, else as a numpy array."""
     actions = np.random.default_rng(0).integers(0, K.NUM_ACTIONS, (64, num_envs))
     actions = actions if device is None else torch.as_tensor(actions, device=device)
-    sync = torch.cuda.synchronize if device is not None and device.startswith("cuda") else lambda: None
+    on_cuda = device is not None and device.startswith("cuda")
     for i in range(64):  # warm-up
         step(actions[i])
-    sync()
-    calls, start = 0, time.perf_counter()
+    wait_for_device(on_cuda)
+    calls = 0
+    start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         step(actions[calls % 64])
         calls += 1
-    sync()
+    wait_for_device(on_cuda)  # CUDA steps are asynchronous: time them to their end
     return calls * num_envs / (time.perf_counter() - start)
+
+
+def wait_for_device(on_cuda: bool) -> None:
+    if on_cuda:
+        torch.cuda.synchronize()
 
 
 def main(args: Args) -> float:
     vector = K.KeyDoorVectorEnv(args.num_envs, size=args.size)
     vector.reset(seed=0)
     sync = gym.vector.SyncVectorEnv(
-        [lambda: K.KeyDoorEnv(size=args.size) for _ in range(args.num_envs)],
+        [functools.partial(K.KeyDoorEnv, size=args.size) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     sync.reset(seed=0)

@@ -78,7 +78,8 @@ def rate(args: Args, agents: int, before: bool) -> float:
 
 def main(args: Args) -> float:
     S.keep_freed_memory()  # as sac_collect.main does
-    before, new = 0.0, 0.0
+    before = 0.0
+    new = 0.0
     for _ in range(args.repeats):
         before = max(before, rate(args, args.population, before=True))
         new = max(new, rate(args, args.population, before=False))

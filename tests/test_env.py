@@ -1,7 +1,13 @@
 """Rules of Key-To-Door, the vector env, the task split, and the `.npz` contract."""
 
+import errno
 import json
 import os
+import random
+import shutil
+import sys
+import zipfile
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -122,7 +128,8 @@ def test_fixed_mode_keeps_task_and_resample_mode_draws():
 
 def test_reset_is_seeded():
     a, b = K.KeyDoorEnv(resample=True), K.KeyDoorEnv(resample=True)
-    a.reset(seed=7), b.reset(seed=7)
+    a.reset(seed=7)
+    b.reset(seed=7)
     for _ in range(5):
         np.testing.assert_array_equal(a.reset()[1]["task"], b.reset()[1]["task"])
 
@@ -211,7 +218,7 @@ def test_split_disjoint_deterministic_covering(size):
     for t in every:
         K.validate_task(np.array(t), size)
     K._splits.cache_clear()
-    for name, split in zip(("train", "validation", "test"), (train, validation, test)):
+    for name, split in zip(("train", "validation", "test"), (train, validation, test), strict=True):
         np.testing.assert_array_equal(split, K.task_split(size, name))
 
 
@@ -260,7 +267,7 @@ def test_vector_env_matches_single_envs(light):
     np.testing.assert_array_equal(vobs, sobs)
     rng = np.random.default_rng(0)
     dones = 0
-    for step in range(400):
+    for _ in range(400):
         actions = rng.integers(0, 5, n)
         vobs, vr, vterm, vtrunc, vinfo = venv.step(actions)
         for i, env in enumerate(singles):
@@ -321,8 +328,10 @@ def random_history(steps=120, light=True, seed=0):
         hist["observations"].append(obs[0])
         hist["tasks"].append(venv.tasks[0].copy())
         obs, r, term, trunc, _ = venv.step(a)
-        hist["actions"].append(a[0]), hist["rewards"].append(r[0])
-        hist["terminations"].append(term[0]), hist["truncations"].append(trunc[0])
+        hist["actions"].append(a[0])
+        hist["rewards"].append(r[0])
+        hist["terminations"].append(term[0])
+        hist["truncations"].append(trunc[0])
     return {k: np.array(v) for k, v in hist.items()}
 
 
@@ -350,7 +359,7 @@ def test_history_value_checks(tmp_path):
         ("observations", 1.5, "outside"),
         ("observations", np.nan, "NaN"),
         ("tasks", 4, "outside the 4x4 grid"),
-        ("tasks", -1, "negative task"),
+        ("tasks", -1, "outside the 4x4 grid"),
         ("tasks", "key on door", "key on its door"),
     ):
         bad = {k: v.copy() for k, v in hist.items()}
@@ -359,7 +368,7 @@ def test_history_value_checks(tmp_path):
         else:
             bad[key][3] = value
         with pytest.raises(ValueError, match=match):
-            K.save_history(str(tmp_path / "bad.npz"), bad, {"size": 4} if key == "tasks" and value == 4 else {})
+            K.save_history(str(tmp_path / "bad.npz"), bad, {"size": 4})
     all_nan = dict(hist, observations=np.full_like(hist["observations"], np.nan))
     with pytest.raises(ValueError, match="NaN"):
         K.save_history(str(tmp_path / "bad.npz"), all_nan, {"size": 4})
@@ -429,7 +438,7 @@ def test_torch_env_equals_numpy_env_step_for_step(light):
         observations, rewards, terminations, truncations, infos = numpy_env.step(actions)
         outputs = torch_env.step(torch.as_tensor(actions))
         expected = (observations, rewards, terminations, truncations, K.final_observations(observations, infos))
-        for got, want in zip(outputs, expected):
+        for got, want in zip(outputs, expected, strict=True):
             assert got.numpy().dtype == want.dtype
             np.testing.assert_array_equal(got.numpy(), want)
         ends += terminations.sum()
@@ -471,7 +480,7 @@ def test_history_errors(tmp_path):
     hist = random_history()
     short = dict(hist, actions=hist["actions"][:-1])
     with pytest.raises(ValueError, match="shape"):
-        K.save_history(str(tmp_path / "x.npz"), short, {})
+        K.save_history(str(tmp_path / "x.npz"), short, {"size": 4})
     assert not os.path.exists(tmp_path / "x.npz")
     np.savez(tmp_path / "noconfig.npz", **hist)
     with pytest.raises(ValueError, match="config"):
@@ -510,3 +519,295 @@ def test_config_is_json_string(tmp_path):
     K.save_history(str(tmp_path / "a.npz"), random_history(), {"size": 4})
     with np.load(tmp_path / "a.npz", allow_pickle=False) as data:
         assert json.loads(str(data["config"])) == {"size": 4}
+
+
+def test_atomic_write_on_a_full_disk_names_path_bytes_and_free_space(tmp_path):
+    """ENOSPC from the writer: one line naming the file, what was written and what is free; the old file kept."""
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"old")
+
+    def fills_the_disk(f):
+        f.write(b"x" * 5000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as error:
+        K.atomic_write(str(path), fills_the_disk)
+    message = str(error.value)
+    assert error.value.errno == errno.ENOSPC and "\n" not in message
+    assert message.startswith(f"{path}: the disk is full") and "5.0 kB written" in message
+    assert f"free in {tmp_path}" in message and "the earlier file is kept" in message
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]  # no .part left
+
+
+def test_atomic_write_names_a_full_disk_behind_torch_save(tmp_path, monkeypatch):
+    """torch.save's zip writer turns the file's ENOSPC into a RuntimeError; a bare one counts when the disk is full."""
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"old")
+    big = {"weights": torch.zeros(100_000)}
+
+    class FullDisk:
+        """A file that takes 3,000 bytes, then fails as a full disk does."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            if self.f.tell() + len(data) > 3000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+    def save(f):
+        torch.save(big, FullDisk(f))
+
+    with pytest.raises(OSError, match=r"checkpoint\.pt: the disk is full") as error:
+        K.atomic_write(str(path), save)
+    assert isinstance(error.value.__cause__, RuntimeError)  # what torch raised
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+    def torch_says_write_failed(f):
+        f.write(b"x" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed: file write failed")
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(K.shutil, "disk_usage", lambda folder: usage._replace(free=4096))
+    with pytest.raises(OSError, match=r"checkpoint\.pt: the disk is full .*4\.1 kB free in") as error:
+        K.atomic_write(str(path), torch_says_write_failed)
+    assert error.value.errno == errno.ENOSPC and "\n" not in str(error.value)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]
+    # with room on the disk the same error is the writer's own, and passes unchanged
+    monkeypatch.setattr(K.shutil, "disk_usage", lambda folder: usage._replace(free=10**12))
+    with pytest.raises(RuntimeError, match="file write failed"):
+        K.atomic_write(str(path), torch_says_write_failed)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_a_new_file_on_a_full_disk_says_nothing_was_written(tmp_path, monkeypatch):
+    def fills_the_disk(f):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    with pytest.raises(OSError, match=r"new\.npz: the disk is full \(0 B written.*nothing was written"):
+        K.atomic_write(str(tmp_path / "new.npz"), fills_the_disk)
+    assert os.listdir(tmp_path) == []
+
+    def no_room_for_the_temp_file(name, mode):
+        raise OSError(errno.ENOSPC, "No space left on device", name)
+
+    monkeypatch.setattr(K, "open", no_room_for_the_temp_file, raising=False)  # the module's `open`, not builtins'
+    with pytest.raises(OSError, match=r"new\.npz: the disk is full \(0 B written") as error:
+        K.atomic_write(str(tmp_path / "new.npz"), fills_the_disk)
+    assert ".part" not in str(error.value) and os.listdir(tmp_path) == []
+
+
+def test_format_bytes():
+    assert K.format_bytes(0) == "0 B" and K.format_bytes(999) == "999 B"
+    assert K.format_bytes(1500) == "1.5 kB" and K.format_bytes(2_500_000_000) == "2.5 GB"
+    assert K.format_bytes(999_999) == "1.0 MB" and K.format_bytes(5 * 10**15) == "5.0 PB"
+    assert K.format_bytes(5 * 10**18) == "5000.0 PB"
+    assert K.format_bytes(None) == "an unknown amount"
+
+
+def member_data_offset(path, member):
+    """Where the compressed bytes of one member of a zip file begin and how many there are."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_length = int.from_bytes(f.read(2), "little")
+        extra_length = int.from_bytes(f.read(2), "little")
+    return info.header_offset + 30 + name_length + extra_length, info.compress_size
+
+
+def test_a_corrupted_compressed_stream_is_one_line_naming_the_file(tmp_path):
+    """Bytes flipped inside observations.npy's deflate stream: zlib.error or a bad CRC, read at load, one line."""
+    path = tmp_path / "run_00000.npz"
+    K.save_history(str(path), random_history(steps=300), {"size": 4})
+    start, length = member_data_offset(path, "observations.npy")
+    original = path.read_bytes()
+    kinds = set()
+    for first in (length // 4, length // 2, length - 8):
+        data = bytearray(original)
+        for i in range(start + first, start + first + 6):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match=r"run_00000\.npz: not a readable \.npz learning history") as error:
+            K.load_history(str(path))
+        assert "\n" not in str(error.value)
+        kinds.add(str(error.value).split("(")[1].split(":")[0])
+    assert "zlib.error" in kinds  # the case of issue 23 (a traceback before)
+
+
+def test_damaged_files_only_ever_raise_value_error(tmp_path):
+    """Random damage anywhere in a history (bytes changed, the file cut short) never escapes as another error."""
+    path = tmp_path / "run_00000.npz"
+    K.save_history(str(path), random_history(steps=60), {"size": 4})
+    original = path.read_bytes()
+    rng = random.Random(0)
+    refused = 0
+    for trial in range(200):
+        data = bytearray(original)
+        first = rng.randrange(len(data) - 4)
+        for i in range(first, first + rng.choice([1, 2, 4])):
+            data[i] = rng.randrange(256)
+        if trial % 4 == 0:
+            data = data[: rng.randrange(len(data))]
+        path.write_bytes(bytes(data))
+        try:
+            K.load_history(str(path))
+        except ValueError as error:
+            assert str(error).startswith(str(path)) and "\n" not in str(error)
+            refused += 1
+    assert refused > 150  # the rest changed bytes that no reader checks (a date, an unused field)
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"style": "nx1"}, "config has no grid size"),
+        ({"size": None}, "config: grid size must be an integer"),
+        ({"size": "9"}, "config: grid size must be an integer"),
+        ({"size": 2}, "config: grid size must be an integer >= 3"),
+    ],
+)
+def test_a_history_without_a_valid_grid_size_is_named(tmp_path, config, match):
+    """Every history records its grid; without it a reader printed "NonexNone" (issue 23)."""
+    path = tmp_path / "run_00000.npz"
+    with pytest.raises(ValueError, match=rf"run_00000\.npz: {match}"):
+        K.save_history(str(path), random_history(), config)
+    assert not path.exists()
+    np.savez(path, **random_history(), config=np.array(json.dumps(config)))
+    with pytest.raises(ValueError, match=rf"run_00000\.npz: {match}"):
+        K.load_history(str(path))
+
+
+# ---------------------------------------------------------------- pictures
+def cell_centre(image, x, y, size):
+    scale = image.shape[0] // size
+    return tuple(image[(size - 1 - y) * scale + scale // 2, x * scale + scale // 2])
+
+
+def shows(image, colour):
+    return bool((image == np.array(K.RENDER_COLORS[colour], dtype=np.uint8)).all(-1).any())
+
+
+def test_draw_grid_shape_and_cells():
+    task = (3, 1, 1, 4)  # key (3, 1), door (1, 4)
+    image = K.draw_grid(5, (2, 2), task, key_found=True, door_found=True, scale=10)
+    assert image.shape == (50, 50, 3) and image.dtype == np.uint8
+    assert cell_centre(image, 3, 1, 5) == K.RENDER_COLORS["key"]
+    assert cell_centre(image, 1, 4, 5) == K.RENDER_COLORS["door"]
+    assert cell_centre(image, 2, 2, 5) == K.RENDER_COLORS["agent"]
+    assert cell_centre(image, 4, 0, 5) == K.RENDER_COLORS["floor"]
+    assert tuple(image[0, 0]) == K.RENDER_COLORS["wall"] and tuple(image[-1, 25]) == K.RENDER_COLORS["wall"]
+    # y grows upwards: the door's row y = 4 is the image's top row of cells
+    assert cell_centre(image, 1, 4, 5) == tuple(image[5, 15])
+    assert K.draw_grid(9, (0, 0), task, scale=24).shape == (216, 216, 3)
+
+
+def test_draw_grid_hides_what_was_not_found():
+    task = (3, 1, 1, 4)
+    hidden = K.draw_grid(5, (0, 0), task, scale=12)
+    assert not shows(hidden, "key") and not shows(hidden, "door")
+    assert cell_centre(hidden, 3, 1, 5) == K.RENDER_COLORS["floor"]
+    key_only = K.draw_grid(5, (0, 0), task, key_found=True, scale=12)
+    assert shows(key_only, "key") and not shows(key_only, "door")
+    door_only = K.draw_grid(5, (0, 0), task, door_found=True, scale=12)
+    assert shows(door_only, "door") and not shows(door_only, "key")
+    carrying = K.draw_grid(5, (0, 0), task, has_key=True, scale=12)
+    assert cell_centre(carrying, 0, 0, 5) == K.RENDER_COLORS["key"]  # the key on the agent, not on its cell
+    assert cell_centre(carrying, 3, 1, 5) == K.RENDER_COLORS["floor"]
+
+
+def test_draw_grid_path():
+    path = [(0, 0), (1, 0), (1, 1), (0, 0), (0, 1)]  # three moves, then a jump back to the start, then a move
+    image = K.draw_grid(4, (3, 3), None, path=path, scale=16)
+    for x, y in path:
+        corner = image[(3 - y) * 16 + 3, x * 16 + 3]  # away from the centre lines
+        assert tuple(corner) == K.RENDER_COLORS["path"]
+    assert cell_centre(image, 2, 2, 4) == K.RENDER_COLORS["floor"]
+    # a move joins two centres; the jump from (1, 1) to (0, 0) is no line across the diagonal
+    assert tuple(image[(3 - 0) * 16 + 8, 16]) == K.RENDER_COLORS["trail"]  # between (0, 0) and (1, 0)
+    assert tuple(image[(3 - 1) * 16 + 2, 2 * 8]) != K.RENDER_COLORS["trail"]
+    with pytest.raises(ValueError, match="path has cells outside the 4x4 grid"):
+        K.draw_grid(4, (0, 0), None, path=[(0, 4)])
+    with pytest.raises(ValueError, match="position"):
+        K.draw_grid(4, (0.5, 1), None)
+    with pytest.raises(ValueError, match="scale"):
+        K.draw_grid(4, (0, 0), None, scale=2)
+
+
+def test_rgb_array_render_follows_the_episode():
+    env = K.KeyDoorEnv(size=5, task=(2, 0, 2, 2), render_mode="rgb_array")
+    env.reset(seed=0)
+    first = env.render()
+    assert first.shape == (5 * 24, 5 * 24, 3) and first.dtype == np.uint8
+    assert shows(first, "key") and shows(first, "door")  # the env's own view shows both
+    assert cell_centre(first, 0, 0, 5) == K.RENDER_COLORS["agent"]
+    for action in (RIGHT, RIGHT, UP):
+        env.step(action)
+    image = env.render()
+    assert cell_centre(image, 2, 1, 5) == K.RENDER_COLORS["key"]  # the agent carries the key
+    assert tuple(image[(4 - 1) * 24 + 12, 2 * 24 + 12 + 6]) == K.RENDER_COLORS["agent"]
+    assert tuple(image[(4 - 0) * 24 + 3, 1 * 24 + 3]) == K.RENDER_COLORS["path"]  # (1, 0) was visited
+    np.testing.assert_array_equal(
+        image,
+        K.draw_grid(
+            5,
+            (2, 1),
+            (2, 0, 2, 2),
+            path=[(0, 0), (1, 0), (2, 0), (2, 1)],
+            key_found=True,
+            door_found=True,
+            has_key=True,
+        ),
+    )
+    env.reset()
+    restarted = env.render()  # a new episode, a new path: the start cell alone
+    assert tuple(restarted[(4 - 0) * 24 + 3, 0 * 24 + 3]) == K.RENDER_COLORS["path"]
+    assert tuple(restarted[(4 - 0) * 24 + 3, 1 * 24 + 3]) == K.RENDER_COLORS["floor"]
+    check_env(gym.make("KeyDoor-Dark-v0", size=5, render_mode="rgb_array").unwrapped, skip_render_check=False)
+    text = K.KeyDoorEnv(size=4, task=(1, 1, 3, 3), render_mode="ansi")
+    text.reset(seed=0)
+    assert text.render().splitlines()[3] == "A..."
+    with pytest.raises(ValueError, match="render_mode"):
+        K.KeyDoorEnv(render_mode="human")
+
+
+# ---------------------------------------------------------------- the command-line entry
+@dataclass
+class Flags:
+    n: int = 1
+    """a number"""
+
+
+def test_run_cli_prints_user_errors_as_one_line_and_exits_2(monkeypatch, capsys):
+    """In this process: a subprocess would spend seconds importing torch (the scripts' own CLI tests run one)."""
+    monkeypatch.setattr(sys, "argv", ["script.py", "--n", "3"])
+    seen = []
+
+    def main(args):
+        seen.append(args.n)
+        raise ValueError("data/run_00000.npz: not a readable history (a library's\n  message on two lines)")
+
+    with pytest.raises(SystemExit) as exit_:
+        K.run_cli(main, Flags)
+    assert exit_.value.code == 2 and seen == [3]
+    assert capsys.readouterr().err == (
+        "script.py: error: data/run_00000.npz: not a readable history (a library's message on two lines)\n"
+    )
+
+    def disk_full(args):
+        raise OSError("data/x.pt: the disk is full")
+
+    with pytest.raises(SystemExit) as exit_:
+        K.run_cli(disk_full, Flags)
+    assert exit_.value.code == 2 and capsys.readouterr().err == "script.py: error: data/x.pt: the disk is full\n"
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        K.run_cli(interrupted, Flags)
+    assert exit_.value.code == 130 and capsys.readouterr().err == "script.py: interrupted\n"
