@@ -2,6 +2,7 @@
 
     python ad_eval.py --checkpoints data/checkpoints/ad__nx1-light__dark__ctx200__1.pt   # 100 test tasks
     python ad_eval.py --checkpoints a.pt b.pt --split validation --num-envs 20 --plot    # choosing settings
+    python ad_eval.py --checkpoints data/checkpoints/ad__nx1-light__dark__ctx200__1.pt --capture-video  # a GIF
 
 For each checkpoint, `--num-envs` held-out tasks run together in one batch for `--steps` env steps,
 with the same task after every reset. The model sees its own history (o_t, a_{t-1}, r_{t-1},
@@ -17,6 +18,10 @@ tasks together (`bootstrap`; here one checkpoint is one seed, so it resamples ta
 `python -m docs.make_figures seeds` applies the same function to several seeds). Rises compare
 windows of equal width: the last 500 steps against the first 500. Each evaluation file holds the
 model's episodes and a uniform-random policy's on the same tasks.
+
+`--capture-video` draws what in-context learning looks like: for one task (`--video-env`), an animated GIF of the
+model's first episodes beside its last ones, the agent's path on the grid and the key and the door shown once it
+finds them, taken from the tokens of the same rollout (`<evaluation file>__video_env<i>.gif`).
 """
 
 from __future__ import annotations
@@ -63,6 +68,10 @@ class Args:
     """env steps per point of TensorBoard's eval/return curve"""
     plot: bool = False
     """write a PNG of episode returns over env steps"""
+    capture_video: bool = False
+    """write an animated GIF of one task's first episodes beside its last, next to the evaluation file"""
+    video_env: int = 0
+    """the env (0 .. --num-envs - 1) whose episodes --capture-video draws"""
     cuda: bool = True
     """use CUDA when available"""
     progress: bool = True
@@ -365,6 +374,152 @@ def plot(results: list[dict], path: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# The video: one task's first episodes beside its last, drawn from the rollout's own tokens
+# ----------------------------------------------------------------------------------------------
+VIDEO_EPISODES = 3  # episodes per panel; an episode is at most 50 steps, so a panel is at most 3 x 51 frames
+VIDEO_FPS = 8
+VIDEO_END_MS = 600  # a frame where an episode ends stays this long: its return can be read before the reset
+VIDEO_HOLD_MS = 2000  # the last frame stays this long before the GIF starts again
+VIDEO_GRID_PIXELS = 216  # a panel's grid is about this wide whatever the grid size
+VIDEO_MIN_STEPS = 2 * K.EPISODE_STEPS  # more steps than this hold two whole episodes and the step after them
+VIDEO_TEXT = (0, 0, 0)
+VIDEO_BACKGROUND = (255, 255, 255)
+
+
+def arrival_cells(prev_arrivals: torch.Tensor, size: int) -> np.ndarray:
+    """(steps - 1, 2) int64: the cell (x, y) each step of one env led to (the door's at the door, before the reset),
+    from its `prev_arrivals` tokens (steps, 2): token t + 1 holds step t's, so the rollout's last step has none."""
+    scaled = prev_arrivals[1:].float().cpu().numpy()
+    return np.rint(scaled * K.obs_scale(size, K.DARK_OBS_DIM)[:2]).astype(np.int64)
+
+
+def episode_pictures(size: int, task: np.ndarray, cells: np.ndarray, scale: int) -> tuple[list[np.ndarray], list[int]]:
+    """`K.draw_grid`'s pictures of one episode whose steps led to `cells` (n, 2): the start cell, then one after each
+    step (n + 1 pictures), and the return after each. What a Dark agent has found, by the env's rules: the key from
+    the step it enters the key cell (it then holds the key), the door from the step it enters it holding the key
+    (which ends the episode); the door entered without the key does nothing and stays hidden."""
+    path = np.concatenate([np.zeros((1, 2), np.int64), cells])  # (n + 1, 2): every episode starts in (0, 0)
+    key = tuple(task[:2])
+    door = tuple(task[2:])
+    has_key = False
+    door_found = False
+    pictures = []
+    returns = []
+    for t in range(len(path)):
+        entered = tuple(path[t])
+        if t > 0 and has_key and entered == door:
+            door_found = True
+        if t > 0 and entered == key:
+            has_key = True
+        picture = K.draw_grid(
+            size,
+            path[t],
+            task,
+            path=path[: t + 1],
+            key_found=has_key,
+            door_found=door_found,
+            has_key=has_key,
+            scale=scale,
+        )
+        pictures.append(picture)
+        returns.append(int(has_key) + int(door_found))  # +1 for the key, +1 for the door
+    return pictures, returns
+
+
+def env_episodes(episodes: dict, env: int, recorded: int) -> list[tuple[int, int]]:
+    """(start, stop) steps of the env's episodes whose every step the tokens record (they end by step `recorded`):
+    all its whole episodes but one that ends at the rollout's very last step."""
+    ends = episodes["end_step"][episodes["env"] == env]
+    starts = np.concatenate([[0], ends[:-1]])
+    return [(int(start), int(stop)) for start, stop in zip(starts, ends, strict=True) if stop <= recorded]
+
+
+def panel_frames(
+    size: int, task: np.ndarray, cells: np.ndarray, spans: list[tuple[int, int]], first: int, scale: int
+) -> tuple[str, list[tuple[np.ndarray, str, bool]]]:
+    """One panel: its heading, and its frames (a picture, a status line, whether an episode ends there) for the
+    episodes of `spans`, numbered from `first`: per episode a start frame and one per step."""
+    last = first + len(spans) - 1
+    heading = f"episodes {first}-{last}" if last > first else f"episode {first}"
+    frames = []
+    for number, (start, stop) in enumerate(spans, start=first):
+        pictures, returns = episode_pictures(size, task, cells[start:stop], scale)
+        for step, (picture, reward_sum) in enumerate(zip(pictures, returns, strict=True)):
+            frames.append((picture, f"episode {number}   step {step}   return {reward_sum}", step == stop - start))
+    return heading, frames
+
+
+def video_frames(
+    title: str, size: int, task: np.ndarray, cells: np.ndarray, episodes: dict, env: int
+) -> tuple[list, list[int]]:
+    """The GIF's frames (PIL images) and their durations (ms): the env's first `VIDEO_EPISODES` whole episodes on
+    the left and its last on the right, one env step a frame; the panel that ends first holds its last picture.
+    Every frame differs from the one before (a status line moves on), so the GIF keeps each as a frame."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    spans = env_episodes(episodes, env, len(cells))
+    shown = min(VIDEO_EPISODES, len(spans) // 2)  # the two panels never share an episode
+    last = len(spans) - shown
+    scale = max(4, VIDEO_GRID_PIXELS // size)
+    (first_heading, first_frames) = panel_frames(size, task, cells, spans[:shown], 1, scale)
+    (last_heading, last_frames) = panel_frames(size, task, cells, spans[last:], last + 1, scale)
+    panels = [(f"{first_heading} (the first)", first_frames), (f"{last_heading} (the last)", last_frames)]
+    font = ImageFont.load_default(size=13)
+    line = 18  # pixels per line of text
+    margin = 12
+    grid = size * scale
+    notes = [
+        "the same task in every episode, the weights never change:",
+        "the key (yellow) and the door (brown) are drawn once found",
+    ]
+    widest_text = max(font.getlength(text) for text in [title, *notes])
+    width = max(2 * grid + 3 * margin, int(widest_text) + 2 * margin)
+    heading_y = margin + line + 6  # the title, a gap, then each panel's heading and status line
+    grid_y = heading_y + 2 * line
+    notes_y = grid_y + grid + 6
+    height = notes_y + len(notes) * line + margin
+    # a fixed palette holding every colour exactly: each frame's pixels can be checked against K.RENDER_COLORS
+    greys = [(level, level, level) for level in range(0, 256, 17)]  # black to white, for the text's edges
+    palette = [*K.RENDER_COLORS.values(), *greys]
+    palette_image = Image.new("P", (1, 1))
+    palette_image.putpalette([channel for color in palette for channel in color])
+    frames = []
+    durations = []
+    count = max(len(frames_of) for _, frames_of in panels)
+    for index in range(count):
+        canvas = Image.new("RGB", (width, height), VIDEO_BACKGROUND)
+        draw = ImageDraw.Draw(canvas)
+        draw.text((margin, margin), title, fill=VIDEO_TEXT, font=font)
+        episode_ends = False
+        for column, (heading, frames_of) in enumerate(panels):
+            (picture, status, ends) = frames_of[min(index, len(frames_of) - 1)]
+            episode_ends |= ends and index < len(frames_of)  # a panel holding its last picture pauses nothing
+            left = margin + column * (grid + margin)
+            draw.text((left, heading_y), heading, fill=VIDEO_TEXT, font=font)
+            draw.text((left, heading_y + line), status, fill=VIDEO_TEXT, font=font)
+            canvas.paste(Image.fromarray(picture), (left, grid_y))
+        for row, note in enumerate(notes):
+            draw.text((margin, notes_y + row * line), note, fill=VIDEO_TEXT, font=font)
+        frames.append(canvas.quantize(palette=palette_image, dither=Image.Dither.NONE))
+        if index == count - 1:
+            durations.append(VIDEO_HOLD_MS)
+        elif episode_ends:
+            durations.append(VIDEO_END_MS)
+        else:
+            durations.append(1000 // VIDEO_FPS)
+    return frames, durations
+
+
+def write_video(path: str, frames: list, durations: list[int]) -> None:
+    """An animated GIF of `frames`, each shown its duration (ms), looping."""
+
+    def save(f) -> None:
+        frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+
+    K.atomic_write(path, save)
+
+
+# ----------------------------------------------------------------------------------------------
 # Checks: flags, memory and outputs, all before any rollout
 # ----------------------------------------------------------------------------------------------
 def validate(args: Args) -> None:
@@ -379,6 +534,16 @@ def validate(args: Args) -> None:
         raise ValueError(f"--source-runs must be >= 0, got {args.source_runs}")
     if args.curve_bin < 1:
         raise ValueError(f"--curve-bin must be >= 1, got {args.curve_bin}")
+    if not 0 <= args.video_env < args.num_envs:
+        raise ValueError(
+            f"--video-env must be one of the --num-envs {args.num_envs} envs, 0..{args.num_envs - 1}, "
+            f"got {args.video_env}"
+        )
+    if args.capture_video and args.steps <= VIDEO_MIN_STEPS:
+        raise ValueError(
+            f"--capture-video needs --steps > {VIDEO_MIN_STEPS} (two whole episodes and the step after), "
+            f"got {args.steps}"
+        )
 
 
 def rollout_bytes(num_envs: int, steps: int, obs_dim: int) -> tuple[int, int]:
@@ -565,6 +730,11 @@ def main(args: Args) -> list[dict]:
             import matplotlib  # noqa: F401  (fail before any work, not after the rollouts)
         except ImportError:
             raise ValueError("--plot needs matplotlib: pip install -r requirements.txt") from None
+    if args.capture_video:
+        try:
+            import PIL  # noqa: F401  (pillow comes with matplotlib)
+        except ImportError:
+            raise ValueError("--capture-video needs pillow: pip install -r requirements.txt") from None
     jobs = plan(args, device)
 
     results = []
@@ -575,7 +745,7 @@ def main(args: Args) -> list[dict]:
         size = checkpoint["data"]["size"]
         model = job["model"].to(device)
         started = time.time()
-        episodes = rollout(
+        rolled = rollout(
             model,
             tasks,
             args.steps,
@@ -586,8 +756,13 @@ def main(args: Args) -> list[dict]:
             full_recompute=args.full_recompute,
             progress=args.progress,
             desc=job["name"],
-        )["episodes"]
+        )
         seconds = time.time() - started
+        episodes = rolled["episodes"]
+        cells = None  # the video's env: where each of its steps led, taken before the tokens are let go
+        if args.capture_video:
+            cells = arrival_cells(rolled["tokens"]["prev_arrivals"][args.video_env], size)  # (steps - 1, 2)
+        del rolled  # the next checkpoint's rollout must not find this one's tokens still held
         key = (size, tasks.tobytes())
         if key not in random_cache:
             random_cache[key] = random_rollout(tasks, args.steps, size, args.seed)
@@ -609,6 +784,12 @@ def main(args: Args) -> list[dict]:
             f"({BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the tasks)"
         )
         print(format_table(table))
+        if args.capture_video:
+            title = f"{job['name']}, {args.split} env {args.video_env}"
+            frames, durations = video_frames(title, size, tasks[args.video_env], cells, episodes, args.video_env)
+            gif = os.path.splitext(job["out"])[0] + f"__video_env{args.video_env}.gif"
+            write_video(gif, frames, durations)
+            print(f"video: {gif}")
         results.append(
             {
                 "episodes": episodes,

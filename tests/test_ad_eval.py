@@ -427,6 +427,77 @@ def test_tensorboard_runs_of_other_settings_are_apart(data, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
+# --capture-video: one task's first episodes beside its last, as an animated GIF
+# ----------------------------------------------------------------------------------------------
+def shows(picture, name):
+    """Whether any pixel of an RGB picture has the colour `K.RENDER_COLORS[name]`."""
+    return bool((np.asarray(picture) == K.RENDER_COLORS[name]).all(axis=-1).any())
+
+
+def test_key_and_door_are_drawn_once_found():
+    """Key (3, 0), door (1, 0): the agent walks onto the door without the key (nothing happens), to the key, then
+    back to the door, which it opens."""
+    cells = np.array([[1, 0], [2, 0], [3, 0], [2, 0], [1, 0]])
+    pictures, returns = E.episode_pictures(4, np.array([3, 0, 1, 0]), cells, scale=16)
+    assert len(pictures) == len(cells) + 1  # the start cell, then one per step
+    assert returns == [0, 0, 0, 1, 1, 2]
+    assert [shows(picture, "key") for picture in pictures] == [False, False, False, True, True, True]
+    assert [shows(picture, "door") for picture in pictures] == [False] * 5 + [True]
+    assert all(shows(picture, "agent") for picture in pictures)
+
+
+def test_capture_video(data, tmp_path, capsys):
+    """The GIF of env 2: the first 3 whole episodes beside the last 3, a frame per step and per episode start; at
+    its end each panel shows the key iff its last episode earned the key's reward, the door iff it opened it."""
+    from PIL import Image
+
+    steps = 320  # at least 6 whole episodes of 50 steps or fewer end before the last step
+    E.main(
+        eval_args([ckpt(data, "dark")], tmp_path / "eval", steps=steps, source_runs=0, capture_video=True, video_env=2)
+    )
+    stem = tmp_path / "eval" / f"ad__nx1-light__dark__ctx16__1__test3_steps{steps}_seed1"
+    gif = f"{stem}__video_env2.gif"
+    assert f"video: {gif}" in capsys.readouterr().out
+    with np.load(f"{stem}.npz") as f:
+        mine = (f["episode_env"] == 2) & (f["episode_end_step"] < steps)  # the last step's arrival is unrecorded
+        ends = f["episode_end_step"][mine]
+        returns = f["episode_return"][mine]
+    assert len(ends) >= 6
+    frames_per_episode = np.diff(ends, prepend=0) + 1
+    expected = max(frames_per_episode[:3].sum(), frames_per_episode[-3:].sum())
+    with Image.open(gif) as video:
+        assert video.format == "GIF" and video.n_frames == expected and video.info["loop"] == 0
+        first = np.asarray(video.convert("RGB"))
+        durations = []
+        for index in range(video.n_frames):
+            video.seek(index)
+            durations.append(video.info["duration"])
+        last = np.asarray(video.convert("RGB"))
+    # a frame where an episode ends in either panel pauses; the last frame is held before the GIF loops
+    episode_ends = {*(np.cumsum(frames_per_episode[:3]) - 1), *(np.cumsum(frames_per_episode[-3:]) - 1)}
+    for index, duration in enumerate(durations[:-1]):
+        assert duration == (E.VIDEO_END_MS if index in episode_ends else 1000 // E.VIDEO_FPS // 10 * 10)  # in 1/100 s
+    assert durations[-1] == E.VIDEO_HOLD_MS
+    # the first frame: both agents on their start cell, neither key nor door found yet
+    assert shows(first, "agent") and not shows(first, "key") and not shows(first, "door")
+    half = first.shape[1] // 2
+    for panel, episode_return in ((last[:, :half], returns[2]), (last[:, half:], returns[-1])):
+        assert shows(panel, "key") == (episode_return >= 1) and shows(panel, "door") == (episode_return == 2)
+
+
+def test_capture_video_bad_input(data, tmp_path):
+    path = ckpt(data, "dark")
+    for video_env in (-1, 3):  # 3 envs: 0..2
+        with pytest.raises(
+            ValueError, match=f"--video-env must be one of the --num-envs 3 envs, 0..2, got {video_env}"
+        ):
+            E.main(eval_args([path], tmp_path / "eval", capture_video=True, video_env=video_env))
+    with pytest.raises(ValueError, match="--capture-video needs --steps > 100"):
+        E.main(eval_args([path], tmp_path / "eval", capture_video=True, steps=100))
+    assert not (tmp_path / "eval").exists()
+
+
+# ----------------------------------------------------------------------------------------------
 # Bad input: one clear error before any work
 # ----------------------------------------------------------------------------------------------
 def test_bad_input(data, tmp_path):
