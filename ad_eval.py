@@ -334,6 +334,13 @@ def format_table(rows: list[dict]) -> str:
 
 def binned_curve(episodes: dict, num_envs: int, steps: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Per bin of `width` env steps: mean over envs of each env's mean episode return in the bin."""
+    (bin_ends, per_env) = binned_returns(episodes, num_envs, steps, width)
+    return bin_ends, np.nanmean(per_env, axis=1)
+
+
+def binned_returns(episodes: dict, num_envs: int, steps: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bin ends, per-env returns (bins, num_envs)): each env's mean episode return in each bin of `width` env steps
+    (NaN where the env ended no episode in the bin); bins where no env ended an episode are left out."""
     bins = (episodes["end_step"] - 1) // width  # episode ending at step s lies in bin (s - 1) // width
     num_bins = -(-steps // width)
     sums = np.zeros((num_bins, num_envs))
@@ -344,33 +351,57 @@ def binned_curve(episodes: dict, num_envs: int, steps: int, width: int) -> tuple
         per_env = sums / counts  # NaN where an env ended no episode in the bin
     keep = counts.any(axis=1)
     bin_ends = np.minimum((np.arange(num_bins) + 1) * width, steps)
-    return bin_ends[keep], np.nanmean(per_env[keep], axis=1)
+    return bin_ends[keep], per_env[keep]
 
 
 def plot(results: list[dict], path: str) -> None:
-    """Figure 3 of the report: episode returns over env steps for all envs, with a binned mean line."""
+    """Draw `figure(results)` into the PNG `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(results)
+    K.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+
+
+def figure(results: list[dict]):
+    """The report's Figure 3, one panel per checkpoint: the mean return over envs in bins of env steps, with its 95%
+    interval over tasks (the table's bootstrap), beside the uniform-random policy on the same tasks and the source
+    agents learning their own tasks (when their dataset is at hand), on one axis; the legend under the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.0), sharey=True, squeeze=False)
     for ax, result in zip(axes[0], results, strict=True):
-        episodes = result["episodes"]
         steps = result["steps"]
-        num_envs = result["num_envs"]
         width = max(50, steps // 35)
-        ax.scatter(episodes["end_step"], episodes["return"], s=2, alpha=0.15, color="tab:blue", label="episodes")
-        ax.plot(*binned_curve(episodes, num_envs, steps, width), color="tab:red", lw=2, label="mean over envs")
-        ax.plot(*binned_curve(result["random"], num_envs, steps, width), color="gray", lw=1, ls="--", label="random")
+        (bin_ends, per_env) = binned_returns(result["episodes"], result["num_envs"], steps, width)
+        bands = [bootstrap(row[None])["mean"] for row in per_env]  # (value, low, high) per bin
+        ax.fill_between(bin_ends, [b[1] for b in bands], [b[2] for b in bands], color="tab:red", alpha=0.2, lw=0)
+        ax.plot(bin_ends, [b[0] for b in bands], color="tab:red", lw=2, label="AD in context, 95% interval")
+        if result.get("source") is not None:
+            source = result["source"]
+            source_steps = int(source["end_step"].max())
+            curve = binned_curve(source, source["num_envs"], source_steps, width)
+            ax.plot(*curve, color="tab:green", lw=1.5, label="source agents (own tasks)")
+        random_curve = binned_curve(result["random"], result["num_envs"], steps, width)
+        ax.plot(*random_curve, color="gray", lw=1.5, ls="--", label="random policy")
         ax.set_title(result["title"], fontsize=9)
-        ax.set_xlabel("env steps")
-        ax.set_ylim(-0.1, 2.1)
-    axes[0][0].set_ylabel("episode return")
-    axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    K.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+        ax.set_xlabel("env steps on the task (no gradient step)")
+        ax.set_ylim(-0.05, 2.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("episode return (mean over tasks)")
+    (handles, labels) = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:  # a source curve may be in another panel only
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    columns = 3 if len(results) > 1 else 2  # one panel is too narrow for three labels side by side
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.11, 1, 1))  # room for the legend under the panels, off the data
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -774,10 +805,12 @@ def main(args: Args) -> list[dict]:
             summary_row(f"{job['name']} (ctx {model.config.context})", episodes, args.num_envs, args.steps),
             summary_row("random policy", random_cache[key], args.num_envs, args.steps),
         ]
+        source_curve = None  # the source agents' episodes, for the figure: "num_envs" is their number of runs
         if job["source"]:
             source = source_episodes(job["source"], args.steps)
             name = f"source agents ({checkpoint['data']['dataset']}, own tasks)"
             table.append(summary_row(name, source, len(job["source"]), args.steps))
+            source_curve = {**source, "num_envs": len(job["source"])}
         print(
             f"\n{job['path']}: {args.num_envs} {args.split} tasks x {args.steps:,} steps in {seconds:.0f} s "
             f"-> {job['out']}\nper env, then over envs: mean and IQM with 95% intervals "
@@ -796,6 +829,7 @@ def main(args: Args) -> list[dict]:
                 "random": random_cache[key],
                 "steps": args.steps,
                 "num_envs": args.num_envs,
+                "source": source_curve,
                 "row": {**table[0], "out": job["out"]},
                 "out": job["out"],
                 "title": f"{job['name']}\nctx {model.config.context}: first 500 {table[0]['first500']:.2f}, "

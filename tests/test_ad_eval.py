@@ -648,3 +648,30 @@ def test_cli_error_is_one_line(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "nope.pt" in result.stderr
+
+
+def test_figure_shows_ad_random_and_the_source_on_one_axis():
+    """--plot's panel: AD's binned mean with its interval band, the random policy and the source agents' own curve on
+    the same axis, and the legend outside the data."""
+    import matplotlib.pyplot as plt
+
+    def episodes(returns_per_env, length):
+        env = np.repeat(np.arange(len(returns_per_env)), [len(r) for r in returns_per_env])
+        end_step = np.concatenate([np.arange(1, len(r) + 1) * length for r in returns_per_env])
+        return {"env": env, "return": np.concatenate(returns_per_env).astype(np.float32), "end_step": end_step}
+
+    rising = episodes([np.linspace(0, 2, 40), np.linspace(0.5, 2, 40)], 25)  # 2 envs x 1,000 steps
+    flat = episodes([np.full(40, 0.5), np.full(40, 0.5)], 25)
+    source = {**episodes([np.linspace(0, 2, 20)] * 3, 25), "num_envs": 3}  # 3 runs x 500 steps
+    result = {"episodes": rising, "random": flat, "source": source, "steps": 1000, "num_envs": 2, "title": "t"}
+    fig = E.figure([result])
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"AD in context, 95% interval", "source agents (own tasks)", "random policy"}
+    ad = lines["AD in context, 95% interval"].get_ydata()
+    assert ad[-1] > ad[0] + 1  # the binned mean rises as the episodes do
+    assert lines["source agents (own tasks)"].get_xdata().max() == 500  # the source curve spans its own steps
+    np.testing.assert_allclose(lines["random policy"].get_ydata(), 0.5)
+    assert len(ax.collections) == 1  # AD's interval band
+    assert ax.get_legend() is None and len(fig.legends) == 1  # the legend sits under the panel, off the data
+    plt.close(fig)
