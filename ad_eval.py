@@ -103,9 +103,9 @@ def source_histories(folder: str, runs: int, size: int) -> list[dict]:
     histories = []
     for path in K.history_paths(folder)[:runs]:
         history, history_config = K.load_history(path)
-        if history_config.get("size") != size:
+        if history_config["size"] != size:  # `K.load_history` refuses a config without one
             raise ValueError(
-                f"{path} is a {history_config.get('size')}x{history_config.get('size')} run, the checkpoint "
+                f"{path} is a {history_config['size']}x{history_config['size']} run, the checkpoint "
                 f"was trained on {size}x{size}; pass --source-runs 0 or fix the dataset folder"
             )
         histories.append(history)
@@ -129,22 +129,13 @@ def source_episodes(histories: list[dict], steps: int) -> dict:
 WINDOW = 500  # env steps of the first and the last window: a rise compares windows of one width
 
 
-def window_returns(episodes: dict, num_envs: int, start: int, stop: int) -> np.ndarray:
-    """(num_envs,) each env's mean return over its episodes that ended in env steps (start, stop] (NaN where none did).
-    `K.early_return` is the window (0, 500]."""
-    inside = (episodes["end_step"] > start) & (episodes["end_step"] <= stop)
-    sums = np.bincount(episodes["env"][inside], weights=episodes["return"][inside], minlength=num_envs)
-    counts = np.bincount(episodes["env"][inside], minlength=num_envs)
-    return np.divide(sums, counts, out=np.full(num_envs, np.nan), where=counts > 0)
-
-
 def late_returns(episodes: dict, num_envs: int, steps: int, last: int) -> np.ndarray:
     """(num_envs,) each env's mean, over the `WINDOW`-step windows that tile its last `last` steps (a multiple of
     `WINDOW`), of its mean return in each. Pooling the episodes of a long window would weigh short (successful)
     episodes more than the first `WINDOW` steps do, and bias the rise upward; windows wholly before step 0 are left
     out, as are an env's windows with no episode."""
     windows = [
-        window_returns(episodes, num_envs, stop - WINDOW, stop)
+        K.window_returns(episodes, num_envs, stop - WINDOW, stop)
         for stop in range(steps - last + WINDOW, steps + 1, WINDOW)
         if stop > 0
     ]
@@ -168,11 +159,11 @@ def per_env_metrics(episodes: dict, num_envs: int, steps: int) -> dict[str, np.n
             if reached is not None:
                 solved[i] = reached
     if steps >= 2 * WINDOW:
-        last500 = window_returns(episodes, num_envs, steps - WINDOW, steps)
+        last500 = K.window_returns(episodes, num_envs, steps - WINDOW, steps)
     else:
         last500 = np.full(num_envs, np.nan)
     return {
-        "first500": window_returns(episodes, num_envs, 0, WINDOW),
+        "first500": K.window_returns(episodes, num_envs, 0, WINDOW),
         "last500": last500,
         "last5": last5,
         "steps_to_1.8": solved,
@@ -356,9 +347,9 @@ def binned_returns(episodes: dict, num_envs: int, steps: int, width: int) -> tup
 
 def plot(results: list[dict], path: str) -> None:
     """Draw `figure(results)` into the PNG `path`."""
+    fig = figure(results)  # selects matplotlib's Agg backend before pyplot is imported here
     import matplotlib.pyplot as plt
 
-    fig = figure(results)
     K.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
@@ -588,31 +579,16 @@ def rollout_bytes(num_envs: int, steps: int, obs_dim: int) -> tuple[int, int]:
     return num_envs * steps * device_per_step, num_envs * steps * host_per_step
 
 
-def host_memory() -> int | None:
-    """Bytes the host can give without swapping (Linux's MemAvailable), else its physical memory, else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_memory(args: Args, obs_dim: int, device: torch.device) -> None:
     """Refuse --steps x --num-envs whose buffers no memory here holds, in one line, instead of an allocator error."""
     (device_bytes, host_bytes) = rollout_bytes(args.num_envs, args.steps, obs_dim)
     if device.type == "cuda":
         needs = [
             (device_bytes, torch.cuda.mem_get_info(device)[0], f"free memory on {device}"),
-            (host_bytes, host_memory(), "available memory"),
+            (host_bytes, K.available_memory(), "available memory"),
         ]
     else:  # the device is the host
-        needs = [(device_bytes + host_bytes, host_memory(), "available memory")]
+        needs = [(device_bytes + host_bytes, K.available_memory(), "available memory")]
     for need, available, where in needs:
         if available is not None and need > available:
             raise ValueError(
@@ -667,7 +643,7 @@ def plan(args: Args, device: torch.device) -> list[dict]:
     memory the rollouts need, tasks, source histories, and evaluation files that never overwrite another's."""
     loaded = []
     for path in args.checkpoints:  # all of them first: a bad second checkpoint writes nothing
-        checkpoint = load_checkpoint(path, map_location=device)  # checks every part (its grid size first)
+        checkpoint = load_checkpoint(path)  # checks every part (its grid size first); the model moves at its turn
         loaded.append((path, checkpoint, model_from_checkpoint(checkpoint)))
     check_memory(args, max(checkpoint["data"]["obs_dim"] for _, checkpoint, _ in loaded), device)
     jobs = []

@@ -133,9 +133,7 @@ def load_dataset(
     for path in K.history_paths(folder):
         history, history_config = K.load_history(path)
         name = os.path.basename(path)
-        size = history_config.get("size")
-        if size is None:
-            raise ValueError(f"{path}: its config records no grid size")
+        size = history_config["size"]  # `K.load_history` refuses a config without one
         features = history["observations"].shape[1]
         if first is None:
             first = (name, features, size)

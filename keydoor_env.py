@@ -680,6 +680,23 @@ def check_writable(folder: str) -> str:
     return folder
 
 
+def available_memory() -> int | None:
+    """Bytes of host memory a process can still take without swapping: Linux's MemAvailable; where there is no
+    /proc/meminfo, the physical memory (an upper bound: what exceeds it no amount of freeing holds); else None.
+    The scripts refuse, before any work, sizes whose buffers would not fit."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def history_paths(folder: str) -> list[str]:
     """The `.npz` histories of a dataset folder, sorted; a missing or empty folder is an error."""
     if not os.path.isdir(folder):
@@ -833,13 +850,18 @@ def stream_episodes(rewards: np.ndarray, dones: np.ndarray, lengths: np.ndarray 
     return {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in episodes.items()}
 
 
+def window_returns(episodes: dict[str, np.ndarray], num_envs: int, start: int, stop: int) -> np.ndarray:
+    """(num_envs,) each env's mean return over its episodes that ended in env steps (start, stop] (NaN where none
+    did): a metric per env first, then over envs."""
+    inside = (episodes["end_step"] > start) & (episodes["end_step"] <= stop)
+    sums = np.bincount(episodes["env"][inside], weights=episodes["return"][inside], minlength=num_envs)
+    counts = np.bincount(episodes["env"][inside], minlength=num_envs)
+    return np.divide(sums, counts, out=np.full(num_envs, np.nan), where=counts > 0)
+
+
 def early_return(episodes: dict[str, np.ndarray], num_envs: int, steps: int = 500) -> np.ndarray:
     """(num_envs,) each env's mean return over its episodes that ended by step `steps` (NaN where none did)."""
-    early = episodes["end_step"] <= steps
-    sums = np.bincount(episodes["env"][early], weights=episodes["return"][early], minlength=num_envs)
-    counts = np.bincount(episodes["env"][early], minlength=num_envs)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return window_returns(episodes, num_envs, 0, steps)
 
 
 # ---------------------------------------------------------------- command-line entry shared by the scripts

@@ -658,7 +658,10 @@ def require(ok: bool, message: str) -> None:
 def validate(args: Args) -> None:
     """Every flag on its own, before any work (the eval split and envs are checked by `K.eval_tasks`).
     Comparisons with NaN are false, so `require(x > 0)` refuses nan too; `math.isfinite` refuses inf."""
-    K.validate_size(args.size)  # first: the task split below enumerates all size**4 tasks
+    try:  # first: the task split below enumerates all size**4 tasks
+        K.validate_size(args.size)
+    except ValueError as e:
+        raise ValueError(f"--size: {e}") from None
     require(args.episodes_per_trial >= 1, f"--episodes-per-trial must be >= 1, got {args.episodes_per_trial}")
     require(args.num_envs >= 1, f"--num-envs must be >= 1, got {args.num_envs}")
     require(args.iterations >= 1, f"--iterations must be >= 1, got {args.iterations}")

@@ -566,11 +566,8 @@ def window_means(rewards: torch.Tensor, dones: torch.Tensor, start: int, end: in
     the (A, T) buffers at log time. Episodes last at most EPISODE_STEPS: the slice holds them whole."""
     first = max(0, start - K.EPISODE_STEPS)
     episodes = K.stream_episodes(rewards[:, first:end].cpu().numpy(), dones[:, first:end].cpu().numpy())
-    late = episodes["end_step"] > start - first  # ended in the window; earlier ones were logged already
-    sums = np.bincount(episodes["env"][late], weights=episodes["return"][late], minlength=len(rewards))
-    counts = np.bincount(episodes["env"][late], minlength=len(rewards))
-    with np.errstate(invalid="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    # steps of the slice count from `first`; episodes that ended before `start` were logged already
+    return K.window_returns(episodes, len(rewards), start - first, end - first)
 
 
 def log_population(writer, step, means, losses, agents, sps) -> None:
@@ -609,21 +606,6 @@ def memory_needed(args: Args, num_agents: int) -> dict[str, int]:
     }
 
 
-def available_memory() -> int | None:
-    """Bytes the kernel says a process can still take without swapping (MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_memory(args: Args, num_agents: int, device: torch.device) -> None:
     """Refuse, naming the flag to lower, a group that cannot fit: on the CPU everything is in host memory; on CUDA
     the replay buffer, networks and activations are on the device and the histories on the host."""
@@ -631,9 +613,9 @@ def check_memory(args: Args, num_agents: int, device: torch.device) -> None:
     if device.type == "cuda":
         free_on_device = torch.cuda.mem_get_info(device)[0]
         refuse_if_larger(args, num_agents, parts, ("replay", "networks", "update"), free_on_device, f"{device} memory")
-        refuse_if_larger(args, num_agents, parts, ("histories",), available_memory(), "memory")
+        refuse_if_larger(args, num_agents, parts, ("histories",), K.available_memory(), "memory")
     else:
-        refuse_if_larger(args, num_agents, parts, tuple(parts), available_memory(), "memory")
+        refuse_if_larger(args, num_agents, parts, tuple(parts), K.available_memory(), "memory")
 
 
 def refuse_if_larger(
@@ -695,17 +677,6 @@ def shard_groups(args: Args) -> list[range]:
         first = group * args.group_size
         groups.append(range(first, min(first + args.group_size, args.num_runs)))
     return groups
-
-
-def shard_run_count(args: Args) -> int:
-    """How many runs this shard owns, counted without listing them (a huge --num-runs is refused first)."""
-    num_groups = math.ceil(args.num_runs / args.group_size)
-    owned = len(range(args.shard_index, num_groups, args.num_shards))
-    count = owned * args.group_size
-    last = num_groups - 1
-    if owned and (last - args.shard_index) % args.num_shards == 0:  # the last, short group is this shard's
-        count -= num_groups * args.group_size - args.num_runs
-    return count
 
 
 def shard_runs_written(args: Args, folder: str) -> list[int]:
@@ -808,8 +779,10 @@ def main(args: Args) -> dict:
     folder = os.path.join(args.data_dir, f"{args.style}-{'light' if args.light else 'dark'}")
 
     # 2. sizes no machine holds, before anything is read or written: a group in memory, the shard on the disk
+    groups = shard_groups(args)  # at most MAX_RUNS runs (`resolve`)
+    written = set(shard_runs_written(args, folder))
     check_memory(args, min(args.group_size, args.num_runs), device)
-    check_disk(args, folder, shard_run_count(args) - len(shard_runs_written(args, folder)))
+    check_disk(args, folder, sum(map(len, groups)) - len(written))
 
     # 3. before any work: every file of the folder readable and of these data settings, the folder
     #    writable, temp files that killed writers left there removed
@@ -820,8 +793,6 @@ def main(args: Args) -> dict:
     removed = K.remove_stale_parts(folder)
 
     # 4. the groups this shard still owes
-    groups = shard_groups(args)
-    written = set(shard_runs_written(args, folder))
     todo = [group for group in groups if not written.issuperset(group)]
     if todo:
         K.check_writable("runs")  # TensorBoard's folder

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keydoor_env as K  # noqa: E402
@@ -79,4 +78,4 @@ def main(args: Args) -> float:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    K.run_cli(main, Args)

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keydoor_env as K  # noqa: E402
 import sac_collect as S  # noqa: E402
 
 
@@ -106,4 +106,4 @@ def main(args: Args) -> float:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    K.run_cli(main, Args)

@@ -53,7 +53,6 @@ from ad_eval import (  # the protocol's metrics and intervals
     late_returns,
     source_episodes,
     source_histories,
-    window_returns,
 )
 
 EVAL_ARRAYS = (
@@ -152,7 +151,7 @@ def check_final_steps(final_steps: int) -> None:
 # ----------------------------------------------------------------------------------------------
 def early_returns(run: dict) -> np.ndarray:
     """Per env, the mean return of the episodes that ended in the first `WINDOW` env steps (NaN if none)."""
-    return window_returns(run["episodes"], run["num_envs"], 0, WINDOW)
+    return K.early_return(run["episodes"], run["num_envs"], WINDOW)
 
 
 def final_returns(run: dict, last: int) -> np.ndarray:

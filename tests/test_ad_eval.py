@@ -220,8 +220,8 @@ def test_windows_are_per_env_and_of_equal_width():
         "return": np.array([2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 1.0, 1.0]),
         "end_step": np.array([400, 600, 1600, 1700, 1800, 1900, 2000, 300, 1000, 1900]),
     }
-    np.testing.assert_array_equal(E.window_returns(episodes, 3, 0, 500), [2.0, 0.0, np.nan])
-    np.testing.assert_array_equal(E.window_returns(episodes, 3, 0, 500), K.early_return(episodes, 3))
+    np.testing.assert_array_equal(K.window_returns(episodes, 3, 0, 500), [2.0, 0.0, np.nan])
+    np.testing.assert_array_equal(K.window_returns(episodes, 3, 1500, 2000), [2.0, 1.0, np.nan])
     np.testing.assert_array_equal(E.per_env_metrics(episodes, 3, 2000)["last500"], [2.0, 1.0, np.nan])
     # the last 1,500 steps as three 500-step windows: env 0 (500, 1000] 2, (1000, 1500] none, (1500, 2000] 2;
     # env 1 (500, 1000] 1, (1000, 1500] none, (1500, 2000] 1
@@ -500,7 +500,7 @@ def test_capture_video_bad_input(data, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Bad input: one clear error before any work
 # ----------------------------------------------------------------------------------------------
-def test_bad_input(data, tmp_path):
+def test_bad_input(data, tmp_path, corrupt_deflate_stream):
     with pytest.raises(FileNotFoundError):
         E.main(eval_args([tmp_path / "missing.pt"], tmp_path / "eval"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
@@ -525,6 +525,11 @@ def test_bad_input(data, tmp_path):
     with pytest.raises(ValueError, match="run_00000.npz: not a readable"):
         E.main(eval_args([path], None))
     assert not (data / "eval").exists()
+    source.write_bytes(good)
+    corrupt_deflate_stream(source)  # a damaged compressed stream, read at load
+    with pytest.raises(ValueError, match=r"run_00000\.npz: not a readable .*zlib\.error") as error:
+        E.main(eval_args([path], None))
+    assert "\n" not in str(error.value) and not (data / "eval").exists()
     # a source run of another grid than the checkpoint's is refused before any rollout
     history = {
         "observations": np.zeros((60, 4), np.float32),
@@ -605,11 +610,11 @@ def test_sizes_no_memory_holds_are_refused_before_any_work(data, tmp_path, monke
     need = sum(E.rollout_bytes(3, 120, K.DARK_OBS_DIM))
     assert sum(E.rollout_bytes(6, 120, K.DARK_OBS_DIM)) == sum(E.rollout_bytes(3, 240, K.DARK_OBS_DIM)) == 2 * need
     assert sum(E.rollout_bytes(3, 120, K.LIGHT_OBS_DIM)) > need
-    monkeypatch.setattr(E, "host_memory", lambda: need - 1)
+    monkeypatch.setattr(K, "available_memory", lambda: need - 1)
     with pytest.raises(ValueError, match="lower --steps or --num-envs"):
         E.main(eval_args([path], tmp_path / "eval"))
     assert not (tmp_path / "eval").exists()
-    monkeypatch.setattr(E, "host_memory", lambda: need)
+    monkeypatch.setattr(K, "available_memory", lambda: need)
     E.main(eval_args([path], tmp_path / "eval", source_runs=0))
     # on a GPU the tokens must fit its free memory, the rest the host's
     (device_bytes, host_bytes) = E.rollout_bytes(3, 120, K.DARK_OBS_DIM)
@@ -617,7 +622,7 @@ def test_sizes_no_memory_holds_are_refused_before_any_work(data, tmp_path, monke
     with pytest.raises(ValueError, match="free memory on cuda"):
         E.check_memory(eval_args([path], None), K.DARK_OBS_DIM, torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (device_bytes, 10**12))
-    monkeypatch.setattr(E, "host_memory", lambda: host_bytes)
+    monkeypatch.setattr(K, "available_memory", lambda: host_bytes)
     E.check_memory(eval_args([path], None), K.DARK_OBS_DIM, torch.device("cuda"))
 
 

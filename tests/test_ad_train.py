@@ -698,10 +698,12 @@ def test_an_rl2_checkpoint_is_named_as_one(tmp_path, monkeypatch):
     [
         ("lr", math.inf, "--lr must be a finite number > 0, got inf"),
         ("lr", 0.0, "--lr must be a finite number > 0, got 0.0"),
+        ("lr", math.nan, "--lr must be a finite number > 0, got nan"),
         ("max_grad_norm", math.nan, "--max-grad-norm must be a finite number > 0, got nan"),
         ("max_grad_norm", -1.0, "--max-grad-norm must be a finite number > 0, got -1.0"),
         ("weight_decay", -0.1, "--weight-decay must be a finite number >= 0, got -0.1"),
         ("weight_decay", math.inf, "--weight-decay must be a finite number >= 0, got inf"),
+        ("weight_decay", math.nan, "--weight-decay must be a finite number >= 0, got nan"),  # issue 23, item 3
         ("dropout", 1.0, "--dropout must be a finite number in [0, 1), got 1.0"),
         ("dropout", math.nan, "--dropout must be a finite number in [0, 1), got nan"),
         ("val_fraction", math.nan, "--val-fraction must be a finite number in [0, 1), got nan"),
@@ -729,7 +731,7 @@ def test_the_batch_is_shared_equally_by_the_processes():
         A.validate(A.Args(batch_size=10), world_size=4)
 
 
-def test_bad_input(sac_data, tmp_path):
+def test_bad_input(sac_data, tmp_path, corrupt_deflate_stream):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         A.main(tiny_args(tmp_path / "nothing"))
     (tmp_path / "empty" / "nx1-light").mkdir(parents=True)
@@ -751,6 +753,11 @@ def test_bad_input(sac_data, tmp_path):
     (corrupt / "run_00001.npz").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="run_00001.npz: not a readable"):
         A.main(tiny_args(tmp_path / "corrupt"))
+    shutil.copy(sac_data / "nx1-light" / "run_00001.npz", corrupt / "run_00001.npz")
+    corrupt_deflate_stream(corrupt / "run_00001.npz")  # a damaged compressed stream, read at load
+    with pytest.raises(ValueError, match=r"run_00001\.npz: not a readable .*zlib\.error") as error:
+        A.main(tiny_args(tmp_path / "corrupt"))
+    assert "\n" not in str(error.value) and not (tmp_path / "corrupt" / "checkpoints").exists()
     dark = tmp_path / "dark" / "nx1-light"
     dark.mkdir(parents=True)
     K.save_history(str(dark / "run_00000.npz"), history, config)

@@ -127,7 +127,8 @@ def test_fixed_mode_keeps_task_and_resample_mode_draws():
 
 
 def test_reset_is_seeded():
-    a, b = K.KeyDoorEnv(resample=True), K.KeyDoorEnv(resample=True)
+    a = K.KeyDoorEnv(resample=True)
+    b = K.KeyDoorEnv(resample=True)
     a.reset(seed=7)
     b.reset(seed=7)
     for _ in range(5):
@@ -258,7 +259,9 @@ def test_eval_tasks():
 @pytest.mark.parametrize("light", [False, True])
 def test_vector_env_matches_single_envs(light):
     """Step for step on random actions, across autoresets, in fixed and resample modes."""
-    n, size, seed = 8, 4, 11
+    n = 8
+    size = 4
+    seed = 11
     resample = np.array([i % 2 == 0 for i in range(n)])  # the others keep the task drawn at the first reset
     venv = K.KeyDoorVectorEnv(n, size=size, light=light, resample=resample)
     singles = [K.KeyDoorEnv(size=size, light=light, resample=bool(resample[i])) for i in range(n)]
@@ -607,6 +610,23 @@ def test_format_bytes():
     assert K.format_bytes(999_999) == "1.0 MB" and K.format_bytes(5 * 10**15) == "5.0 PB"
     assert K.format_bytes(5 * 10**18) == "5000.0 PB"
     assert K.format_bytes(None) == "an unknown amount"
+
+
+def test_available_memory_is_at_most_the_physical_memory(monkeypatch):
+    """What ad_eval.py and sac_collect.py size their buffers against: MemAvailable, or where the host has no
+    /proc/meminfo, its physical memory."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    available = K.available_memory()
+    assert isinstance(available, int) and 0 < available <= physical
+    real_open = open
+
+    def open_without_meminfo(path, *args, **kwargs):
+        if path == "/proc/meminfo":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", open_without_meminfo)
+    assert K.available_memory() == physical
 
 
 def member_data_offset(path, member):

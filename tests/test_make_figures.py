@@ -113,7 +113,8 @@ def write_sources(folder, runs):
         truncations = np.zeros(steps, dtype=bool)
         truncations[99::100] = True
         for end in range(199, steps, 200):  # key then door in episodes 2, 4, ...
-            rewards[end - 10], rewards[end] = 1, 1
+            rewards[end - 10] = 1
+            rewards[end] = 1
         history = {
             "observations": np.zeros((steps, 4), np.float32),
             "actions": np.zeros(steps, np.int64),

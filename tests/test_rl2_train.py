@@ -428,7 +428,10 @@ def test_a_grid_too_large_is_refused_before_any_work(tmp_path, monkeypatch):
         raise AssertionError("the task split was built for a refused size")
 
     monkeypatch.setattr(K, "all_tasks", no_tasks)  # size 100 would enumerate 100**4 tasks
-    for size, message in [(100, f"grid size 100 is larger than {K.MAX_SIZE}"), (2, "grid size must be")]:
+    for size, message in [
+        (100, f"--size: grid size 100 is larger than {K.MAX_SIZE}"),
+        (2, "--size: grid size must be"),
+    ]:
         with pytest.raises(ValueError, match=message):
             R.main(tiny(tmp_path, size=size))
     assert os.listdir(tmp_path) == []  # no folder, no TensorBoard run
@@ -644,5 +647,5 @@ def test_cli_error_is_one_line_in_a_subprocess(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-    assert "grid size 100 is larger than 32" in result.stderr
+    assert "--size: grid size 100 is larger than 32" in result.stderr
     assert os.listdir(tmp_path) == []

@@ -129,7 +129,8 @@ def test_codec_round_trip():
     obs, _ = env.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(120):
-        states, tasks = codec.encode_states(torch.as_tensor(obs)), codec.encode_tasks(env.tasks)
+        states = codec.encode_states(torch.as_tensor(obs))
+        tasks = codec.encode_tasks(env.tasks)
         decoded = codec.observations(states, torch.as_tensor(tasks)).numpy()
         np.testing.assert_array_equal(decoded, obs)
         np.testing.assert_array_equal(codec.task_cells[tasks], env.tasks)
@@ -153,7 +154,9 @@ def population_state(pop):
 
 def test_agents_are_independent():
     """Perturbing agent 0's data and weights leaves every other agent's updates bit-identical."""
-    A, B, D = 4, 32, 8
+    A = 4  # agents
+    B = 32  # batch
+    D = 8  # observation features
     args = S.resolve(S.Args(hidden=16, batch_size=B))
 
     def train(perturb: bool):
@@ -189,7 +192,8 @@ def test_agents_are_independent():
 
 def test_population_of_one_matches_agent_in_population():
     """An agent's update does not depend on which population it sits in."""
-    B, D = 16, 4
+    B = 16  # batch
+    D = 4  # observation features
     args = S.resolve(S.Args(hidden=8, batch_size=B))
     pop = S.Population(3, D, args, torch.Generator().manual_seed(0), torch.device("cpu"))
     alone = S.Population(1, D, args, torch.Generator().manual_seed(1), torch.device("cpu"))
@@ -398,22 +402,7 @@ def random_history(steps, size=4):
     return {key: np.array(values) for key, values in history.items()}
 
 
-def corrupt_deflate_stream(path, member="observations.npy"):
-    """Flip the first bytes of one member's compressed data: reading it raises zlib.error (issue 23, item 1)."""
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:
-        offset = archive.getinfo(member).header_offset
-    data = bytearray(path.read_bytes())
-    name_length = int.from_bytes(data[offset + 26 : offset + 28], "little")  # the local header's own lengths
-    extra_length = int.from_bytes(data[offset + 28 : offset + 30], "little")
-    start = offset + 30 + name_length + extra_length
-    for i in range(start, start + 6):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def test_a_corrupted_deflate_stream_is_refused_before_any_work(tmp_path, monkeypatch):
+def test_a_corrupted_deflate_stream_is_refused_before_any_work(tmp_path, monkeypatch, corrupt_deflate_stream):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "data" / "nx1-light"
     args = tiny(tmp_path, num_runs=1, steps=120)
@@ -427,7 +416,7 @@ def test_a_corrupted_deflate_stream_is_refused_before_any_work(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_corrupt_file_is_one_line_on_the_command_line(tmp_path):
+def test_corrupt_file_is_one_line_on_the_command_line(tmp_path, corrupt_deflate_stream):
     folder = tmp_path / "data" / "nx1-light"
     K.save_history(str(folder / "run_00000.npz"), random_history(200), {"size": 4})
     corrupt_deflate_stream(folder / "run_00000.npz")
@@ -524,7 +513,9 @@ def test_window_means_match_a_loop_over_episodes():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_graphed_update_matches_eager_on_cuda():
-    A, B, D = 8, 32, 8
+    A = 8  # agents
+    B = 32  # batch
+    D = 8  # observation features
     args = S.resolve(S.Args(hidden=16, batch_size=B))
     device = torch.device("cuda")
     eager = S.Population(A, D, args, torch.Generator().manual_seed(0), device)
@@ -685,11 +676,11 @@ def test_a_group_larger_than_the_free_memory_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = tiny(tmp_path, num_runs=2, steps=2000)
     needed = sum(S.memory_needed(S.resolve(tiny(tmp_path, num_runs=2, steps=2000)), 2).values())
-    monkeypatch.setattr(S, "available_memory", lambda: needed - 1)
+    monkeypatch.setattr(K, "available_memory", lambda: needed - 1)
     with pytest.raises(ValueError, match=r"--steps 2,000: a group of 2 runs .* of memory \(most for its histories\)"):
         S.main(args)
     assert os.listdir(tmp_path) == []
-    monkeypatch.setattr(S, "available_memory", lambda: None)  # unknown: no refusal
+    monkeypatch.setattr(K, "available_memory", lambda: None)  # unknown: no refusal
     S.check_memory(S.resolve(tiny(tmp_path, num_runs=2, steps=2000)), 2, torch.device("cpu"))
 
 
@@ -718,7 +709,7 @@ def test_a_shard_larger_than_the_free_disk_is_refused(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_shard_run_count_counts_the_shard_groups():
+def test_shard_groups_are_disjoint_and_cover_every_run():
     for num_runs in (1, 5, 7, 8, 9):
         for group_size in (1, 2, 3, 8):
             for num_shards in (1, 2, 3, 5):
@@ -726,9 +717,7 @@ def test_shard_run_count_counts_the_shard_groups():
                 for shard_index in range(num_shards):
                     args = S.Args(num_runs=num_runs, group_size=group_size, num_shards=num_shards)
                     args.shard_index = shard_index
-                    groups = S.shard_groups(args)
-                    assert S.shard_run_count(args) == sum(len(group) for group in groups)
-                    every += [run for group in groups for run in group]
+                    every += [run for group in S.shard_groups(args) for run in group]
                 assert sorted(every) == list(range(num_runs))  # disjoint and covering
 
 

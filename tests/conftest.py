@@ -1,0 +1,25 @@
+"""Fixtures shared by the test files."""
+
+import zipfile
+
+import pytest
+
+
+def flip_deflate_bytes(path, member="observations.npy"):
+    """Flip the first bytes of one member's compressed data in the `.npz` at `path`: reading that member raises
+    zlib.error (issue 23, item 1: a traceback before)."""
+    with zipfile.ZipFile(path) as archive:
+        offset = archive.getinfo(member).header_offset
+    data = bytearray(path.read_bytes())
+    name_length = int.from_bytes(data[offset + 26 : offset + 28], "little")  # the local header's own lengths
+    extra_length = int.from_bytes(data[offset + 28 : offset + 30], "little")
+    start = offset + 30 + name_length + extra_length
+    for i in range(start, start + 6):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def corrupt_deflate_stream():
+    """`flip_deflate_bytes`: a learning history whose compressed stream is corrupted, as a test makes one."""
+    return flip_deflate_bytes
