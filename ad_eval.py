@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -57,8 +58,13 @@ class Args:
     """seed of the test-task choice and of action sampling: the same seed gives the same returns"""
     greedy: bool = False
     """take the argmax action instead of sampling"""
+    temperature: float = 1.0
+    """sample from softmax(logits / temperature): 1 is the model's distribution, below 1 sharper (toward --greedy)"""
     full_recompute: bool = False
     """recompute every window from scratch (the reference path) instead of the KV cache"""
+    window_keep: int = 0
+    """tokens a full window keeps when the next step restarts it (0: half the context; the context: a window that
+    slides a step at a time, recomputed every step, about context/2 times slower)"""
     out_dir: str | None = None
     """where the evaluation files (and the PNG) go; None: <data dir>/eval for <data dir>/checkpoints/*.pt, else
     eval/ beside the checkpoint"""
@@ -556,6 +562,12 @@ def validate(args: Args) -> None:
         raise ValueError(f"--source-runs must be >= 0, got {args.source_runs}")
     if args.curve_bin < 1:
         raise ValueError(f"--curve-bin must be >= 1, got {args.curve_bin}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ValueError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if args.greedy and args.temperature != 1.0:
+        raise ValueError("--temperature has no effect with --greedy (argmax at every temperature): pass one of them")
+    if args.window_keep < 0:
+        raise ValueError(f"--window-keep must be >= 0 (0: half the context), got {args.window_keep}")
     if not 0 <= args.video_env < args.num_envs:
         raise ValueError(
             f"--video-env must be one of the --num-envs {args.num_envs} envs, 0..{args.num_envs - 1}, "
@@ -600,7 +612,9 @@ def check_memory(args: Args, obs_dim: int, device: torch.device) -> None:
 def run_suffix(args: Args) -> str:
     """What tells apart evaluations of one checkpoint, in the evaluation file's name and TensorBoard's run name."""
     greedy = "_greedy" if args.greedy else ""
-    return f"{args.split}{args.num_envs}_steps{args.steps}_seed{args.seed}{greedy}"
+    temperature = f"_temp{args.temperature:g}" if args.temperature != 1.0 else ""
+    keep = f"_keep{args.window_keep}" if args.window_keep else ""
+    return f"{args.split}{args.num_envs}_steps{args.steps}_seed{args.seed}{greedy}{temperature}{keep}"
 
 
 def default_out_dir(path: str) -> tuple[str, str | None]:
@@ -644,6 +658,9 @@ def plan(args: Args, device: torch.device) -> list[dict]:
     loaded = []
     for path in args.checkpoints:  # all of them first: a bad second checkpoint writes nothing
         checkpoint = load_checkpoint(path)  # checks every part (its grid size first); the model moves at its turn
+        context = checkpoint["model_config"]["context"]
+        if args.window_keep > context:
+            raise ValueError(f"--window-keep {args.window_keep} is more than the context {context} of {path}")
         loaded.append((path, checkpoint, model_from_checkpoint(checkpoint)))
     check_memory(args, max(checkpoint["data"]["obs_dim"] for _, checkpoint, _ in loaded), device)
     jobs = []
@@ -698,11 +715,13 @@ def eval_meta(args: Args, job: dict, model: torch.nn.Module, seconds: float, dev
         "steps": args.steps,
         "seed": args.seed,
         "greedy": args.greedy,
+        "temperature": args.temperature,
         "size": checkpoint["data"]["size"],
         "obs": "light" if checkpoint["data"]["obs_dim"] == K.LIGHT_OBS_DIM else "dark",
         "context": model.config.context,
         "arrival": model.config.arrival,
         "full_recompute": args.full_recompute,
+        "window_keep": args.window_keep,
         "seconds": seconds,
         "device": str(device),
     }
@@ -760,7 +779,9 @@ def main(args: Args) -> list[dict]:
             args.seed,
             device,
             greedy=args.greedy,
+            temperature=args.temperature,
             full_recompute=args.full_recompute,
+            window_keep=args.window_keep,
             progress=args.progress,
             desc=job["name"],
         )

@@ -409,11 +409,15 @@ class DecisionModel(nn.Module):
 
 
 # --- In-context rollout: the model acts on new tasks from its own history, with no gradient step
-def window_starts(steps: int, context: int) -> np.ndarray:
+def window_starts(steps: int, context: int, keep: int = 0) -> np.ndarray:
     """Start of the window the prediction at step t is made on, int64 (steps,). Position embeddings are learned, so
     a window cannot slide by one token on a KV cache: it grows to `context` tokens, then the next token starts a new
-    window of the last context//2 tokens, refilled at positions 0..: about two token computations a step."""
-    keep = max(1, context // 2)
+    window of the last `keep` tokens (the new one last), refilled at positions 0... keep = 0 means context // 2: about
+    two token computations a step. A larger `keep` forgets less at a restart and restarts more often: keep = context
+    slides the window one step at a time, every step a whole window recomputed."""
+    if keep == 0:
+        keep = max(1, context // 2)
+    assert 1 <= keep <= context, f"a window of {context} tokens cannot keep {keep} at a restart"
     starts = np.zeros(steps, dtype=np.int64)
     start = 0
     for t in range(steps):
@@ -441,13 +445,17 @@ def rollout(
     device: torch.device,
     *,
     greedy: bool = False,
+    temperature: float = 1.0,
     full_recompute: bool = False,
+    window_keep: int = 0,
     progress: bool = False,
     desc: str = "",
 ) -> dict:
     """Run `model` in context on `tasks` (N, 4) for `steps` env steps each, the same task after every reset, in one
-    batch on `device` (the env too: no host round trip per step), sampling with a generator seeded by `seed`.
-    `full_recompute` is the KV cache's reference. Returns "episodes" (env, return, end_step) and the "tokens" fed."""
+    batch on `device` (the env too: no host round trip per step), sampling with a generator seeded by `seed` from
+    softmax(logits / `temperature`) (1: the model's own distribution; `greedy`: its argmax).
+    `full_recompute` is the KV cache's reference; `window_keep` the tokens a full window keeps (`window_starts`).
+    Returns "episodes" (env, return, end_step) and the "tokens" fed."""
     was_training = model.training
     config = model.config
     N = len(tasks)
@@ -469,7 +477,7 @@ def rollout(
     tokens["prev_dones"][:, 0] = FIRST_PREV_DONE
     rewards = zeros()
     dones = zeros(dtype=torch.bool)
-    starts = window_starts(steps, config.context)
+    starts = window_starts(steps, config.context, window_keep)
     positions = torch.arange(config.context, device=device)
 
     def window(lo: int, hi: int) -> dict:
@@ -490,7 +498,7 @@ def rollout(
         if greedy:
             actions = logits.argmax(-1)
         else:
-            actions = sample_actions(logits.softmax(-1), generator)
+            actions = sample_actions((logits / temperature).softmax(-1), generator)
         observations, step_rewards, terminations, truncations, final = env.step(actions)
         rewards[:, t] = step_rewards
         dones[:, t] = terminations | truncations

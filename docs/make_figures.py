@@ -121,6 +121,7 @@ def load_eval(path: str) -> dict:
         label = f"{meta['exp_name']} on {meta['dataset']}, {meta['obs']} obs, ctx {meta['context']}"
     else:
         label = f"{name}, ctx {meta['context']}"
+    label += evaluation_setting(meta)
     random = {
         "name": "random policy",
         "label": "random policy",
@@ -167,9 +168,24 @@ def model_arrival(meta: dict) -> bool:
     return bool(meta.get("model_config", {}).get("arrival"))
 
 
+def evaluation_setting(meta: dict) -> str:
+    """How an evaluation differs from the default (actions sampled at temperature 1, a window that keeps half the
+    context at a restart), as a label's suffix: the same checkpoint evaluated two ways is two rows, never one model's
+    seeds."""
+    setting = ""
+    if meta.get("greedy"):
+        setting += ", greedy"
+    if meta.get("temperature", 1.0) != 1.0:
+        setting += f", temperature {meta['temperature']:g}"
+    if meta.get("window_keep"):
+        setting += f", window keeps {meta['window_keep']}"
+    return setting
+
+
 def group_by_model(runs: list[dict]) -> list[tuple[str, list[dict]]]:
-    """(label, runs) per model, in a fixed order: a model is all its settings but the training seed. Within a model
-    the runs keep the order given (seed i of one model is paired with seed i of another)."""
+    """(label, runs) per model, in a fixed order: a model is all its settings but the training seed (evaluation
+    settings included). Within a model the runs keep the order given (seed i of one model is paired with seed i of
+    another)."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         meta = run["meta"]
@@ -180,6 +196,7 @@ def group_by_model(runs: list[dict]) -> list[tuple[str, list[dict]]]:
             meta["obs"],
             model_arrival(meta),
             meta.get("context", 0),
+            evaluation_setting(meta),
         )
         groups.setdefault(key, []).append(run)
     return [(members[0]["label"], members) for _, members in sorted(groups.items())]

@@ -129,6 +129,46 @@ def test_window_starts():
     assert lengths.min() >= 1 and lengths.max() == 10 and (lengths[10:] >= 5).all()
 
 
+def test_window_starts_keep():
+    """A larger keep restarts more often and never holds fewer tokens; keep = context slides a step at a time."""
+    for keep in (1, 3, 9, 10):
+        starts = A.window_starts(40, 10, keep)
+        lengths = np.arange(40) - starts + 1
+        assert starts[:10].tolist() == [0] * 10
+        assert lengths.max() == 10 and (lengths[10:] >= keep).all()
+        assert starts[10] == 11 - keep
+    np.testing.assert_array_equal(A.window_starts(40, 10, 0), A.window_starts(40, 10, 5))  # 0: half the context
+    np.testing.assert_array_equal(A.window_starts(40, 10, 10)[9:], np.arange(31))  # sliding: the last 10 tokens
+
+
+def test_evaluations_that_differ_write_different_files():
+    """Greedy actions and a window keep are in the evaluation file's name: they never overwrite the default's."""
+    names = {
+        E.run_suffix(eval_args(["a.pt"], None)),
+        E.run_suffix(eval_args(["a.pt"], None, greedy=True)),
+        E.run_suffix(eval_args(["a.pt"], None, window_keep=9)),
+        E.run_suffix(eval_args(["a.pt"], None, greedy=True, window_keep=9)),
+        E.run_suffix(eval_args(["a.pt"], None, temperature=0.5)),
+    }
+    assert len(names) == 5
+    assert E.run_suffix(eval_args(["a.pt"], None, temperature=0.5)) == "test3_steps120_seed1_temp0.5"
+    assert E.run_suffix(eval_args(["a.pt"], None, window_keep=9)) == "test3_steps120_seed1_keep9"
+
+
+@pytest.mark.parametrize("keep", [0, 9, 12])
+def test_kv_cache_rollout_equals_full_recompute_for_any_keep(keep):
+    """The cache follows `window_keep`'s windows: whatever a restart keeps, cached and recomputed rollouts agree."""
+    torch.manual_seed(0)
+    model = A.DecisionModel(
+        A.ModelConfig(obs_dim=4, context=12, n_layer=2, n_head=2, n_embd=16, d_ff=32, dropout=0.0, arrival=False)
+    ).eval()
+    tasks = K.task_split(5, "test")[:3]
+    fast = A.rollout(model, tasks, 80, 5, 3, torch.device("cpu"), window_keep=keep)
+    slow = A.rollout(model, tasks, 80, 5, 3, torch.device("cpu"), window_keep=keep, full_recompute=True)
+    for key in ("env", "return", "end_step"):
+        np.testing.assert_array_equal(fast["episodes"][key], slow["episodes"][key])
+
+
 @pytest.mark.parametrize("arrival", [False, True])
 def test_kv_cache_rollout_equals_full_recompute(arrival):
     """The fast path (KV cache, refilled at every new window) and the reference (every window recomputed)
@@ -146,6 +186,23 @@ def test_kv_cache_rollout_equals_full_recompute(arrival):
         for key in fast["tokens"]:
             torch.testing.assert_close(fast["tokens"][key], slow["tokens"][key], rtol=0, atol=0)
     assert not model.training
+
+
+def test_temperature_sharpens_sampling_toward_greedy():
+    """Temperature 1 is the default sampling bit for bit; a tiny temperature takes the argmax's actions."""
+    torch.manual_seed(0)
+    model = A.DecisionModel(
+        A.ModelConfig(obs_dim=4, context=12, n_layer=1, n_head=2, n_embd=16, d_ff=16, dropout=0.0, arrival=False)
+    ).eval()
+    tasks = K.task_split(5, "test")[:3]
+    cpu = torch.device("cpu")
+    default = A.rollout(model, tasks, 150, 5, 3, cpu)["tokens"]["prev_actions"]
+    one = A.rollout(model, tasks, 150, 5, 3, cpu, temperature=1.0)["tokens"]["prev_actions"]
+    cold = A.rollout(model, tasks, 150, 5, 3, cpu, temperature=1e-4)["tokens"]["prev_actions"]
+    greedy = A.rollout(model, tasks, 150, 5, 3, cpu, greedy=True)["tokens"]["prev_actions"]
+    torch.testing.assert_close(default, one, rtol=0, atol=0)
+    torch.testing.assert_close(cold, greedy, rtol=0, atol=0)
+    assert not torch.equal(default, greedy)
 
 
 def test_rollouts_are_seeded_and_keep_the_training_mode():
@@ -513,11 +570,19 @@ def test_bad_input(data, tmp_path, corrupt_deflate_stream):
     test_tasks = len(K.task_split(4, "test"))
     with pytest.raises(ValueError, match=f"holds {test_tasks} tasks"):
         E.main(eval_args([path], tmp_path / "eval", num_envs=test_tasks + 1))
-    for flag, value in (("steps", 0), ("num_envs", 0), ("curve_bin", 0), ("source_runs", -1)):
+    for flag, value in (("steps", 0), ("num_envs", 0), ("curve_bin", 0), ("source_runs", -1), ("window_keep", -1)):
         with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be >= "):
             E.main(eval_args([path], tmp_path / "eval", **{flag: value}))
     with pytest.raises(ValueError, match="--checkpoints needs"):
         E.main(eval_args([], tmp_path / "eval"))
+    for value in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="--temperature must be a finite number > 0"):
+            E.main(eval_args([path], tmp_path / "eval", temperature=value))
+    with pytest.raises(ValueError, match="--temperature has no effect with --greedy"):
+        E.main(eval_args([path], tmp_path / "eval", temperature=0.5, greedy=True))
+    context = torch.load(path, weights_only=True)["model_config"]["context"]
+    with pytest.raises(ValueError, match=f"--window-keep {context + 1} is more than the context {context} of "):
+        E.main(eval_args([path], tmp_path / "eval", window_keep=context + 1))
     # a corrupt source history is reported before any rollout, and nothing is written
     source = data / "nx1-light" / "run_00000.npz"
     good = source.read_bytes()

@@ -451,3 +451,19 @@ def test_rl2_runs_with_and_without_the_arrival_token_are_two_models():
     groups = M.group_by_model([M.load_eval(path) for path in files])
     assert sorted(label for label, _ in groups) == ["RL²", "RL², arrival token"]
     assert all(len(members) == 1 for _, members in groups)
+
+
+def test_one_checkpoint_evaluated_two_ways_is_two_rows(evals, tmp_path):
+    """Greedy actions, a temperature or a window keep are evaluation settings, never pooled with the default."""
+    greedy = write_eval(tmp_path / "eval" / "greedy.npz", SHORT, RANDOM, 1000, **{**ad_meta("ad", 16), "greedy": True})
+    keep = write_eval(tmp_path / "eval" / "keep.npz", SHORT, RANDOM, 1000, **{**ad_meta("ad", 16), "window_keep": 15})
+    cold = write_eval(tmp_path / "eval" / "cold.npz", SHORT, RANDOM, 1000, **{**ad_meta("ad", 16), "temperature": 0.5})
+    groups = M.group_by_model([M.load_eval(path) for path in (evals["long"], greedy, keep, cold)])
+    labels = sorted(label for label, _ in groups)
+    assert labels == [
+        "ad on nx1-light, dark obs, ctx 16",
+        "ad on nx1-light, dark obs, ctx 16, greedy",
+        "ad on nx1-light, dark obs, ctx 16, temperature 0.5",
+        "ad on nx1-light, dark obs, ctx 16, window keeps 15",
+    ]
+    assert all(len(members) == 1 for _, members in groups)
