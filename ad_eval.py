@@ -307,22 +307,48 @@ def summary_row(name: str, episodes: dict, num_envs: int, steps: int) -> dict:
     return row
 
 
+def difference_row(name: str, episodes: dict, baseline: dict, num_envs: int, steps: int) -> dict:
+    """Per metric, the policy minus `baseline` on the same tasks (paired: both on the same resampled tasks), as the
+    mean and the IQM with their 95% intervals: "above the random policy" is read here, not from two overlapping
+    intervals."""
+    metrics = per_env_metrics(episodes, num_envs, steps)
+    base = per_env_metrics(baseline, num_envs, steps)
+    rise = metrics["last500"] - metrics["first500"]  # (num_envs,) each env's own rise
+    base_rise = base["last500"] - base["first500"]
+    stats = {
+        "first500": bootstrap(metrics["first500"][None], base["first500"][None]),
+        "last500": bootstrap(metrics["last500"][None], base["last500"][None]),
+        "rise": bootstrap(rise[None], base_rise[None]),
+    }
+    row = {"name": name}
+    for metric, values in stats.items():
+        row[metric] = values["mean"][0]
+        row[f"{metric}_low"] = values["mean"][1]
+        row[f"{metric}_high"] = values["mean"][2]
+        row[f"{metric}_iqm"] = values["iqm"][0]
+        row[f"{metric}_iqm_low"] = values["iqm"][1]
+        row[f"{metric}_iqm_high"] = values["iqm"][2]
+    return row
+
+
 def format_table(rows: list[dict]) -> str:
     """Two lines per policy: the mean over envs and the IQM, each with its 95% interval."""
     header = f"{'policy':<44} {'':<5}" + "".join(f" {title:>24}" for title in TABLE_COLUMNS.values())
     header += f" {'steps to MA(10) 1.8':>28}"
     lines = [header, "-" * len(header)]
     for row in rows:
-        if np.isfinite(row["median_steps_to_1.8"]):
-            steps = f"{row['median_steps_to_1.8']:,.0f}"
+        if "reached" not in row:  # a difference row: no steps of its own
+            steps = ""
+        elif np.isfinite(row["median_steps_to_1.8"]):
+            steps = f"{row['median_steps_to_1.8']:,.0f} (median; {row['reached']}/{row['envs']} envs)"
         else:
-            steps = "never"
-        steps += f" (median; {row['reached']}/{row['envs']} envs)"
+            steps = f"never (median; {row['reached']}/{row['envs']} envs)"
         for statistic, suffix in (("mean", ""), ("IQM", "_iqm")):
             cells = []
             for metric in TABLE_COLUMNS:
                 value = (row[f"{metric}{suffix}"], row[f"{metric}{suffix}_low"], row[f"{metric}{suffix}_high"])
-                cells.append(format_interval(value, "+" if metric == "rise" else ""))
+                signed = metric == "rise" or "reached" not in row  # changes carry their sign
+                cells.append(format_interval(value, "+" if signed else ""))
             name = row["name"][:44] if statistic == "mean" else ""
             line = f"{name:<44} {statistic:<5}" + "".join(f" {cell:>24}" for cell in cells)
             lines.append(line + (f" {steps:>28}" if statistic == "mean" else ""))
@@ -801,6 +827,7 @@ def main(args: Args) -> list[dict]:
         table = [
             summary_row(f"{job['name']} (ctx {model.config.context})", episodes, args.num_envs, args.steps),
             summary_row("random policy", random_cache[key], args.num_envs, args.steps),
+            difference_row("AD - random policy (same tasks)", episodes, random_cache[key], args.num_envs, args.steps),
         ]
         source_curve = None  # the source agents' episodes, for the figure: "num_envs" is their number of runs
         if job["source"]:

@@ -379,7 +379,9 @@ class Ad:
     fig6_rl2: str | None = None
     """Figure 6, right: rl2_train.py's held-out trials"""
     source: str | None = None
-    """folder of source histories drawn beside Figure 3 (the first 20 runs, on their own tasks)"""
+    """folder of source histories drawn beside Figure 3 (the first --source-runs runs, on their own tasks)"""
+    source_runs: int = 20
+    """source histories read for Figure 3's source curve"""
     bin: int = 500
     """env steps per point of the curves"""
     final_steps: int = 2500
@@ -397,28 +399,71 @@ def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarr
     return steps, values, rows
 
 
+def seed_task_bins(members: list[dict], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bin ends, returns (bins, seeds, tasks)): per training seed and task, the mean return of the episodes that
+    ended in each bin of `width` env steps (NaN where none did), every bin kept so that the seeds line up."""
+    steps = members[0]["steps"]
+    bin_ends = np.minimum(np.arange(width, steps + width, width), steps)  # (bins,)
+    values = np.stack(
+        [[K.window_returns(run["episodes"], run["num_envs"], end - width, end) for run in members] for end in bin_ends]
+    )  # (bins, seeds, tasks)
+    return bin_ends, values
+
+
+def banded_curve(figure: str, label: str, members: list[dict], width: int) -> tuple[dict, list[dict]]:
+    """A model's curve over env steps: per bin, the mean over training seeds x tasks and its 95% interval from the
+    two-way bootstrap of seeds and tasks (`ad_eval.bootstrap`); bins where no seed's task ended an episode are left
+    out. Returns (arrays to draw, CSV rows)."""
+    (bin_ends, values) = seed_task_bins(members, width)
+    keep = np.isfinite(values).any(axis=(1, 2))
+    curve = {"steps": bin_ends[keep], "mean": [], "low": [], "high": []}
+    for matrix in values[keep]:  # (seeds, tasks)
+        (mean, low, high) = bootstrap(matrix)["mean"]
+        curve["mean"].append(mean)
+        curve["low"].append(low)
+        curve["high"].append(high)
+    rows = [
+        {
+            "figure": figure,
+            "curve": label,
+            "env_step": int(step),
+            "mean_return": round(float(mean), 4),
+            "low": round(float(low), 4),
+            "high": round(float(high), 4),
+            "seeds": len(members),
+        }
+        for step, mean, low, high in zip(curve["steps"], curve["mean"], curve["low"], curve["high"], strict=True)
+    ]
+    return curve, rows
+
+
 def figure3(plt, runs: list[dict], source: dict | None, width: int) -> tuple:
-    """Returns over the whole evaluation, with the first file's random policy and the source agents."""
+    """Returns over the whole evaluation, the report's Figure 3: each model (its files that differ only in training
+    seed) as the mean over seeds x tasks with a 95% band (two-way bootstrap), beside the first file's random policy
+    and the source agents learning their own tasks (their band: a bootstrap over runs), on one axis of env steps."""
     first = runs[0]
     (fig, ax) = plt.subplots(figsize=(7, 3.8))
     rows = []
-    for run in runs:
-        (steps, values, run_rows) = curve_rows("3", run["label"], run, width)
-        ax.plot(steps, values, lw=2, label=run["label"])
-        rows += run_rows
+    for label, members in group_by_model(runs):
+        seeds = f"{len(members)} seed{'s' if len(members) > 1 else ''}"
+        (curve, model_rows) = banded_curve("3", label, members, width)
+        (line,) = ax.plot(curve["steps"], curve["mean"], lw=2, label=f"{label} ({seeds})")
+        ax.fill_between(curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2, lw=0)
+        rows += model_rows
     (steps, values, run_rows) = curve_rows("3", "random policy", first["random"], width)
     ax.plot(steps, values, color="gray", ls=":", label="random policy")
     rows += run_rows
     if source is not None:
         label = f"source SAC ({source['num_envs']} runs, own tasks)"
-        (steps, values, run_rows) = curve_rows("3", label, source, width)
-        ax.plot(steps, values, color="black", ls="--", label=label)
-        rows += run_rows
+        (curve, source_rows) = banded_curve("3", label, [source], width)
+        ax.plot(curve["steps"], curve["mean"], color="black", ls="--", label=label)
+        ax.fill_between(curve["steps"], curve["low"], curve["high"], color="black", alpha=0.1, lw=0)
+        rows += source_rows
     style(
         ax,
         "env steps on each held-out task",
         f"In-context learning on {first['num_envs']} held-out Dark tasks "
-        f"({first['meta']['size']}x{first['meta']['size']})",
+        f"({first['meta']['size']}x{first['meta']['size']}); 95% intervals",
         7,
         loc="lower right",
     )
@@ -564,6 +609,8 @@ def ad(args: Ad) -> None:
         raise ValueError("nothing to draw: give --fig3, --fig4, --fig5 or --fig6-dark with --fig6-light/--fig6-rl2")
     if args.bin < 1:
         raise ValueError(f"--bin must be >= 1, got {args.bin}")
+    if args.source_runs < 1:
+        raise ValueError(f"--source-runs must be >= 1, got {args.source_runs}")
     check_final_steps(args.final_steps)
     # every input read and checked, and the output folder proven writable, before anything is drawn
     paths = [*args.fig3, *args.fig4, *args.fig5, args.fig6_light, args.fig6_dark, args.fig6_rl2]
@@ -571,7 +618,7 @@ def ad(args: Ad) -> None:
     source = None
     if args.fig3 and args.source:
         first = runs[args.fig3[0]]
-        histories = source_histories(args.source, 20, first["meta"]["size"])
+        histories = source_histories(args.source, args.source_runs, first["meta"]["size"])
         source = {"episodes": source_episodes(histories, first["steps"]), "steps": first["steps"]}
         source["num_envs"] = int(source["episodes"]["env"].max()) + 1
     prepare_output(args.out_dir)
@@ -579,7 +626,8 @@ def ad(args: Ad) -> None:
 
     figures = []
     if args.fig3:
-        figures.append(("fig3_ad_dark", *figure3(plt, [runs[p] for p in args.fig3], source, args.bin)))
+        fig3_runs = [runs[path] for path in dict.fromkeys(args.fig3)]
+        figures.append(("fig3_ad_dark", *figure3(plt, fig3_runs, source, args.bin)))
     if args.fig4:
         fig4_runs = [runs[path] for path in dict.fromkeys(args.fig4)]
         figures.append(("fig4_context", *figure4(plt, fig4_runs, args.final_steps)))

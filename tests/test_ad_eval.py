@@ -270,6 +270,25 @@ def test_per_env_metrics_weight_envs_equally():
     assert np.isnan(metrics["last500"]).all() and np.isnan(row["rise"])  # 100 steps: the windows would overlap
 
 
+def test_difference_row_is_paired_on_the_same_tasks():
+    """AD minus the random policy: the difference of the two rows' values, with a paired interval that a shared
+    task effect does not widen; a policy minus itself is exactly 0."""
+    # env i: returns i / 2 in its first 500 steps and i / 2 + 0.5 in its last; the baseline i / 2 throughout
+    env = np.repeat(np.arange(4), 2)
+    first = np.arange(4) / 2
+    episodes = {"env": env, "return": np.stack([first, first + 0.5], 1).ravel(), "end_step": np.tile([400, 1000], 4)}
+    baseline = {"env": env, "return": np.repeat(first, 2), "end_step": np.tile([400, 1000], 4)}
+    row = E.difference_row("d", episodes, baseline, 4, 1000)
+    assert row["first500"] == pytest.approx(0.0) and row["first500_low"] == row["first500_high"] == pytest.approx(0.0)
+    assert row["last500"] == pytest.approx(0.5) and row["last500_low"] == pytest.approx(0.5)  # the task effect cancels
+    assert row["rise"] == pytest.approx(0.5)
+    assert "reached" not in row
+    itself = E.difference_row("d", episodes, episodes, 4, 1000)
+    assert itself["last500"] == 0.0 and itself["rise"] == 0.0
+    table = E.format_table([E.summary_row("ad", episodes, 4, 1000), row])
+    assert "+0.50 [+0.50, +0.50]" in table.splitlines()[-2]  # a difference carries its sign
+
+
 def test_windows_are_per_env_and_of_equal_width():
     # env 0: a 2 ending at 400 and at 600, five 2s in (1500, 2000]; env 1: a 0 at 300, a 1 at 1000 and at 1900
     episodes = {

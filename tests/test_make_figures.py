@@ -467,3 +467,21 @@ def test_one_checkpoint_evaluated_two_ways_is_two_rows(evals, tmp_path):
         "ad on nx1-light, dark obs, ctx 16, window keeps 15",
     ]
     assert all(len(members) == 1 for _, members in groups)
+
+
+def test_figure3_draws_a_model_over_its_seeds_with_a_band(evals, tmp_path):
+    """Two training seeds of one model are one curve: per bin the mean over seeds x tasks (NaN cells left out) and
+    its two-way bootstrap interval, with the seed count in the CSV."""
+    seed2 = write_eval(
+        tmp_path / "eval" / "ad__nx1-light__dark__ctx16__2.npz", SHORT, RANDOM, 1000, **ad_meta("ad", 16)
+    )
+    out = tmp_path / "figures"
+    M.ad(M.Ad(fig3=[evals["long"], seed2], bin=500, final_steps=500, out_dir=str(out)))
+    rows = [r for r in read_csv(out / "fig3_ad_dark.csv") if r["curve"] == "ad on nx1-light, dark obs, ctx 16"]
+    assert [int(r["seeds"]) for r in rows] == [2, 2]
+    # bin 500: seed 1 (LONG) envs 2 and 0, seed 2 (SHORT) env 0 1 and env 1 none -> (2 + 0 + 1) / 3
+    # bin 1000: seed 1 envs 0 and 1, seed 2 env 0 1 and env 1 (2 + 0) / 2 -> (0 + 1 + 1 + 1) / 4
+    assert [float(r["mean_return"]) for r in rows] == [1.0, 0.75]
+    for row in rows:
+        assert float(row["low"]) <= float(row["mean_return"]) <= float(row["high"])
+    assert float(rows[1]["low"]) < float(rows[1]["high"])  # the seeds and tasks differ: a band, not a line
