@@ -823,6 +823,49 @@ def restore_training_state(path: str, checkpoint: dict, model: DecisionModel, op
 
 
 # --- Processes: torchrun, signals
+def training_bytes(args: Args, batch: int) -> dict[str, int]:
+    """A lower bound on the bytes one process holds while training, by part: "model" (weights, gradients and AdamW's
+    two moments of the matrices, 4 float32 copies) and "activations" (what backward keeps of each block for each of
+    the `batch` x context tokens: at least 9 widths and 2 feed-forward widths of float32). Attention's own memory and
+    the allocator's slack come on top, so a size refused here cannot fit."""
+    E = args.n_embd
+    matrices = args.n_layer * (4 * E * E + 2 * E * args.d_ff) + args.context * E
+    tokens = batch * args.context
+    return {
+        "model": 4 * 4 * matrices,
+        "activations": 4 * tokens * args.n_layer * (9 * E + 2 * args.d_ff),
+    }
+
+
+def check_memory(args: Args, device: torch.device, world_size: int) -> None:
+    """Refuse, naming the flag to lower, a model or batch that cannot fit, before anything is allocated: on CUDA
+    each process's share of the batch against its device's free memory; on the CPU all this host's processes
+    against its available memory."""
+    parts = training_bytes(args, args.batch_size // world_size)
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+        pool = f"free memory on {device}"
+        processes = 1
+    else:
+        available = K.available_memory()
+        pool = "available memory"
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this host share it
+    needed = processes * sum(parts.values())
+    if available is None or needed <= available:
+        return
+    if parts["activations"] >= parts["model"]:
+        flag = f"--batch-size {args.batch_size:,}"
+        lower = "--batch-size or --context"
+    else:
+        flag = f"--n-embd {args.n_embd:,}"
+        lower = "--n-embd, --d-ff or --n-layer"
+    raise ValueError(
+        f"{flag}: training needs at least {K.format_bytes(needed)} ({K.format_bytes(parts['model'])} for the "
+        f"model, {K.format_bytes(parts['activations'])} for the activations of a batch), more than the "
+        f"{K.format_bytes(available)} of {pool}; lower {lower}"
+    )
+
+
 def torchrun_world_size() -> int:
     """The number of processes torchrun started (it sets RANK and WORLD_SIZE); 1 without torchrun."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -963,6 +1006,7 @@ def validate(args: Args, world_size: int = 1) -> None:
 def main(args: Args) -> dict:
     validate(args, torchrun_world_size())
     device, rank, world_size = setup_processes(args)
+    check_memory(args, device, world_size)
     master = rank == 0  # rank 0 alone prints, logs, evaluates and writes the checkpoint
     # each process its own dropout stream; rank 0's initial model is the one-process model (DDP copies it to all)
     random.seed(args.seed + rank)

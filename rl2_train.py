@@ -708,11 +708,65 @@ def validate(args: Args) -> None:
     )
 
 
+def training_bytes(args: Args, config: ModelConfig) -> dict[str, int]:
+    """A lower bound on the bytes a run holds, by part: "trials" (`trial_buffer`'s tensors and the rollout's KV
+    caches for --num-envs trials of --episodes-per-trial episodes), "update" (what backward keeps of each block for
+    one minibatch of whole trials: at least 9 widths and 2 feed-forward widths of float32 a token) and "model"
+    (weights, gradients and Adam's two moments of the matrices). A size refused here cannot fit."""
+    E = config.n_embd
+    length = config.context  # steps in a trial
+    per_step = 4 * config.obs_dim + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 4 + 3  # trial_buffer: its tensors' bytes a step
+    cache = config.n_layer * 2 * E * 4  # keys and values, float32
+    minibatch = math.ceil(args.num_envs / args.num_minibatches)
+    matrices = config.n_layer * (4 * E * E + 2 * E * config.d_ff)
+    return {
+        "trials": args.num_envs * length * (per_step + cache),
+        "update": 4 * minibatch * length * config.n_layer * (9 * E + 2 * config.d_ff),
+        "model": 4 * 4 * matrices,
+    }
+
+
+def check_memory(args: Args, config: ModelConfig, device: torch.device) -> None:
+    """Refuse, in one line naming the flags to lower, trials or a model no memory here holds, before any work."""
+    parts = training_bytes(args, config)
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+        pool = f"free memory on {device}"
+    else:
+        available = K.available_memory()
+        pool = "available memory"
+    needed = sum(parts.values())
+    if available is None or needed <= available:
+        return
+    largest = max(parts, key=parts.__getitem__)
+    lower = {
+        "trials": "--num-envs or --episodes-per-trial",
+        "update": "--num-envs or --episodes-per-trial, or raise --num-minibatches",
+        "model": "--n-embd, --d-ff or --n-layer",
+    }[largest]
+    raise ValueError(
+        f"--num-envs {args.num_envs:,} x --episodes-per-trial {args.episodes_per_trial:,} with --n-embd "
+        f"{args.n_embd:,}: training needs at least {K.format_bytes(needed)} (most for its {largest}), more than the "
+        f"{K.format_bytes(available)} of {pool}; lower {lower}"
+    )
+
+
 # --- The run
 def main(args: Args) -> dict:
     # 1. every flag, input and output checked before any work
     validate(args)
     eval_tasks = K.eval_tasks(args.size, args.eval_split, args.eval_envs, eval_seed(args))  # (eval_envs, 4)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    model_config = ModelConfig(
+        obs_dim=K.DARK_OBS_DIM,
+        context=args.episodes_per_trial * K.EPISODE_STEPS,  # one whole trial
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        d_ff=args.d_ff,
+        arrival=args.arrival_token,
+    )
+    check_memory(args, model_config, device)
     data_folder = os.path.join(args.data_dir, "rl2")
     checkpoint_folder = os.path.join(args.data_dir, "checkpoints")
     eval_folder = os.path.join(args.data_dir, "eval")
@@ -730,16 +784,6 @@ def main(args: Args) -> dict:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    model_config = ModelConfig(
-        obs_dim=K.DARK_OBS_DIM,
-        context=args.episodes_per_trial * K.EPISODE_STEPS,  # one whole trial
-        n_layer=args.n_layer,
-        n_head=args.n_head,
-        n_embd=args.n_embd,
-        d_ff=args.d_ff,
-        arrival=args.arrival_token,
-    )
     model = ActorCritic(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
     start = 0  # iterations done

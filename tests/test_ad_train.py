@@ -387,6 +387,22 @@ def test_a_dataset_holding_a_held_out_task_is_refused_before_any_work(tmp_path, 
         A.load_dataset(str(folder), light_obs=False)
 
 
+def test_a_batch_or_model_no_memory_holds_is_refused_before_any_allocation(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    synthetic_dataset(tmp_path / "data" / "nx1-light", runs=2, steps=60)
+    with pytest.raises(ValueError, match=r"^--batch-size 1,000,000,000: training needs at least .* lower --batch-size"):
+        A.main(tiny_args(tmp_path / "data", context=20, batch_size=10**9))
+    with pytest.raises(ValueError, match=r"^--n-embd 10,000,000: training needs at least .* lower --n-embd"):
+        A.main(tiny_args(tmp_path / "data", context=20, n_embd=10**7, n_head=1))
+    monkeypatch.setattr(K, "available_memory", lambda: 10**6)  # 1 MB: the tiny model's batch no longer fits
+    with pytest.raises(ValueError, match="more than the 1.0 MB of available memory") as error:
+        A.main(tiny_args(tmp_path / "data", context=20, batch_size=64))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "data" / "checkpoints").exists() and not (tmp_path / "runs").exists()
+    parts = A.training_bytes(tiny_args("data", context=20, n_layer=1, n_embd=16, d_ff=32), 8)
+    assert parts["activations"] == 4 * 8 * 20 * 1 * (9 * 16 + 2 * 32)
+
+
 def test_split_runs_holds_out_whole_runs():
     """Training and validation runs are disjoint and together all runs, whatever the count, fraction and seed."""
     for count in (2, 3, 10, 57):

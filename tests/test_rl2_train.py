@@ -331,6 +331,22 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, monkeypatch, kill_after)
     assert whole["by_episode"].tolist() == resumed["by_episode"].tolist()
 
 
+def test_trials_or_a_model_no_memory_holds_are_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"^--num-envs 1,000,000,000 x --episodes-per-trial 3 .* lower --num-envs or --episodes-per-trial",
+    ):
+        R.main(tiny(tmp_path, num_envs=10**9))
+    with pytest.raises(ValueError, match=r"most for its model\), more than .*; lower --n-embd, --d-ff or --n-layer$"):
+        R.main(tiny(tmp_path, n_embd=10**7, n_head=1))
+    monkeypatch.setattr(K, "available_memory", lambda: 10**5)  # 100 kB: the tiny run no longer fits
+    with pytest.raises(ValueError, match="more than the 100.0 kB of available memory") as error:
+        R.main(tiny(tmp_path))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
 def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
