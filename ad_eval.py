@@ -310,7 +310,8 @@ def summary_row(name: str, episodes: dict, num_envs: int, steps: int) -> dict:
 def difference_row(name: str, episodes: dict, baseline: dict, num_envs: int, steps: int) -> dict:
     """Per metric, the policy minus `baseline` on the same tasks (paired: both on the same resampled tasks), as the
     mean and the IQM with their 95% intervals: "above the random policy" is read here, not from two overlapping
-    intervals."""
+    intervals. The rise compares each env's own rise (last 500 - first 500): its mean is the difference of the two
+    rows' rises, its IQM the IQM of the policy's per-env rises minus the baseline's."""
     metrics = per_env_metrics(episodes, num_envs, steps)
     base = per_env_metrics(baseline, num_envs, steps)
     rise = metrics["last500"] - metrics["first500"]  # (num_envs,) each env's own rise
@@ -320,7 +321,7 @@ def difference_row(name: str, episodes: dict, baseline: dict, num_envs: int, ste
         "last500": bootstrap(metrics["last500"][None], base["last500"][None]),
         "rise": bootstrap(rise[None], base_rise[None]),
     }
-    row = {"name": name}
+    row = {"name": name, "difference": True}
     for metric, values in stats.items():
         row[metric] = values["mean"][0]
         row[f"{metric}_low"] = values["mean"][1]
@@ -337,7 +338,7 @@ def format_table(rows: list[dict]) -> str:
     header += f" {'steps to MA(10) 1.8':>28}"
     lines = [header, "-" * len(header)]
     for row in rows:
-        if "reached" not in row:  # a difference row: no steps of its own
+        if row.get("difference"):  # no steps of its own
             steps = ""
         elif np.isfinite(row["median_steps_to_1.8"]):
             steps = f"{row['median_steps_to_1.8']:,.0f} (median; {row['reached']}/{row['envs']} envs)"
@@ -347,11 +348,11 @@ def format_table(rows: list[dict]) -> str:
             cells = []
             for metric in TABLE_COLUMNS:
                 value = (row[f"{metric}{suffix}"], row[f"{metric}{suffix}_low"], row[f"{metric}{suffix}_high"])
-                signed = metric == "rise" or "reached" not in row  # changes carry their sign
+                signed = metric == "rise" or row.get("difference")  # changes carry their sign
                 cells.append(format_interval(value, "+" if signed else ""))
             name = row["name"][:44] if statistic == "mean" else ""
             line = f"{name:<44} {statistic:<5}" + "".join(f" {cell:>24}" for cell in cells)
-            lines.append(line + (f" {steps:>28}" if statistic == "mean" else ""))
+            lines.append(line + (f" {steps:>28}" if statistic == "mean" and steps else ""))
     return "\n".join(lines)
 
 
@@ -827,7 +828,7 @@ def main(args: Args) -> list[dict]:
         table = [
             summary_row(f"{job['name']} (ctx {model.config.context})", episodes, args.num_envs, args.steps),
             summary_row("random policy", random_cache[key], args.num_envs, args.steps),
-            difference_row("AD - random policy (same tasks)", episodes, random_cache[key], args.num_envs, args.steps),
+            difference_row("this policy - random (same tasks)", episodes, random_cache[key], args.num_envs, args.steps),
         ]
         source_curve = None  # the source agents' episodes, for the figure: "num_envs" is their number of runs
         if job["source"]:

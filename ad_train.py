@@ -412,9 +412,9 @@ class DecisionModel(nn.Module):
 def window_starts(steps: int, context: int, keep: int = 0) -> np.ndarray:
     """Start of the window the prediction at step t is made on, int64 (steps,). Position embeddings are learned, so
     a window cannot slide by one token on a KV cache: it grows to `context` tokens, then the next token starts a new
-    window of the last `keep` tokens (the new one last), refilled at positions 0... keep = 0 means context // 2: about
-    two token computations a step. A larger `keep` forgets less at a restart and restarts more often: keep = context
-    slides the window one step at a time, every step a whole window recomputed."""
+    window of the last `keep` tokens (the new one last), refilled at positions 0..keep-1; keep = 0 means context // 2,
+    about two token computations a step. A larger `keep` forgets less at a restart and restarts more often (every
+    context - keep + 1 steps): keep = context slides the window one step at a time, each step a whole window."""
     if keep == 0:
         keep = max(1, context // 2)
     assert 1 <= keep <= context, f"a window of {context} tokens cannot keep {keep} at a restart"
@@ -823,17 +823,19 @@ def restore_training_state(path: str, checkpoint: dict, model: DecisionModel, op
 
 
 # --- Processes: torchrun, signals
-def training_bytes(args: Args, batch: int) -> dict[str, int]:
-    """A lower bound on the bytes one process holds while training, by part: "model" (weights, gradients and AdamW's
-    two moments of the matrices, 4 float32 copies) and "activations" (what backward keeps of each block for each of
-    the `batch` x context tokens: at least 9 widths and 2 feed-forward widths of float32). Attention's own memory and
+def training_bytes(args: Args, batch: int, device: torch.device) -> dict[str, int]:
+    """A lower bound on the bytes one process holds while training, by part: "model" (the matrices' weights and
+    AdamW's two moments, 3 float32 copies, held throughout; the gradients are freed before each forward) and
+    "activations" (what backward keeps of each block for each of the `batch` x context tokens: at least 8 widths and
+    2 feed-forward widths, in bfloat16 under CUDA's autocast, else float32). Gradients, attention's own memory and
     the allocator's slack come on top, so a size refused here cannot fit."""
     E = args.n_embd
     matrices = args.n_layer * (4 * E * E + 2 * E * args.d_ff) + args.context * E
     tokens = batch * args.context
+    element = 2 if device.type == "cuda" else 4  # bytes of one kept activation: bf16 autocast on CUDA
     return {
-        "model": 4 * 4 * matrices,
-        "activations": 4 * tokens * args.n_layer * (9 * E + 2 * args.d_ff),
+        "model": 3 * 4 * matrices,
+        "activations": element * tokens * args.n_layer * (8 * E + 2 * args.d_ff),
     }
 
 
@@ -841,7 +843,7 @@ def check_memory(args: Args, device: torch.device, world_size: int) -> None:
     """Refuse, naming the flag to lower, a model or batch that cannot fit, before anything is allocated: on CUDA
     each process's share of the batch against its device's free memory; on the CPU all this host's processes
     against its available memory."""
-    parts = training_bytes(args, args.batch_size // world_size)
+    parts = training_bytes(args, args.batch_size // world_size, device)
     if device.type == "cuda":
         available = torch.cuda.mem_get_info(device)[0]
         pool = f"free memory on {device}"

@@ -708,47 +708,55 @@ def validate(args: Args) -> None:
     )
 
 
-def training_bytes(args: Args, config: ModelConfig) -> dict[str, int]:
-    """A lower bound on the bytes a run holds, by part: "trials" (`trial_buffer`'s tensors and the rollout's KV
-    caches for --num-envs trials of --episodes-per-trial episodes), "update" (what backward keeps of each block for
-    one minibatch of whole trials: at least 9 widths and 2 feed-forward widths of float32 a token) and "model"
-    (weights, gradients and Adam's two moments of the matrices). A size refused here cannot fit."""
+def training_bytes(args: Args, config: ModelConfig, device: torch.device) -> dict[str, int]:
+    """A lower bound on the bytes a run holds, by part: "trials" (`trial_buffer`'s tensors for --num-envs trials,
+    on the host), "caches" (the rollout's keys and values, float32 on `device`, freed before the update), "update"
+    (what backward keeps of each block for one minibatch of `ppo_update`'s whole trials, at least 8 widths and 2
+    feed-forward widths of float32 a step: a bound while some trial runs its full length, as trials of a policy
+    that has not learned yet do) and "model" (the matrices' weights and Adam's two moments, 3 float32 copies)."""
     E = config.n_embd
     length = config.context  # steps in a trial
-    per_step = 4 * config.obs_dim + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 4 + 3  # trial_buffer: its tensors' bytes a step
-    cache = config.n_layer * 2 * E * 4  # keys and values, float32
-    minibatch = math.ceil(args.num_envs / args.num_minibatches)
+    buffer = trial_buffer(1, 1, config.obs_dim)
+    per_step = sum(t.element_size() * t.numel() for t in buffer.values())  # (1, 1, ...) tensors: bytes a step
+    minibatch = max(1, args.num_envs // args.num_minibatches)  # as ppo_update splits the trials
     matrices = config.n_layer * (4 * E * E + 2 * E * config.d_ff)
     return {
-        "trials": args.num_envs * length * (per_step + cache),
-        "update": 4 * minibatch * length * config.n_layer * (9 * E + 2 * config.d_ff),
-        "model": 4 * 4 * matrices,
+        "trials": args.num_envs * length * per_step,
+        "caches": args.num_envs * length * config.n_layer * 2 * E * 4,
+        "update": 4 * minibatch * length * config.n_layer * (8 * E + 2 * config.d_ff),
+        "model": 3 * 4 * matrices,
     }
 
 
 def check_memory(args: Args, config: ModelConfig, device: torch.device) -> None:
-    """Refuse, in one line naming the flags to lower, trials or a model no memory here holds, before any work."""
-    parts = training_bytes(args, config)
+    """Refuse, in one line naming the flags to lower, trials or a model no memory here holds, before any work. The
+    rollout's caches and the update's activations are never held together: the larger of the two counts."""
+    parts = training_bytes(args, config, device)
+    peak = max(("caches", "update"), key=parts.__getitem__)
+    on_device = [peak, "model"]
     if device.type == "cuda":
-        available = torch.cuda.mem_get_info(device)[0]
-        pool = f"free memory on {device}"
-    else:
-        available = K.available_memory()
-        pool = "available memory"
-    needed = sum(parts.values())
-    if available is None or needed <= available:
-        return
-    largest = max(parts, key=parts.__getitem__)
-    lower = {
-        "trials": "--num-envs or --episodes-per-trial",
-        "update": "--num-envs or --episodes-per-trial, or raise --num-minibatches",
-        "model": "--n-embd, --d-ff or --n-layer",
-    }[largest]
-    raise ValueError(
-        f"--num-envs {args.num_envs:,} x --episodes-per-trial {args.episodes_per_trial:,} with --n-embd "
-        f"{args.n_embd:,}: training needs at least {K.format_bytes(needed)} (most for its {largest}), more than the "
-        f"{K.format_bytes(available)} of {pool}; lower {lower}"
-    )
+        pools = [
+            (on_device, torch.cuda.mem_get_info(device)[0], f"free memory on {device}"),
+            (["trials"], K.available_memory(), "available memory"),
+        ]
+    else:  # the device is the host
+        pools = [(["trials", *on_device], K.available_memory(), "available memory")]
+    for names, available, pool in pools:
+        needed = sum(parts[name] for name in names)
+        if available is None or needed <= available:
+            continue
+        largest = max(names, key=parts.__getitem__)
+        lower = {
+            "trials": "--num-envs or --episodes-per-trial",
+            "caches": "--num-envs or --episodes-per-trial",
+            "update": "--num-envs or --episodes-per-trial, or raise --num-minibatches",
+            "model": "--n-embd, --d-ff or --n-layer",
+        }[largest]
+        raise ValueError(
+            f"--num-envs {args.num_envs:,} x --episodes-per-trial {args.episodes_per_trial:,} with --n-embd "
+            f"{args.n_embd:,}: training needs at least {K.format_bytes(needed)} (most for its {largest}), more than "
+            f"the {K.format_bytes(available)} of {pool}; lower {lower}"
+        )
 
 
 # --- The run

@@ -9,9 +9,10 @@
 
 `sac` draws Figure 2 (source learning curves from sac_collect.py's histories: mean over runs and
 the 10-90% band, in bins of `--bin` env steps). `ad` draws Figures 3 to 6 from evaluation files
-(ad_eval.py's, and rl2_train.py's held-out trials in the same layout); Figure 4 groups the files of
-a model that differ only in training seed: the mean over seeds x tasks with its 95% interval from
-ad_eval's bootstrap of seeds and tasks together, and the lowest to highest seed. `rl2` draws RL²'s
+(ad_eval.py's, and rl2_train.py's held-out trials in the same layout); Figures 3 and 4 group the
+files of a model that differ only in training seed: the mean over seeds x tasks with its 95%
+interval from ad_eval's bootstrap of seeds and tasks together (Figure 3 per bin, as a band beside
+the source agents' band over runs; Figure 4 also the lowest to highest seed). `rl2` draws RL²'s
 learning curve from the `<stem>__curve.csv` that rl2_train.py writes at every in-training
 evaluation. Each PNG comes with a CSV of the numbers it shows. `table` draws nothing: it prints, per
 evaluation file, the returns over the first 500 steps, the best bin and the last steps, and how
@@ -401,11 +402,16 @@ def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarr
 
 def seed_task_bins(members: list[dict], width: int) -> tuple[np.ndarray, np.ndarray]:
     """(bin ends, returns (bins, seeds, tasks)): per training seed and task, the mean return of the episodes that
-    ended in each bin of `width` env steps (NaN where none did), every bin kept so that the seeds line up."""
+    ended in each bin of `width` env steps (NaN where none did), every bin kept so that the seeds line up. The bins
+    are `ad_eval.binned_returns`': (0, width], (width, 2 width], ..., the last one ending at the last step."""
     steps = members[0]["steps"]
-    bin_ends = np.minimum(np.arange(width, steps + width, width), steps)  # (bins,)
+    bin_starts = np.arange(0, steps, width)  # (bins,)
+    bin_ends = np.minimum(bin_starts + width, steps)
     values = np.stack(
-        [[K.window_returns(run["episodes"], run["num_envs"], end - width, end) for run in members] for end in bin_ends]
+        [
+            [K.window_returns(run["episodes"], run["num_envs"], start, end) for run in members]
+            for start, end in zip(bin_starts, bin_ends, strict=True)
+        ]
     )  # (bins, seeds, tasks)
     return bin_ends, values
 
@@ -445,6 +451,12 @@ def figure3(plt, runs: list[dict], source: dict | None, width: int) -> tuple:
     (fig, ax) = plt.subplots(figsize=(7, 3.8))
     rows = []
     for label, members in group_by_model(runs):
+        first_member = members[0]
+        if any(
+            not np.array_equal(m["tasks"], first_member["tasks"]) or m["steps"] != first_member["steps"]
+            for m in members
+        ):
+            raise ValueError(f"--fig3: the seeds of {label!r} were evaluated on different tasks or steps")
         seeds = f"{len(members)} seed{'s' if len(members) > 1 else ''}"
         (curve, model_rows) = banded_curve("3", label, members, width)
         (line,) = ax.plot(curve["steps"], curve["mean"], lw=2, label=f"{label} ({seeds})")

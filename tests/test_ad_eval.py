@@ -142,7 +142,8 @@ def test_window_starts_keep():
 
 
 def test_evaluations_that_differ_write_different_files():
-    """Greedy actions and a window keep are in the evaluation file's name: they never overwrite the default's."""
+    """Greedy actions, a temperature and a window keep are in the evaluation file's name: they never overwrite the
+    default's."""
     names = {
         E.run_suffix(eval_args(["a.pt"], None)),
         E.run_suffix(eval_args(["a.pt"], None, greedy=True)),
@@ -282,7 +283,7 @@ def test_difference_row_is_paired_on_the_same_tasks():
     assert row["first500"] == pytest.approx(0.0) and row["first500_low"] == row["first500_high"] == pytest.approx(0.0)
     assert row["last500"] == pytest.approx(0.5) and row["last500_low"] == pytest.approx(0.5)  # the task effect cancels
     assert row["rise"] == pytest.approx(0.5)
-    assert "reached" not in row
+    assert row["difference"] and "reached" not in row
     itself = E.difference_row("d", episodes, episodes, 4, 1000)
     assert itself["last500"] == 0.0 and itself["rise"] == 0.0
     table = E.format_table([E.summary_row("ad", episodes, 4, 1000), row])

@@ -399,8 +399,8 @@ def test_a_batch_or_model_no_memory_holds_is_refused_before_any_allocation(tmp_p
         A.main(tiny_args(tmp_path / "data", context=20, batch_size=64))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "data" / "checkpoints").exists() and not (tmp_path / "runs").exists()
-    parts = A.training_bytes(tiny_args("data", context=20, n_layer=1, n_embd=16, d_ff=32), 8)
-    assert parts["activations"] == 4 * 8 * 20 * 1 * (9 * 16 + 2 * 32)
+    parts = A.training_bytes(tiny_args("data", context=20, n_layer=1, n_embd=16, d_ff=32), 8, torch.device("cpu"))
+    assert parts["activations"] == 4 * 8 * 20 * 1 * (8 * 16 + 2 * 32)
 
 
 def test_split_runs_holds_out_whole_runs():

@@ -485,3 +485,16 @@ def test_figure3_draws_a_model_over_its_seeds_with_a_band(evals, tmp_path):
     for row in rows:
         assert float(row["low"]) <= float(row["mean_return"]) <= float(row["high"])
     assert float(rows[1]["low"]) < float(rows[1]["high"])  # the seeds and tasks differ: a band, not a line
+    # a bin width that does not divide the steps: the bins are binned_curve's, the last one ending at the last step
+    M.ad(M.Ad(fig3=[evals["long"]], bin=400, final_steps=500, out_dir=str(out)))
+    rows = [r for r in read_csv(out / "fig3_ad_dark.csv") if r["curve"] == "ad on nx1-light, dark obs, ctx 16"]
+    run = M.load_eval(evals["long"])
+    (steps, values) = M.binned_curve(run["episodes"], run["num_envs"], run["steps"], 400)
+    assert [int(r["env_step"]) for r in rows] == steps.tolist() == [400, 800, 1000]
+    assert [float(r["mean_return"]) for r in rows] == pytest.approx(values.tolist(), abs=1e-4)
+    # seeds of one model evaluated on other tasks are refused, not pooled
+    other = write_eval(
+        tmp_path / "eval" / "ad__nx1-light__dark__ctx16__3.npz", SHORT, RANDOM, 1000, num_envs=3, **ad_meta("ad", 16)
+    )
+    with pytest.raises(ValueError, match="--fig3: the seeds of .* were evaluated on different tasks or steps"):
+        M.ad(M.Ad(fig3=[evals["long"], other], bin=500, final_steps=500, out_dir=str(out)))

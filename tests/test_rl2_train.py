@@ -345,6 +345,10 @@ def test_trials_or_a_model_no_memory_holds_are_refused_before_any_work(tmp_path,
         R.main(tiny(tmp_path))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+    # the update's minibatch is ppo_update's: 10 trials in 4 minibatches are minibatches of 2
+    config = R.ModelConfig(obs_dim=4, context=150, n_layer=1, n_head=2, n_embd=16, d_ff=16, arrival=False)
+    parts = R.training_bytes(tiny(tmp_path, num_envs=10, num_minibatches=4), config, torch.device("cpu"))
+    assert parts["update"] == 4 * 2 * 150 * 1 * (8 * 16 + 2 * 16)
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
