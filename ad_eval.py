@@ -283,6 +283,19 @@ def format_interval(value: tuple[float, float, float], sign: str = "") -> str:
 TABLE_COLUMNS = {"first500": "first 500 steps", "last500": "last 500 steps", "rise": "rise (last - first 500)"}
 
 
+def interval_columns(stats: dict[str, dict]) -> dict[str, float]:
+    """A table row's columns from `bootstrap` results per metric: <metric>, <metric>_low, <metric>_high for the mean,
+    and the same with _iqm for the IQM."""
+    columns = {}
+    for metric, values in stats.items():
+        for statistic, suffix in (("mean", ""), ("iqm", "_iqm")):
+            (value, low, high) = values[statistic]
+            columns[f"{metric}{suffix}"] = value
+            columns[f"{metric}{suffix}_low"] = low
+            columns[f"{metric}{suffix}_high"] = high
+    return columns
+
+
 def summary_row(name: str, episodes: dict, num_envs: int, steps: int) -> dict:
     """Per metric, the mean and the IQM over envs with their 95% bootstrap intervals (`bootstrap` on one seed)."""
     metrics = per_env_metrics(episodes, num_envs, steps)
@@ -293,14 +306,7 @@ def summary_row(name: str, episodes: dict, num_envs: int, steps: int) -> dict:
         "rise": bootstrap(metrics["last500"][None], metrics["first500"][None]),  # the same tasks in both windows
         "last5": bootstrap(metrics["last5"][None]),
     }
-    row = {"name": name}
-    for metric, values in stats.items():
-        row[metric] = values["mean"][0]
-        row[f"{metric}_low"] = values["mean"][1]
-        row[f"{metric}_high"] = values["mean"][2]
-        row[f"{metric}_iqm"] = values["iqm"][0]
-        row[f"{metric}_iqm_low"] = values["iqm"][1]
-        row[f"{metric}_iqm_high"] = values["iqm"][2]
+    row = {"name": name, **interval_columns(stats)}
     row["reached"] = int(reached.sum())
     row["envs"] = num_envs
     row["median_steps_to_1.8"] = float(np.median(metrics["steps_to_1.8"])) if reached.any() else float("inf")
@@ -321,14 +327,7 @@ def difference_row(name: str, episodes: dict, baseline: dict, num_envs: int, ste
         "last500": bootstrap(metrics["last500"][None], base["last500"][None]),
         "rise": bootstrap(rise[None], base_rise[None]),
     }
-    row = {"name": name, "difference": True}
-    for metric, values in stats.items():
-        row[metric] = values["mean"][0]
-        row[f"{metric}_low"] = values["mean"][1]
-        row[f"{metric}_high"] = values["mean"][2]
-        row[f"{metric}_iqm"] = values["iqm"][0]
-        row[f"{metric}_iqm_low"] = values["iqm"][1]
-        row[f"{metric}_iqm_high"] = values["iqm"][2]
+    row = {"name": name, "difference": True, **interval_columns(stats)}
     return row
 
 
