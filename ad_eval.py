@@ -327,8 +327,7 @@ def difference_row(name: str, episodes: dict, baseline: dict, num_envs: int, ste
         "last500": bootstrap(metrics["last500"][None], base["last500"][None]),
         "rise": bootstrap(rise[None], base_rise[None]),
     }
-    row = {"name": name, "difference": True, **interval_columns(stats)}
-    return row
+    return {"name": name, "difference": True, **interval_columns(stats)}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -361,9 +360,12 @@ def binned_curve(episodes: dict, num_envs: int, steps: int, width: int) -> tuple
     return bin_ends, np.nanmean(per_env, axis=1)
 
 
-def binned_returns(episodes: dict, num_envs: int, steps: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def binned_returns(
+    episodes: dict, num_envs: int, steps: int, width: int, keep_empty: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(bin ends, per-env returns (bins, num_envs)): each env's mean episode return in each bin of `width` env steps
-    (NaN where the env ended no episode in the bin); bins where no env ended an episode are left out."""
+    (NaN where the env ended no episode in the bin); bins where no env ended an episode are left out unless
+    `keep_empty` (every bin kept, so that several evaluations' bins line up)."""
     bins = (episodes["end_step"] - 1) // width  # episode ending at step s lies in bin (s - 1) // width
     num_bins = -(-steps // width)
     sums = np.zeros((num_bins, num_envs))
@@ -372,7 +374,7 @@ def binned_returns(episodes: dict, num_envs: int, steps: int, width: int) -> tup
     np.add.at(counts, (bins, episodes["env"]), 1)
     with np.errstate(invalid="ignore"):
         per_env = sums / counts  # NaN where an env ended no episode in the bin
-    keep = counts.any(axis=1)
+    keep = np.ones(num_bins, dtype=bool) if keep_empty else counts.any(axis=1)
     bin_ends = np.minimum((np.arange(num_bins) + 1) * width, steps)
     return bin_ends[keep], per_env[keep]
 

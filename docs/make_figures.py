@@ -55,6 +55,7 @@ from ad_eval import (  # the protocol's metrics and intervals
     source_episodes,
     source_histories,
 )
+from ad_eval import binned_returns as per_env_binned_returns  # this file's binned_returns reads SAC histories
 
 EVAL_ARRAYS = (
     "tasks",
@@ -402,17 +403,14 @@ def curve_rows(figure: str, label: str, run: dict, width: int) -> tuple[np.ndarr
 
 def seed_task_bins(members: list[dict], width: int) -> tuple[np.ndarray, np.ndarray]:
     """(bin ends, returns (bins, seeds, tasks)): per training seed and task, the mean return of the episodes that
-    ended in each bin of `width` env steps (NaN where none did), every bin kept so that the seeds line up. The bins
-    are `ad_eval.binned_returns`': (0, width], (width, 2 width], ..., the last one ending at the last step."""
+    ended in each bin of `width` env steps (NaN where none did), every bin kept so that the seeds line up (the bins
+    of `ad_eval.binned_returns`)."""
     steps = members[0]["steps"]
-    bin_starts = np.arange(0, steps, width)  # (bins,)
-    bin_ends = np.minimum(bin_starts + width, steps)
-    values = np.stack(
-        [
-            [K.window_returns(run["episodes"], run["num_envs"], start, end) for run in members]
-            for start, end in zip(bin_starts, bin_ends, strict=True)
-        ]
-    )  # (bins, seeds, tasks)
+    per_seed = [
+        per_env_binned_returns(run["episodes"], run["num_envs"], steps, width, keep_empty=True) for run in members
+    ]
+    bin_ends = per_seed[0][0]
+    values = np.stack([per_env for _, per_env in per_seed], axis=1)  # (bins, seeds, tasks)
     return bin_ends, values
 
 
