@@ -3,6 +3,10 @@ matrix-multiply peak of the same machine, in the same run.
 
     python benchmarks/bench_train.py                     # default model (128 wide, 4 layers), context 50
     python benchmarks/bench_train.py --context 200 --n-embd 64 --d-ff 256
+    python benchmarks/bench_train.py --context 250 --n-embd 64 --n-layer 3 --d-ff 256 --batch-size 32 --compile
+
+With --compile it times the eager step (the baseline), then the same step through torch.compile (as
+`ad_train.py --compile` runs it), in the same process, and prints their ratio and the compile time.
 
 FLOPs per token follow the PaLM/nanoGPT estimate: 6 x (non-embedding parameters) for the matrix
 multiplies of forward and backward, plus 12 x layers x width x context for attention (half of it
@@ -39,6 +43,8 @@ class Args:
     """feed-forward width"""
     iterations: int = 20
     """timed training iterations"""
+    compile: bool = False
+    """also time the step through torch.compile and print compiled / eager"""
 
 
 def matmul_peak(seconds: float = 2.0, n: int = 1024) -> float:
@@ -80,19 +86,22 @@ def main(args: Args) -> float:
     }
     targets = torch.randint(0, K.NUM_ACTIONS, (B, T))
 
-    def update():  # the body of ad_train.main's loop
-        loss = F.cross_entropy(model(**inputs).reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
+    def update(step_model: torch.nn.Module) -> None:  # the body of ad_train.main's loop
+        loss = F.cross_entropy(step_model(**inputs).reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(3):
-        update()
-    start = time.perf_counter()
-    for _ in range(args.iterations):
-        update()
-    tokens_per_second = args.iterations * B * T / (time.perf_counter() - start)
+    def tokens_per_second_of(step_model: torch.nn.Module) -> float:
+        for _ in range(3):  # warm-up (the compiled model compiles here)
+            update(step_model)
+        start = time.perf_counter()
+        for _ in range(args.iterations):
+            update(step_model)
+        return args.iterations * B * T / (time.perf_counter() - start)
+
+    tokens_per_second = tokens_per_second_of(model)
     params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("pos."))
     flops_per_token = 6 * params + 6 * args.n_layer * args.n_embd * args.context
     mfu = tokens_per_second * flops_per_token / peak
@@ -101,6 +110,17 @@ def main(args: Args) -> float:
     print(f"training:          {tokens_per_second:8,.0f} tokens/s, {tokens_per_second / (B * T):.2f} iterations/s")
     print(f"model FLOPs:       {tokens_per_second * flops_per_token / 1e9:8.1f} GFLOP/s")
     print(f"MFU: {100 * mfu:.1f}% of the matmul peak (goal: >= 40%)")
+    if args.compile:
+        start = time.perf_counter()
+        compiled = torch.compile(model, dynamic=False)  # as ad_train.training_model compiles it on the CPU
+        update(compiled)  # the first call compiles forward and backward
+        compile_seconds = time.perf_counter() - start
+        compiled_tokens_per_second = tokens_per_second_of(compiled)
+        ratio = compiled_tokens_per_second / tokens_per_second
+        print(
+            f"compiled:          {compiled_tokens_per_second:8,.0f} tokens/s after {compile_seconds:.0f} s of compiling"
+        )
+        print(f"compiled / eager:  {ratio:.2f}x (same run)")
     return mfu
 
 

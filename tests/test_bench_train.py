@@ -1,0 +1,44 @@
+"""benchmarks/bench_train.py: the eager step and, with --compile, the compiled step timed in one run, their
+ratio printed (a speed claim is a ratio against a baseline measured in the same run)."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "bench_train.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/bench_train.py as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_train"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny(bench, compile: bool):
+    return bench.Args(context=8, batch_size=2, n_layer=1, n_head=2, n_embd=16, d_ff=32, iterations=2, compile=compile)
+
+
+def test_eager_prints_throughput_and_mfu(bench, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)  # the 2 s peak measurement is not under test
+    mfu = bench.main(tiny(bench, compile=False))
+    printed = capsys.readouterr().out
+    assert mfu > 0
+    assert "tokens/s" in printed
+    assert "compiled" not in printed
+
+
+@pytest.mark.slow
+def test_compile_prints_the_ratio_against_eager(bench, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)
+    bench.main(tiny(bench, compile=True))
+    printed = capsys.readouterr().out
+    assert "compiled / eager:" in printed
+    ratio = float(printed.split("compiled / eager:")[1].split("x")[0])
+    assert ratio > 0
