@@ -1,24 +1,13 @@
 """benchmarks/bench_train.py: the eager step and, with --compile, the compiled step timed in one run, their
 ratio printed (a speed claim is a ratio against a baseline measured in the same run)."""
 
-import importlib.util
-import os
-import sys
-
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "bench_train.py")
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """benchmarks/bench_train.py as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_train")
 
 
 def tiny(bench, compile: bool):

@@ -1,7 +1,6 @@
 """benchmarks/gpu_check.py: --smoke runs every stage of the one-GPU check, tiny, on the CPU (torch.compile included);
 the report states only what was measured; a used folder and a missing GPU are refused in one line."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.py")
@@ -17,12 +17,8 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.py")
 
 @pytest.fixture(scope="module")
 def G():
-    """benchmarks/gpu_check.py as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/gpu_check.py as a module."""
+    return load_benchmark("gpu_check")
 
 
 @pytest.mark.slow
