@@ -22,7 +22,8 @@ file's uniform-random policy as the last row. `seeds` prints, for each model (th
 that differ only in training seed), the mean and the IQM over training seeds x tasks with 95%
 intervals from the bootstrap that resamples seeds and tasks together (`ad_eval.bootstrap`), for the
 first episode, the first and the last 500 steps, the last `--final-steps` and the rises between
-windows of equal width, then paired differences between models on the same tasks and seeds.
+windows of equal width, and the median step at which a task's 10-episode average first reaches 1.8, then paired
+differences between models on the same tasks and seeds.
 
 An evaluation file holds `tasks` (N, 4), the episodes of the policy (`episode_env`,
 `episode_return`, `episode_end_step`, flat), those of a uniform-random policy on the same tasks and
@@ -52,6 +53,7 @@ from ad_eval import (  # the protocol's metrics and intervals
     finite_mean,
     format_interval,
     late_returns,
+    per_env_metrics,
     source_episodes,
     source_histories,
 )
@@ -843,6 +845,32 @@ def model_block(label: str, seeds_text: str, scores: dict[str, np.ndarray], fina
     return rows
 
 
+def solved_block(label: str, members: list[dict], tasks: int) -> dict:
+    """Prints, and returns as a CSV row, the median over seeds x tasks of the env step at which a task's 10-episode
+    average first reaches 1.8 (`ad_eval.per_env_metrics`; a task that never does counts as never, so the median is
+    "never" once half of them or more do not), and how many seed-task pairs get there."""
+    steps = np.concatenate(
+        [per_env_metrics(m["episodes"], m["num_envs"], m["steps"])["steps_to_1.8"] for m in members]
+    )  # (seeds * tasks,)
+    median = float(np.median(steps))
+    reached = int(np.isfinite(steps).sum())
+    median_text = f"{median:,.0f}" if np.isfinite(median) else "never"
+    print(
+        f"  {'steps to MA(10) 1.8, median':<30} {median_text:>24}   "
+        f"({reached:,} of {len(steps):,} seed-task pairs reach it)"
+    )
+    return {
+        "kind": "model",
+        "model": label,
+        "versus": "",
+        "metric": "steps to MA(10) 1.8, median",
+        "seeds": len(members),
+        "tasks": tasks,
+        "median_step": median,
+        "reached": reached,
+    }
+
+
 def pair_block(a: str, b: str, scores: dict[str, dict[str, np.ndarray]], tasks: int) -> list:
     """Prints the paired differences A - B of every window and returns them as CSV rows."""
     print(f"\n{a} - {b}")
@@ -886,6 +914,7 @@ def seeds(args: Seeds) -> None:
         else:
             seeds_text = f"{len(members)} training seed{'s' if len(members) > 1 else ''} x {num_tasks} tasks"
         rows += model_block(label, seeds_text, scores[label], args.final_steps, num_tasks)
+        rows.append(solved_block(label, members, num_tasks))
 
     labels = [label for label, _ in models]
     pairs = list(zip(labels[:-2], labels[1:-1], strict=True)) + [(label, "random policy") for label in labels[:-1]]

@@ -402,6 +402,29 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
     assert "different tasks" in capsys.readouterr().err
 
 
+def test_seeds_prints_the_median_step_to_a_solved_average_over_seeds_and_tasks(tmp_path, capsys):
+    """A task's 10-episode average first reaches 1.8 at the end of its 10th solved episode; a task that never does
+    counts as never in the median over seeds x tasks."""
+
+    def solved(every):  # ten solved episodes, one every `every` steps
+        return [(every * k, 2.0) for k in range(1, 11)]
+
+    a1 = write_eval(tmp_path / "a1.npz", {0: solved(50), 1: [(500, 0.0)]}, RANDOM, 1000, **ad_meta("ad", 10))
+    a2 = write_eval(tmp_path / "a2.npz", {0: solved(100), 1: solved(60)}, RANDOM, 1000, **ad_meta("ad", 10))
+    table = tmp_path / "seeds.csv"
+    M.main(["seeds", "--evals", a1, a2, "--final-steps", "500", "--csv", str(table)])
+    out = capsys.readouterr().out
+    rows = {(r["kind"], r["model"], r["metric"]): r for r in read_csv(table)}
+    # seed 1: env 0 at step 500, env 1 never; seed 2: 1000 and 600. Median of (500, 600, 1000, never): 800
+    ad = rows[("model", "ad on nx1-light, dark obs, ctx 10", "steps to MA(10) 1.8, median")]
+    assert (float(ad["median_step"]), int(ad["reached"]), int(ad["seeds"])) == (800.0, 3, 2)
+    assert "800   (3 of 4 seed-task pairs reach it)" in out
+    # the random policy (RANDOM) has two episodes per env: never, so its median is never
+    random = rows[("model", "random policy", "steps to MA(10) 1.8, median")]
+    assert float(random["median_step"]) == float("inf") and int(random["reached"]) == 0
+    assert "never   (0 of 2 seed-task pairs reach it)" in out
+
+
 def test_seeds_leaves_out_windows_an_evaluation_does_not_reach(evals, capsys):
     """RL²'s 500-step trials have no last 500 steps apart from their first: n/a, not a copy of the first window."""
     M.seeds(M.Seeds(evals=[evals["long"], evals["rl2"]]))
