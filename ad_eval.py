@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import random
 import time
 from dataclasses import dataclass
+from importlib.util import find_spec
 from typing import Literal
 
 import numpy as np
@@ -87,21 +86,6 @@ class Args:
 # ----------------------------------------------------------------------------------------------
 # Baselines: the uniform-random policy on the same tasks, and the source agents on their own
 # ----------------------------------------------------------------------------------------------
-def random_rollout(tasks: np.ndarray, steps: int, size: int, seed: int) -> dict:
-    """The uniform-random policy on the same tasks: the floor of every table."""
-    env = K.KeyDoorVectorEnv(len(tasks), size=size, tasks=tasks, split="all")
-    env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    rewards = np.zeros((len(tasks), steps), np.float32)  # (N, steps)
-    dones = np.zeros((len(tasks), steps), bool)  # (N, steps)
-    for t in range(steps):
-        actions = rng.integers(0, K.NUM_ACTIONS, len(tasks))
-        _, step_rewards, terminations, truncations, _ = env.step(actions)
-        rewards[:, t] = step_rewards
-        dones[:, t] = terminations | truncations
-    return K.stream_episodes(rewards, dones)
-
-
 def source_histories(folder: str, runs: int, size: int) -> list[dict]:
     """The first `runs` source learning histories, read (and checked: the checkpoint's grid) before any rollout."""
     if runs <= 0 or not os.path.isdir(folder):
@@ -218,22 +202,13 @@ def bootstrap(
     high) with a 95% percentile interval from a two-way bootstrap: every resample draws the tasks with replacement
     and the seeds with replacement, applies both to the matrix and computes the statistic. A second training run is
     a second draw of the network, so the spread between seeds belongs in the interval; with one seed the bootstrap
-    resamples tasks alone.
+    resamples tasks alone; with 3 seeds these intervals are too narrow (their coverage: docs/reproduction.md).
 
     With `baseline` (the same tasks), each statistic is the difference stat(scores) - stat(baseline), both computed
     on the same resampled tasks and, when both have as many seeds, the same resampled seed indices (seed i paired
     with seed i); a one-seed baseline (the random policy) is paired with every seed, and other seed counts are
-    resampled apart.
-
-    Coverage, measured in 1,000 synthetic matrices with a seed effect, a task effect and noise of equal variance
-    (sd 0.3 each) and 100 tasks: the 95% interval of the mean covers the true mean 91% of the time with 10 seeds, 86%
-    with 5 and only 75% with 3 (the IQM's: 91%, 87%, 76%); with 3 seeds and a seed effect a third as wide, 86%. A
-    bootstrap over 3 seeds sees at most 3 values of the seed effect, so with 3 seeds these intervals are too narrow
-    wherever seeds differ about as much as tasks do; use 5 seeds or more where a verdict hangs on that spread. With
-    10 seeds x 30 tasks (tests/test_ad_eval.py) the coverage is 93% (mean) and 95% (IQM)."""
+    resampled apart."""
     scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 2 or scores.size == 0:
-        raise ValueError(f"scores must be a non-empty (seeds, tasks) matrix, got shape {scores.shape}")
     if baseline is not None:
         baseline = np.asarray(baseline, dtype=np.float64)
         if baseline.ndim != 2 or baseline.shape[1] != scores.shape[1] or baseline.shape[0] == 0:
@@ -278,6 +253,99 @@ def format_interval(value: tuple[float, float, float], sign: str = "") -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# The evaluation: each checkpoint in context on the held-out tasks, then its table and its files
+# ----------------------------------------------------------------------------------------------
+def main(args: Args) -> list[dict]:
+    check_args(args)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    jobs = plan(args)
+
+    results = []
+    for job in jobs:
+        checkpoint = job["checkpoint"]
+        tasks = job["tasks"]
+        size = checkpoint["data"]["size"]
+        model = job["model"].to(device)
+        started = time.time()
+        try:
+            rolled = rollout(
+                model,
+                tasks,
+                args.steps,
+                size,
+                args.seed,
+                device,
+                greedy=args.greedy,
+                temperature=args.temperature,
+                full_recompute=args.full_recompute,
+                window_keep=args.window_keep,
+                progress=args.progress,
+                desc=job["name"],
+            )
+        except RuntimeError as error:  # PyTorch's out-of-memory errors are RuntimeErrors
+            if not out_of_memory(error):
+                raise
+            raise ValueError(
+                f"{job['path']}: out of memory on {device} for --steps {args.steps:,} x --num-envs {args.num_envs:,}; "
+                "lower --steps or --num-envs"
+            ) from None
+        seconds = time.time() - started
+        episodes = rolled["episodes"]
+        # the video's env: where each of its steps led, (steps - 1, 2), taken before the tokens are let go
+        cells = arrival_cells(rolled["tokens"]["prev_arrivals"][args.video_env], size)
+        del rolled  # the next checkpoint's rollout must not find this one's tokens still held
+        random_episodes = K.random_episodes(tasks, size, args.steps, args.seed)  # seeded: the same for every checkpoint
+        K.save_evaluation(job["out"], tasks, episodes, random_episodes, eval_meta(args, job, model, seconds, device))
+        log_curve(args, checkpoint["run_name"], episodes)
+
+        table = [
+            summary_row(f"{job['name']} (ctx {model.config.context})", episodes, args.num_envs, args.steps),
+            summary_row("random policy", random_episodes, args.num_envs, args.steps),
+            difference_row("this policy - random (same tasks)", episodes, random_episodes, args.num_envs, args.steps),
+        ]
+        source_curve = None  # the source agents' episodes, for the figure: "num_envs" is their number of runs
+        if job["source"]:
+            source = source_episodes(job["source"], args.steps)
+            name = f"source agents ({checkpoint['data']['dataset']}, own tasks)"
+            table.append(summary_row(name, source, len(job["source"]), args.steps))
+            source_curve = {**source, "num_envs": len(job["source"])}
+        print(
+            f"\n{job['path']}: {args.num_envs} {args.split} tasks x {args.steps:,} steps in {seconds:.0f} s "
+            f"-> {job['out']}\nper env, then over envs: mean and IQM with 95% intervals "
+            f"({BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the tasks)"
+        )
+        print(format_table(table))
+        if args.capture_video:
+            title = f"{job['name']}, {args.split} env {args.video_env}"
+            frames, durations = video_frames(title, size, tasks[args.video_env], cells, episodes, args.video_env)
+            gif = os.path.splitext(job["out"])[0] + f"__video_env{args.video_env}.gif"
+            write_video(gif, frames, durations)
+            print(f"video: {gif}")
+        results.append(
+            {
+                "episodes": episodes,
+                "random": random_episodes,
+                "steps": args.steps,
+                "num_envs": args.num_envs,
+                "source": source_curve,
+                "row": {**table[0], "out": job["out"]},
+                "out": job["out"],
+                "title": f"{job['name']}\nctx {model.config.context}: first 500 {table[0]['first500']:.2f}, "
+                f"last 500 {table[0]['last500']:.2f}",
+            }
+        )
+
+    if args.plot:
+        # one figure per set of checkpoints: their files' names, or a digest of them when there are several
+        digest = hashlib.sha256("\n".join(result["out"] for result in results).encode()).hexdigest()[:10]
+        more = f"__and_{len(results) - 1}_more_{digest}" if len(results) > 1 else ""
+        png = os.path.splitext(results[0]["out"])[0] + more + ".png"
+        plot(results, png)
+        print(f"figure: {png}")
+    return [result["row"] for result in results]
+
+
+# ----------------------------------------------------------------------------------------------
 # The printed table: one checkpoint is one training seed, so its intervals resample tasks
 # ----------------------------------------------------------------------------------------------
 TABLE_COLUMNS = {"first500": "first 500 steps", "last500": "last 500 steps", "rise": "rise (last - first 500)"}
@@ -289,10 +357,8 @@ def interval_columns(stats: dict[str, dict]) -> dict[str, float]:
     columns = {}
     for metric, values in stats.items():
         for statistic, suffix in (("mean", ""), ("iqm", "_iqm")):
-            (value, low, high) = values[statistic]
-            columns[f"{metric}{suffix}"] = value
-            columns[f"{metric}{suffix}_low"] = low
-            columns[f"{metric}{suffix}_high"] = high
+            for part, number in zip(("", "_low", "_high"), values[statistic], strict=True):
+                columns[f"{metric}{suffix}{part}"] = number
     return columns
 
 
@@ -306,11 +372,13 @@ def summary_row(name: str, episodes: dict, num_envs: int, steps: int) -> dict:
         "rise": bootstrap(metrics["last500"][None], metrics["first500"][None]),  # the same tasks in both windows
         "last5": bootstrap(metrics["last5"][None]),
     }
-    row = {"name": name, **interval_columns(stats)}
-    row["reached"] = int(reached.sum())
-    row["envs"] = num_envs
-    row["median_steps_to_1.8"] = float(np.median(metrics["steps_to_1.8"])) if reached.any() else float("inf")
-    return row
+    return {
+        "name": name,
+        **interval_columns(stats),
+        "reached": int(reached.sum()),
+        "envs": num_envs,
+        "median_steps_to_1.8": float(np.median(metrics["steps_to_1.8"])) if reached.any() else float("inf"),
+    }
 
 
 def difference_row(name: str, episodes: dict, baseline: dict, num_envs: int, steps: int) -> dict:
@@ -332,8 +400,8 @@ def difference_row(name: str, episodes: dict, baseline: dict, num_envs: int, ste
 
 def format_table(rows: list[dict]) -> str:
     """Two lines per policy: the mean over envs and the IQM, each with its 95% interval."""
-    header = f"{'policy':<44} {'':<5}" + "".join(f" {title:>24}" for title in TABLE_COLUMNS.values())
-    header += f" {'steps to MA(10) 1.8':>28}"
+    titles = [*(f"{title:>24}" for title in TABLE_COLUMNS.values()), f"{'steps to MA(10) 1.8':>28}"]
+    header = f"{'policy':<44} {'':<5} " + " ".join(titles)
     lines = [header, "-" * len(header)]
     for row in rows:
         if row.get("difference"):  # no steps of its own
@@ -381,23 +449,18 @@ def binned_returns(
 
 def plot(results: list[dict], path: str) -> None:
     """Draw `figure(results)` into the PNG `path`."""
-    fig = figure(results)  # selects matplotlib's Agg backend before pyplot is imported here
-    import matplotlib.pyplot as plt
-
+    fig = figure(results)
     K.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
 
 
 def figure(results: list[dict]):
     """The report's Figure 3, one panel per checkpoint: the mean return over envs in bins of env steps, with its 95%
     interval over tasks (the table's bootstrap), beside the uniform-random policy on the same tasks and the source
     agents learning their own tasks (when their dataset is at hand), on one axis; the legend under the panels."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure to close
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.0), sharey=True, squeeze=False)
+    fig = Figure(figsize=(5 * len(results), 4.0))
+    axes = fig.subplots(1, len(results), sharey=True, squeeze=False)
     for ax, result in zip(axes[0], results, strict=True):
         steps = result["steps"]
         width = max(50, steps // 35)
@@ -407,8 +470,7 @@ def figure(results: list[dict]):
         ax.plot(bin_ends, [b[0] for b in bands], color="tab:red", lw=2, label="AD in context, 95% interval")
         if result.get("source") is not None:
             source = result["source"]
-            source_steps = int(source["end_step"].max())
-            curve = binned_curve(source, source["num_envs"], source_steps, width)
+            curve = binned_curve(source, source["num_envs"], int(source["end_step"].max()), width)  # its own steps
             ax.plot(*curve, color="tab:green", lw=1.5, label="source agents (own tasks)")
         random_curve = binned_curve(result["random"], result["num_envs"], steps, width)
         ax.plot(*random_curve, color="gray", lw=1.5, ls="--", label="random policy")
@@ -417,14 +479,12 @@ def figure(results: list[dict]):
         ax.set_ylim(-0.05, 2.05)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("episode return (mean over tasks)")
-    (handles, labels) = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:  # a source curve may be in another panel only
+    legend = {}  # each label once, in the order drawn: a source curve may be in another panel only
+    for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
+            legend.setdefault(label, handle)
     columns = 3 if len(results) > 1 else 2  # one panel is too narrow for three labels side by side
-    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=columns, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.11, 1, 1))  # room for the legend under the panels, off the data
     return fig
 
@@ -438,8 +498,76 @@ VIDEO_END_MS = 600  # a frame where an episode ends stays this long: its return 
 VIDEO_HOLD_MS = 2000  # the last frame stays this long before the GIF starts again
 VIDEO_GRID_PIXELS = 216  # a panel's grid is about this wide whatever the grid size
 VIDEO_MIN_STEPS = 2 * K.EPISODE_STEPS  # more steps than this hold two whole episodes and the step after them
-VIDEO_TEXT = (0, 0, 0)
-VIDEO_BACKGROUND = (255, 255, 255)
+RENDER_COLORS = {
+    "floor": (240, 240, 240),
+    "grid": (205, 205, 205),
+    "wall": (70, 70, 70),
+    "path": (190, 212, 242),
+    "trail": (95, 140, 215),
+    "key": (235, 175, 0),
+    "door": (150, 85, 40),
+    "agent": (25, 55, 185),
+}
+"""RGB colours of `draw_grid`: floor cells, the lines between cells, the wall around the room, cells on the agent's
+path, the line of its moves, the key, the door, the agent."""
+
+
+def draw_grid(
+    size: int, task: np.ndarray, path: np.ndarray, has_key: bool = False, door_found: bool = False, scale: int = 24
+) -> np.ndarray:
+    """An RGB picture of the grid, uint8 (size * scale, size * scale, 3), y up as in the env's "ansi" render (the
+    image's top row of cells is y = size - 1). `task`: (key_x, key_y, door_x, door_y). `path`: the cells the agent
+    visited, oldest first, int (n, 2) of (x, y), the last its cell now; they are tinted, and each move between
+    neighbouring cells is drawn as a line (a jump, such as the return to the start cell after an episode, is not).
+    What a Dark agent has found, for it sees neither until it steps on it: the key once `has_key` (on its cell, and a
+    key-coloured dot on the agent), the door once `door_found`. `scale`: pixels per cell."""
+    image = np.full((size * scale, size * scale, 3), RENDER_COLORS["floor"], dtype=np.uint8)
+    image[::scale, :] = RENDER_COLORS["grid"]  # the first pixel row and column of every cell
+    image[:, ::scale] = RENDER_COLORS["grid"]
+
+    # each distinct cell and move drawn once: a frame of a long rollout costs what a short one does
+    for x, y in np.unique(path, axis=0):
+        fill_cell(image, x, y, size, scale, 1, RENDER_COLORS["path"])
+    steps = np.concatenate([path[:-1], path[1:]], axis=1)  # (n - 1, 4): x0, y0, x1, y1
+    is_move = np.abs(steps[:, 2:] - steps[:, :2]).sum(axis=1) == 1  # staying draws nothing, a jump is no move
+    width = max(1, scale // 8)
+    offset = scale // 2 - width // 2  # from a cell's corner to the line through its centre
+    for x0, y0, x1, y1 in np.unique(steps[is_move], axis=0):
+        (top, left) = cell_corner(min(x0, x1), max(y0, y1), size, scale)  # the upper left of the two cells
+        (bottom, right) = cell_corner(max(x0, x1), min(y0, y1), size, scale)
+        image[top + offset : bottom + offset + width, left + offset : right + offset + width] = RENDER_COLORS["trail"]
+
+    (key_x, key_y, door_x, door_y) = task
+    if door_found:
+        fill_cell(image, door_x, door_y, size, scale, 1, RENDER_COLORS["door"])
+    if has_key:
+        fill_cell(image, key_x, key_y, size, scale, max(2, scale // 4), RENDER_COLORS["key"])
+
+    # the agent: a disk at the centre of its cell, with a smaller one in the key's colour while it holds the key
+    (row, column) = cell_corner(*path[-1], size, scale)
+    offsets = np.arange(scale) + 0.5 - scale / 2  # pixel centres relative to the cell's centre
+    distances = offsets[:, None] ** 2 + offsets[None, :] ** 2  # squared, (scale, scale)
+    agent_cell = image[row : row + scale, column : column + scale]
+    agent_cell[distances <= (0.35 * scale) ** 2] = RENDER_COLORS["agent"]
+    if has_key:
+        agent_cell[distances <= (0.15 * scale) ** 2] = RENDER_COLORS["key"]
+    border = max(1, scale // 12)  # the wall around the room
+    image[:border] = RENDER_COLORS["wall"]
+    image[-border:] = RENDER_COLORS["wall"]
+    image[:, :border] = RENDER_COLORS["wall"]
+    image[:, -border:] = RENDER_COLORS["wall"]
+    return image
+
+
+def cell_corner(x: int, y: int, size: int, scale: int) -> tuple[int, int]:
+    """The top-left pixel (row, column) of cell (x, y): y grows upwards, image rows downwards."""
+    return (size - 1 - int(y)) * scale, int(x) * scale
+
+
+def fill_cell(image: np.ndarray, x: int, y: int, size: int, scale: int, inset: int, color: tuple) -> None:
+    """Cell (x, y) filled but for `inset` pixels at its edges (1: all but the grid lines)."""
+    (row, column) = cell_corner(x, y, size, scale)
+    image[row + inset : row + scale - inset + 1, column + inset : column + scale - inset + 1] = color
 
 
 def arrival_cells(prev_arrivals: torch.Tensor, size: int) -> np.ndarray:
@@ -450,7 +578,7 @@ def arrival_cells(prev_arrivals: torch.Tensor, size: int) -> np.ndarray:
 
 
 def episode_pictures(size: int, task: np.ndarray, cells: np.ndarray, scale: int) -> tuple[list[np.ndarray], list[int]]:
-    """`K.draw_grid`'s pictures of one episode whose steps led to `cells` (n, 2): the start cell, then one after each
+    """`draw_grid`'s pictures of one episode whose steps led to `cells` (n, 2): the start cell, then one after each
     step (n + 1 pictures), and the return after each. What a Dark agent has found, by the env's rules: the key from
     the step it enters the key cell (it then holds the key), the door from the step it enters it holding the key
     (which ends the episode); the door entered without the key does nothing and stays hidden."""
@@ -467,17 +595,7 @@ def episode_pictures(size: int, task: np.ndarray, cells: np.ndarray, scale: int)
             door_found = True
         if t > 0 and entered == key:
             has_key = True
-        picture = K.draw_grid(
-            size,
-            path[t],
-            task,
-            path=path[: t + 1],
-            key_found=has_key,
-            door_found=door_found,
-            has_key=has_key,
-            scale=scale,
-        )
-        pictures.append(picture)
+        pictures.append(draw_grid(size, task, path[: t + 1], has_key, door_found, scale))
         returns.append(int(has_key) + int(door_found))  # +1 for the key, +1 for the door
     return pictures, returns
 
@@ -491,12 +609,13 @@ def env_episodes(episodes: dict, env: int, recorded: int) -> list[tuple[int, int
 
 
 def panel_frames(
-    size: int, task: np.ndarray, cells: np.ndarray, spans: list[tuple[int, int]], first: int, scale: int
+    size: int, task: np.ndarray, cells: np.ndarray, spans: list[tuple[int, int]], first: int, scale: int, which: str
 ) -> tuple[str, list[tuple[np.ndarray, str, bool]]]:
-    """One panel: its heading, and its frames (a picture, a status line, whether an episode ends there) for the
-    episodes of `spans`, numbered from `first`: per episode a start frame and one per step."""
+    """One panel: its heading (the episodes' numbers and `which` they are), and its frames (a picture, a status line,
+    whether an episode ends there) for the episodes of `spans`, numbered from `first`: per episode a start frame and
+    one per step."""
     last = first + len(spans) - 1
-    heading = f"episodes {first}-{last}" if last > first else f"episode {first}"
+    heading = f"episodes {first}-{last} ({which})" if last > first else f"episode {first} ({which})"
     frames = []
     for number, (start, stop) in enumerate(spans, start=first):
         pictures, returns = episode_pictures(size, task, cells[start:stop], scale)
@@ -517,9 +636,10 @@ def video_frames(
     shown = min(VIDEO_EPISODES, len(spans) // 2)  # the two panels never share an episode
     last = len(spans) - shown
     scale = max(4, VIDEO_GRID_PIXELS // size)
-    (first_heading, first_frames) = panel_frames(size, task, cells, spans[:shown], 1, scale)
-    (last_heading, last_frames) = panel_frames(size, task, cells, spans[last:], last + 1, scale)
-    panels = [(f"{first_heading} (the first)", first_frames), (f"{last_heading} (the last)", last_frames)]
+    panels = [
+        panel_frames(size, task, cells, spans[:shown], 1, scale, "the first"),
+        panel_frames(size, task, cells, spans[last:], last + 1, scale, "the last"),
+    ]
     font = ImageFont.load_default(size=13)
     line = 18  # pixels per line of text
     margin = 12
@@ -534,29 +654,28 @@ def video_frames(
     grid_y = heading_y + 2 * line
     notes_y = grid_y + grid + 6
     height = notes_y + len(notes) * line + margin
-    # a fixed palette holding every colour exactly: each frame's pixels can be checked against K.RENDER_COLORS
+    # a fixed palette holding every colour exactly: each frame's pixels can be checked against RENDER_COLORS
     greys = [(level, level, level) for level in range(0, 256, 17)]  # black to white, for the text's edges
-    palette = [*K.RENDER_COLORS.values(), *greys]
     palette_image = Image.new("P", (1, 1))
-    palette_image.putpalette([channel for color in palette for channel in color])
+    palette_image.putpalette([channel for color in [*RENDER_COLORS.values(), *greys] for channel in color])
     frames = []
     durations = []
     count = max(len(frames_of) for _, frames_of in panels)
     for index in range(count):
-        canvas = Image.new("RGB", (width, height), VIDEO_BACKGROUND)
+        canvas = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(canvas)
-        draw.text((margin, margin), title, fill=VIDEO_TEXT, font=font)
-        episode_ends = False
+        draw.text((margin, margin), title, fill="black", font=font)
         for column, (heading, frames_of) in enumerate(panels):
-            (picture, status, ends) = frames_of[min(index, len(frames_of) - 1)]
-            episode_ends |= ends and index < len(frames_of)  # a panel holding its last picture pauses nothing
+            (picture, status, _) = frames_of[min(index, len(frames_of) - 1)]
             left = margin + column * (grid + margin)
-            draw.text((left, heading_y), heading, fill=VIDEO_TEXT, font=font)
-            draw.text((left, heading_y + line), status, fill=VIDEO_TEXT, font=font)
+            draw.text((left, heading_y), heading, fill="black", font=font)
+            draw.text((left, heading_y + line), status, fill="black", font=font)
             canvas.paste(Image.fromarray(picture), (left, grid_y))
         for row, note in enumerate(notes):
-            draw.text((margin, notes_y + row * line), note, fill=VIDEO_TEXT, font=font)
+            draw.text((margin, notes_y + row * line), note, fill="black", font=font)
         frames.append(canvas.quantize(palette=palette_image, dither=Image.Dither.NONE))
+        # an episode ends in a panel still playing (a panel holding its last picture pauses nothing)
+        episode_ends = any(index < len(frames_of) and frames_of[index][2] for _, frames_of in panels)
         if index == count - 1:
             durations.append(VIDEO_HOLD_MS)
         elif episode_ends:
@@ -568,132 +687,73 @@ def video_frames(
 
 def write_video(path: str, frames: list, durations: list[int]) -> None:
     """An animated GIF of `frames`, each shown its duration (ms), looping."""
-
-    def save(f) -> None:
-        frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
-
-    K.atomic_write(path, save)
+    K.atomic_write(
+        path,
+        lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
-# Checks: flags, memory and outputs, all before any rollout
+# Checks and outputs: flags, inputs and output files, all before any rollout
 # ----------------------------------------------------------------------------------------------
-def validate(args: Args) -> None:
-    """Every flag's range, before any work."""
-    if not args.checkpoints:
-        raise ValueError("--checkpoints needs at least one .pt file")
-    if args.num_envs < 1:
-        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if args.source_runs < 0:
-        raise ValueError(f"--source-runs must be >= 0, got {args.source_runs}")
-    if args.curve_bin < 1:
-        raise ValueError(f"--curve-bin must be >= 1, got {args.curve_bin}")
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise ValueError(f"--temperature must be a finite number > 0, got {args.temperature}")
-    if args.greedy and args.temperature != 1.0:
-        raise ValueError("--temperature has no effect with --greedy (argmax at every temperature): pass one of them")
-    if args.window_keep < 0:
-        raise ValueError(f"--window-keep must be >= 0 (0: half the context), got {args.window_keep}")
-    if not 0 <= args.video_env < args.num_envs:
-        raise ValueError(
-            f"--video-env must be one of the --num-envs {args.num_envs} envs, 0..{args.num_envs - 1}, "
-            f"got {args.video_env}"
-        )
-    if args.capture_video and args.steps <= VIDEO_MIN_STEPS:
-        raise ValueError(
-            f"--capture-video needs --steps > {VIDEO_MIN_STEPS} (two whole episodes and the step after), "
-            f"got {args.steps}"
-        )
-
-
-def rollout_bytes(num_envs: int, steps: int, obs_dim: int) -> tuple[int, int]:
-    """(device, host) bytes an evaluation holds at its peak, from the shapes of its buffers. On the device,
-    `ad_train.rollout`'s (N, steps) tokens: observations (obs_dim float32), previous action (int64), reward, done and
-    arrival cell (1, 1 and 2 float32), and its rewards (float32) and dones (bool). On the host, their copies, the
-    random policy's rewards and dones, and the flat episodes of both (at most one per 2 steps, 20 bytes each, twice
-    while they are concatenated)."""
-    device_per_step = 4 * obs_dim + 8 + 4 + 4 + 8 + 4 + 1
-    host_per_step = (4 + 1) + (4 + 1) + 2 * 20
-    return num_envs * steps * device_per_step, num_envs * steps * host_per_step
-
-
-def check_memory(args: Args, obs_dim: int, device: torch.device) -> None:
-    """Refuse --steps x --num-envs whose buffers no memory here holds, in one line, instead of an allocator error."""
-    (device_bytes, host_bytes) = rollout_bytes(args.num_envs, args.steps, obs_dim)
-    if device.type == "cuda":
-        needs = [
-            (device_bytes, torch.cuda.mem_get_info(device)[0], f"free memory on {device}"),
-            (host_bytes, K.available_memory(), "available memory"),
+def check_args(args: Args) -> None:
+    """Every flag's range, and the packages --plot and --capture-video need, before any work."""
+    K.check_flags(
+        [
+            (len(args.checkpoints) > 0, "--checkpoints needs at least one .pt file"),
+            (args.num_envs >= 1, f"--num-envs must be >= 1, got {args.num_envs}"),
+            (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
+            (args.source_runs >= 0, f"--source-runs must be >= 0, got {args.source_runs}"),
+            (args.curve_bin >= 1, f"--curve-bin must be >= 1, got {args.curve_bin}"),
+            (
+                np.isfinite(args.temperature) and args.temperature > 0,
+                f"--temperature must be a finite number > 0, got {args.temperature}",
+            ),
+            (
+                not args.greedy or args.temperature == 1.0,
+                "--temperature has no effect with --greedy (argmax at every temperature): pass one of them",
+            ),
+            (args.window_keep >= 0, f"--window-keep must be >= 0 (0: half the context), got {args.window_keep}"),
+            (
+                0 <= args.video_env < args.num_envs,
+                f"--video-env must be one of the --num-envs {args.num_envs} envs, 0..{args.num_envs - 1}, "
+                f"got {args.video_env}",
+            ),
+            (
+                not args.capture_video or args.steps > VIDEO_MIN_STEPS,
+                f"--capture-video needs --steps > {VIDEO_MIN_STEPS} (two whole episodes and the step after), "
+                f"got {args.steps}",
+            ),
+            # the packages of the outputs asked for: fail before any work, not after the rollouts
+            (
+                not args.plot or find_spec("matplotlib") is not None,
+                "--plot needs matplotlib: pip install -r requirements.txt",
+            ),
+            (
+                not args.capture_video or find_spec("PIL") is not None,
+                "--capture-video needs pillow: pip install -r requirements.txt",
+            ),
         ]
-    else:  # the device is the host
-        needs = [(device_bytes + host_bytes, K.available_memory(), "available memory")]
-    for need, available, where in needs:
-        if available is not None and need > available:
-            raise ValueError(
-                f"--steps {args.steps:,} x --num-envs {args.num_envs:,} needs about {need / 1e9:,.1f} GB for the "
-                f"rollout's buffers, more than the {available / 1e9:,.1f} GB of {where}; lower --steps or --num-envs"
-            )
+    )
 
 
-def run_suffix(args: Args) -> str:
-    """What tells apart evaluations of one checkpoint, in the evaluation file's name and TensorBoard's run name."""
-    greedy = "_greedy" if args.greedy else ""
-    temperature = f"_temp{args.temperature:g}" if args.temperature != 1.0 else ""
-    keep = f"_keep{args.window_keep}" if args.window_keep else ""
-    return f"{args.split}{args.num_envs}_steps{args.steps}_seed{args.seed}{greedy}{temperature}{keep}"
+def out_of_memory(error: RuntimeError) -> bool:
+    """Whether `error` is PyTorch's out-of-memory error: a GPU's torch.OutOfMemoryError, or the CPU allocator's."""
+    return isinstance(error, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(error)
 
 
-def default_out_dir(path: str) -> tuple[str, str | None]:
-    """(where the evaluation of checkpoint `path` goes, the data dir of its dataset or None). ad_train.py writes
-    <data dir>/checkpoints/: its data dir holds the dataset and gets the eval files; elsewhere eval/ beside it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.basename(folder) == "checkpoints":
-        data_dir = os.path.dirname(folder)
-        return os.path.join(data_dir, "eval"), data_dir
-    return os.path.join(folder, "eval"), None
-
-
-def check_output(out: str, path: str, checkpoint: dict) -> None:
-    """An existing evaluation file may be rewritten only by the evaluation of the same training run."""
-    if not os.path.exists(out):
-        return
-    try:
-        with np.load(out, allow_pickle=False) as existing:
-            written = json.loads(str(existing["meta"]))
-    except Exception as e:  # truncated, not a zip, no meta: all say the same to the user
-        raise ValueError(
-            f"{out} exists but is not a readable evaluation file ({type(e).__name__}); "
-            "move it away or pass another --out-dir"
-        ) from None
-    # the same training run (its name holds its start time) may be evaluated again, wherever it moved
-    if "run_name" in written:
-        same = written.get("run_name") == checkpoint["run_name"]
-    else:
-        same = os.path.realpath(written.get("checkpoint", "")) == os.path.realpath(path)
-    if not same:
-        written_by = written.get("checkpoint")
-        raise ValueError(
-            f"{out} holds the evaluation of {written_by or 'another file'}, not of {path}; "
-            "move it away or pass another --out-dir"
-        )
-
-
-def plan(args: Args, device: torch.device) -> list[dict]:
-    """Every input read and every output checked before any rollout: every checkpoint (its model built), the
-    memory the rollouts need, tasks, source histories, and evaluation files that never overwrite another's."""
-    loaded = []
-    for path in args.checkpoints:  # all of them first: a bad second checkpoint writes nothing
-        checkpoint = load_checkpoint(path)  # checks every part (its grid size first); the model moves at its turn
-        context = checkpoint["model_config"]["context"]
-        if args.window_keep > context:
-            raise ValueError(f"--window-keep {args.window_keep} is more than the context {context} of {path}")
-        loaded.append((path, checkpoint, model_from_checkpoint(checkpoint)))
-    check_memory(args, max(checkpoint["data"]["obs_dim"] for _, checkpoint, _ in loaded), device)
+def plan(args: Args) -> list[dict]:
+    """Every input read and every output checked before any rollout: every checkpoint (its model built), tasks,
+    source histories, and evaluation files that never overwrite another's."""
     jobs = []
     outputs = {}
-    for path, checkpoint, model in loaded:
+    for path in args.checkpoints:  # all of them first: a bad second checkpoint writes nothing
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint)  # on the host: it moves to the device at its turn
+        if args.window_keep > model.config.context:
+            raise ValueError(
+                f"--window-keep {args.window_keep} is more than the context {model.config.context} of {path}"
+            )
         data = checkpoint["data"]
         name = os.path.splitext(os.path.basename(path))[0]
         (out_dir, data_dir) = default_out_dir(path)
@@ -718,9 +778,46 @@ def plan(args: Args, device: torch.device) -> list[dict]:
         )
     for out_dir in sorted({os.path.dirname(job["out"]) for job in jobs}):  # last: a refused run creates nothing
         K.check_writable(out_dir)
-        K.remove_stale_parts(out_dir)
     K.check_writable("runs")  # TensorBoard's eval/return curves
     return jobs
+
+
+def run_suffix(args: Args) -> str:
+    """What tells apart evaluations of one checkpoint, in the evaluation file's name and TensorBoard's run name."""
+    greedy = "_greedy" if args.greedy else ""
+    temperature = f"_temp{args.temperature:g}" if args.temperature != 1.0 else ""
+    keep = f"_keep{args.window_keep}" if args.window_keep else ""
+    return f"{args.split}{args.num_envs}_steps{args.steps}_seed{args.seed}{greedy}{temperature}{keep}"
+
+
+def default_out_dir(path: str) -> tuple[str, str | None]:
+    """(where the evaluation of checkpoint `path` goes, the data dir of its dataset or None). ad_train.py writes
+    <data dir>/checkpoints/: its data dir holds the dataset and gets the eval files; elsewhere eval/ beside it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(folder) == "checkpoints":
+        data_dir = os.path.dirname(folder)
+        return os.path.join(data_dir, "eval"), data_dir
+    return os.path.join(folder, "eval"), None
+
+
+def check_output(out: str, path: str, checkpoint: dict) -> None:
+    """An existing evaluation file may be rewritten only by the evaluation of the same training run (its run name
+    holds its start time), wherever its checkpoint moved; a file we cannot read is never overwritten either."""
+    if not os.path.exists(out):
+        return
+    try:
+        with np.load(out, allow_pickle=False) as existing:
+            written = json.loads(str(existing["meta"]))
+    except Exception as e:  # truncated, not a zip, no meta: all say the same to the user
+        raise ValueError(
+            f"{out} exists but is not a readable evaluation file ({type(e).__name__}); "
+            "move it away or pass another --out-dir"
+        ) from None
+    if written.get("run_name") != checkpoint["run_name"]:
+        raise ValueError(
+            f"{out} holds the evaluation of {written.get('checkpoint', 'another file')}, not of {path}; "
+            "move it away or pass another --out-dir"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -755,122 +852,12 @@ def eval_meta(args: Args, job: dict, model: torch.nn.Module, seconds: float, dev
     }
 
 
-def write_eval_file(path: str, tasks: np.ndarray, episodes: dict, random_episodes: dict, meta: dict) -> None:
-    payload = {"tasks": tasks}
-    for key, value in episodes.items():
-        payload[f"episode_{key}"] = value
-    for key, value in random_episodes.items():
-        payload[f"random_episode_{key}"] = value
-    payload["meta"] = np.array(json.dumps(meta))
-    K.atomic_write(path, lambda f: np.savez_compressed(f, **payload))
-
-
 def log_curve(args: Args, run_name: str, episodes: dict) -> None:
     """TensorBoard's eval/return, one run per evaluation setting: other --num-envs or --steps never share a run."""
     writer = SummaryWriter(os.path.join("runs", f"{run_name}__eval_{run_suffix(args)}"))
     for step, value in zip(*binned_curve(episodes, args.num_envs, args.steps, args.curve_bin), strict=True):
         writer.add_scalar("eval/return", value, int(step))
     writer.close()
-
-
-def main(args: Args) -> list[dict]:
-    validate(args)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401  (fail before any work, not after the rollouts)
-        except ImportError:
-            raise ValueError("--plot needs matplotlib: pip install -r requirements.txt") from None
-    if args.capture_video:
-        try:
-            import PIL  # noqa: F401  (pillow comes with matplotlib)
-        except ImportError:
-            raise ValueError("--capture-video needs pillow: pip install -r requirements.txt") from None
-    jobs = plan(args, device)
-
-    results = []
-    random_cache = {}
-    for job in jobs:
-        checkpoint = job["checkpoint"]
-        tasks = job["tasks"]
-        size = checkpoint["data"]["size"]
-        model = job["model"].to(device)
-        started = time.time()
-        rolled = rollout(
-            model,
-            tasks,
-            args.steps,
-            size,
-            args.seed,
-            device,
-            greedy=args.greedy,
-            temperature=args.temperature,
-            full_recompute=args.full_recompute,
-            window_keep=args.window_keep,
-            progress=args.progress,
-            desc=job["name"],
-        )
-        seconds = time.time() - started
-        episodes = rolled["episodes"]
-        cells = None  # the video's env: where each of its steps led, taken before the tokens are let go
-        if args.capture_video:
-            cells = arrival_cells(rolled["tokens"]["prev_arrivals"][args.video_env], size)  # (steps - 1, 2)
-        del rolled  # the next checkpoint's rollout must not find this one's tokens still held
-        key = (size, tasks.tobytes())
-        if key not in random_cache:
-            random_cache[key] = random_rollout(tasks, args.steps, size, args.seed)
-        meta = eval_meta(args, job, model, seconds, device)
-        write_eval_file(job["out"], tasks, episodes, random_cache[key], meta)
-        log_curve(args, checkpoint["run_name"], episodes)
-
-        table = [
-            summary_row(f"{job['name']} (ctx {model.config.context})", episodes, args.num_envs, args.steps),
-            summary_row("random policy", random_cache[key], args.num_envs, args.steps),
-            difference_row("this policy - random (same tasks)", episodes, random_cache[key], args.num_envs, args.steps),
-        ]
-        source_curve = None  # the source agents' episodes, for the figure: "num_envs" is their number of runs
-        if job["source"]:
-            source = source_episodes(job["source"], args.steps)
-            name = f"source agents ({checkpoint['data']['dataset']}, own tasks)"
-            table.append(summary_row(name, source, len(job["source"]), args.steps))
-            source_curve = {**source, "num_envs": len(job["source"])}
-        print(
-            f"\n{job['path']}: {args.num_envs} {args.split} tasks x {args.steps:,} steps in {seconds:.0f} s "
-            f"-> {job['out']}\nper env, then over envs: mean and IQM with 95% intervals "
-            f"({BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the tasks)"
-        )
-        print(format_table(table))
-        if args.capture_video:
-            title = f"{job['name']}, {args.split} env {args.video_env}"
-            frames, durations = video_frames(title, size, tasks[args.video_env], cells, episodes, args.video_env)
-            gif = os.path.splitext(job["out"])[0] + f"__video_env{args.video_env}.gif"
-            write_video(gif, frames, durations)
-            print(f"video: {gif}")
-        results.append(
-            {
-                "episodes": episodes,
-                "random": random_cache[key],
-                "steps": args.steps,
-                "num_envs": args.num_envs,
-                "source": source_curve,
-                "row": {**table[0], "out": job["out"]},
-                "out": job["out"],
-                "title": f"{job['name']}\nctx {model.config.context}: first 500 {table[0]['first500']:.2f}, "
-                f"last 500 {table[0]['last500']:.2f}",
-            }
-        )
-
-    if args.plot:
-        # one figure per set of checkpoints: their files' names, or a digest of them when there are several
-        digest = hashlib.sha256("\n".join(result["out"] for result in results).encode()).hexdigest()[:10]
-        more = f"__and_{len(results) - 1}_more_{digest}" if len(results) > 1 else ""
-        png = os.path.splitext(results[0]["out"])[0] + more + ".png"
-        plot(results, png)
-        print(f"figure: {png}")
-    return [result["row"] for result in results]
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ one-process update of that batch. Rank 0 alone prints, logs, evaluates and write
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -129,18 +130,17 @@ def load_dataset(
     one's grid and features, and hold only tasks of the train split."""
     obs_dim = K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
     runs = []
-    first = None  # (file name, observation features, grid size) of the first history: the others must match it
+    first = None  # (path, observation features, grid size) of the first history: the others must match it
     for path in K.history_paths(folder):
         history, history_config = K.load_history(path)
-        name = os.path.basename(path)
         size = history_config["size"]  # `K.load_history` refuses a config without one
         features = history["observations"].shape[1]
         if first is None:
-            first = (name, features, size)
+            first = (path, features, size)
         if (features, size) != first[1:]:
             raise ValueError(
-                f"{folder}: {first[0]} has {first[1]} observation features on a {first[2]}x{first[2]} "
-                f"grid, {name} has {features} on {size}x{size}: one dataset, one layout"
+                f"{first[0]} has {first[1]} observation features on a {first[2]}x{first[2]} grid, "
+                f"{path} has {features} on {size}x{size}: one dataset, one layout"
             )
         if light_obs and features != K.LIGHT_OBS_DIM:
             raise ValueError(f"--light-obs needs Light data, but {path} holds Dark observations")
@@ -156,24 +156,6 @@ def load_dataset(
         runs.append(run)
     meta = {"size": size, "obs_dim": obs_dim, "obs_scale": scale.tolist(), "data_obs_dim": features}
     return runs, meta
-
-
-def check_train_tasks(tasks: np.ndarray, size: int, path: str) -> None:
-    """Refuse a history that holds a task outside the train split: training on a held-out task would leak the tasks
-    the evaluation reports on. Collection keeps to the train split; this catches data from elsewhere, or a bug."""
-    grid = (size, size, size, size)
-    train = np.ravel_multi_index(K.task_split(size, "train").T, grid)  # one integer per task
-    outside = ~np.isin(np.ravel_multi_index(tasks.T, grid), train)  # (T,)
-    if not outside.any():
-        return
-    task = tasks[np.argmax(outside)]
-    for split in ("validation", "test"):
-        if (K.task_split(size, split) == task).all(axis=1).any():
-            raise ValueError(
-                f"{path} holds task {task.tolist()}, a held-out ({split}) task of the {size}x{size} grid: "
-                "training on it would leak the evaluation tasks"
-            )
-    raise ValueError(f"{path} holds task {task.tolist()}, which is no task of the {size}x{size} grid's train split")
 
 
 def arrival_cells(history: dict, size: int, name: str) -> np.ndarray:
@@ -400,10 +382,9 @@ class DecisionModel(nn.Module):
 
     def optimizer(self, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
         """AdamW with weight decay on matrices only (not biases, norms)."""
-        params = [p for p in self.parameters() if p.requires_grad]
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for p in self.parameters() if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in self.parameters() if p.dim() < 2], "weight_decay": 0.0},
         ]
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
@@ -528,23 +509,14 @@ def loss_and_accuracy(model: nn.Module, inputs: dict, targets: torch.Tensor, aut
     return loss, (logits.argmax(-1) == targets).float().mean()
 
 
-def mean_over_processes(values: torch.Tensor, world_size: int) -> torch.Tensor:
-    """The mean of `values` over the torchrun processes, each holding its share's: the global batch's values."""
-    if world_size == 1:
-        return values
-    total = values.clone()
-    dist.all_reduce(total)  # a sum: gloo has no average
-    return total / world_size
-
-
 @torch.no_grad()
 def validation_loss(model: nn.Module, data: WindowSampler, batch_size: int, seed: int, autocast) -> tuple:
-    """Loss and accuracy on the same validation windows every time (drawn from a generator seeded by `seed`)."""
-    was_training = model.training
+    """Loss and accuracy on the same validation windows every time (drawn from a generator seeded by `seed`), without
+    dropout; the model goes back to training."""
     model.eval()
     inputs, targets = data.sample(batch_size, torch.Generator().manual_seed(seed))
     loss, accuracy = loss_and_accuracy(model, inputs, targets, autocast)
-    model.train(was_training)
+    model.train()
     return loss.item(), accuracy.item()
 
 
@@ -570,18 +542,182 @@ def log_training(
     writer.add_scalar("charts/tokens_per_second", per_second * tokens, iteration)
 
 
+# --- The training script
+def main(args: Args) -> dict:
+    validate(args, torchrun_world_size())
+    device, rank, world_size = setup_processes(args)
+    master = rank == 0  # rank 0 alone prints, logs, evaluates and writes the checkpoint
+    # each process its own dropout stream; rank 0's initial model is the one-process model (DDP copies it to all)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+
+    # 1. inputs and outputs, every check before any work
+    obs = "light" if args.light_obs else "dark"
+    name = f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}"
+    path = os.path.join(args.data_dir, "checkpoints", f"{name}.pt")
+    if master:
+        K.check_writable(os.path.dirname(path))
+        K.check_writable("runs")  # TensorBoard
+    folder = os.path.join(args.data_dir, args.dataset)
+    runs, meta = load_dataset(
+        folder, args.light_obs, args.history_steps, args.context, args.arrival_token, args.episode_stride
+    )
+    size = meta["size"]
+    train_runs, val_runs = split_runs(runs, args.val_fraction, args.seed)
+    train_data = WindowSampler(train_runs, args.context, meta["obs_scale"], device)
+    val_data = None  # a validation loss needs a held-out run as long as the context
+    if val_runs and max(len(run["actions"]) for run in val_runs) >= args.context:
+        val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device)
+    if master:  # the first line: a user who meant another grid or data sees it at once
+        read = "Light observations" if args.light_obs else "Dark observations"
+        if meta["data_obs_dim"] == K.LIGHT_OBS_DIM and not args.light_obs:
+            read += " (Light data read Dark)"
+        print(f"{folder}: {size}x{size} grid, {read}, {len(runs)} runs, {train_data.tokens:,} training tokens")
+    eval_tasks = None
+    if args.eval_every:
+        eval_tasks = K.eval_tasks(size, "validation", args.eval_envs, args.seed)
+
+    # from here on Ctrl-C and SIGTERM save a checkpoint after the iteration in flight, and a model or batch no
+    # memory holds is PyTorch's error as one line naming the flags to lower
+    with StopOnSignal(world_size) as stop, out_of_memory_names_flags(args):
+        # 2. the model, and the checkpoint to resume from
+        shared = {field.name: getattr(args, field.name) for field in fields(ModelConfig) if hasattr(args, field.name)}
+        model_config = ModelConfig(obs_dim=meta["obs_dim"], arrival=args.arrival_token, **shared)
+        model = DecisionModel(model_config).to(device)
+        optimizer = model.optimizer(args.lr, args.weight_decay, device)
+        # the windows: one stream, the same in every process
+        generator = torch.Generator().manual_seed(args.seed * 7919)
+        # the data the windows are drawn from (ad_eval.py reads the dataset, its grid and the observation features)
+        data_info = {
+            "dataset": args.dataset,
+            "size": size,
+            "light_obs": args.light_obs,
+            "obs_dim": meta["obs_dim"],
+            "history_steps": args.history_steps,
+            "episode_stride": args.episode_stride,
+            "val_fraction": args.val_fraction,
+        }
+        run_name = f"KeyDoor-{obs.title()}-{size}x{size}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        fixed = {"args": asdict(args), "model_config": asdict(model_config), "data": data_info, "run_name": run_name}
+        start = 0
+        if os.path.exists(path):
+            checkpoint = load_checkpoint(path)  # on the CPU, where the generator states are restored from
+            check_resume(path, checkpoint, args, size)
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])  # the moments go to the device of the parameters
+            restore_rng_state(checkpoint["rng"], generator, device, rank)
+            start = checkpoint["iteration"]
+            fixed["run_name"] = checkpoint["run_name"]  # the same TensorBoard run goes on
+            if master:
+                print(f"resuming {path} at iteration {start}")
+            saved_by = len(checkpoint["rng"]["torch"])
+            # the same batches; the dropout draws of the ranks it holds no state for
+            if master and saved_by != world_size:
+                print(f"{path} was written by {saved_by} processes, this run has {world_size}: other dropout draws")
+        step_model = training_model(model, args.compile, device, world_size)
+
+        # 3. the training loop
+        writer = None
+        if master:
+            writer = SummaryWriter(os.path.join("runs", fixed["run_name"]))
+            table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+            writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+            processes = f" x {world_size} processes" if world_size > 1 else ""
+            print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters on {device}{processes}")
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        stats = {}
+        loop_start = time.time()
+        last_log_time = loop_start
+        last_log_iteration = start
+        bar = tqdm(
+            range(start, args.iterations), initial=start, total=args.iterations, disable=not (master and args.progress)
+        )
+        for iteration in bar:
+            # the AD update: next-action cross-entropy on a batch of windows of learning histories
+            lr = lr_at(iteration, args)
+            for group in optimizer.param_groups:  # decayed and not: one schedule
+                group["lr"] = lr
+            inputs, targets = train_data.sample(args.batch_size, generator, rank, world_size)
+            loss, accuracy = loss_and_accuracy(step_model, inputs, targets, autocast)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # at once, as nanoGPT: no gradient lives on through the next forward
+            completed = iteration + 1
+            last = completed == args.iterations
+
+            if completed % args.log_every == 0 or last:  # .item() waits for the GPU: only here
+                both = torch.stack([loss.detach(), accuracy])  # one transfer; under torchrun one all-reduce
+                train_loss, train_accuracy = mean_over_processes(both, world_size).tolist()
+                stats["train_loss"] = train_loss
+                stats["accuracy"] = train_accuracy
+                now = time.time()
+                per_second = (completed - last_log_iteration) / (now - last_log_time)
+                last_log_time = now
+                last_log_iteration = completed
+                if master:
+                    log_training(
+                        writer, completed, train_loss, train_accuracy, lr, per_second, args.batch_size * args.context
+                    )
+                    bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_accuracy:.2f}")
+
+            if master and val_data is not None and (completed % args.val_every == 0 or last):
+                val_loss, val_accuracy = validation_loss(model, val_data, args.batch_size, args.seed, autocast)
+                stats["val_loss"] = val_loss
+                writer.add_scalar("losses/val_loss", val_loss, completed)
+                writer.add_scalar("charts/val_accuracy", val_accuracy, completed)
+
+            if master and args.eval_every and (completed % args.eval_every == 0 or last):
+                stats["eval_return"] = evaluate_in_context(model, eval_tasks, args, size, device)
+                writer.add_scalar("eval/return", stats["eval_return"], completed)
+
+            # every iteration, in every process: the other ranks wait here while rank 0 validates and evaluates
+            received = stop.requested()
+            if completed % args.save_every == 0 or last or received:
+                save_checkpoint(path, model, optimizer, completed, fixed, generator, device, rank, world_size)
+            if received and not last:
+                wait_for_all(device, world_size)  # rank 0's checkpoint is on disk before any process exits
+                shut_down(writer, bar)
+                if master:
+                    print(
+                        f"{signal.Signals(received).name}: {path} saved at iteration {completed}; rerun the command "
+                        "to resume",
+                        file=sys.stderr,
+                    )
+                raise SystemExit(128 + received)
+
+    shut_down(writer, bar)
+    stats["iterations_per_second"] = max(0, args.iterations - start) / (time.time() - loop_start)
+    return {"checkpoint": path, **stats}
+
+
 # --- Checkpoints: what a resume restores bit for bit, and what ad_eval.py rebuilds the model from
-CHECKPOINT_KEYS = ("model", "optimizer", "iteration", "args", "model_config", "data", "run_name", "rng")
-RESUME_ARGS = ("batch_size", "lr", "warmup_iterations", "weight_decay", "max_grad_norm")  # --iterations may grow
-FLAG_NAMES = {"arrival": "--arrival-token"}  # a ModelConfig field named apart from its flag
+# the writer and its layout: another script's checkpoint, or another layout's, is refused, not misread
+CHECKPOINT_VERSION = "ad_train.py/1"
+# the flags that set the windows, the model and the optimizer: a resume keeps them (the dataset, its observations,
+# the context and the seed are in the checkpoint's name; --iterations may grow)
+RESUME_ARGS = (
+    "history_steps",
+    "episode_stride",
+    "val_fraction",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "d_ff",
+    "dropout",
+    "arrival_token",
+    "batch_size",
+    "lr",
+    "warmup_iterations",
+    "weight_decay",
+    "max_grad_norm",
+)
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> dict:
     """This process's generators, as CPU byte tensors: the window sampler's, and the global ones dropout draws from."""
-    if device.type == "cuda":
-        cuda = torch.cuda.get_rng_state(device)
-    else:
-        cuda = torch.empty(0, dtype=torch.uint8)
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
     return {"sampler": generator.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
 
 
@@ -619,6 +755,7 @@ def save_checkpoint(
     if rank != 0:
         return
     checkpoint = {
+        "version": CHECKPOINT_VERSION,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "iteration": iteration,
@@ -629,150 +766,26 @@ def save_checkpoint(
         },
         **fixed,
     }
-
-    def write(file) -> None:
-        torch.save(checkpoint, file)
-
-    K.atomic_write(path, write)
+    K.atomic_write(path, lambda file: torch.save(checkpoint, file))
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint written by this script and check all of it (a one-line ValueError naming `path` if it is
-    not one). The model's weights go to `map_location`; the rest stays on the CPU, the generator states above all:
-    `set_state` takes only CPU byte tensors."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint this script wrote, on the CPU (the generator states above all: `set_state` takes only CPU byte
+    tensors). PyTorch checks it: its weights load strictly into the model its config builds. Any other file is a
+    one-line ValueError naming `path`."""
+    checkpoint = None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if checkpoint["version"] != CHECKPOINT_VERSION:
+            raise ValueError(f"format {checkpoint['version']}, this ad_train.py reads {CHECKPOINT_VERSION}")
+        model_from_checkpoint(checkpoint)  # strict: exactly the weights, in their shapes, of its model_config's model
+    except FileNotFoundError:
+        raise
     except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    check_checkpoint(checkpoint, path)
-    checkpoint["model"] = {name: tensor.to(map_location) for name, tensor in checkpoint["model"].items()}
+        what = "not a readable checkpoint" if checkpoint is None else "not a checkpoint of this version of ad_train.py"
+        reason = " ".join(str(e).split())  # one line, whatever PyTorch said
+        raise ValueError(f"{path}: {what} ({type(e).__name__}: {reason})") from None
     return checkpoint
-
-
-def check_checkpoint(checkpoint, path: str) -> None:
-    """Every part of a checkpoint a resume or `ad_eval.py` reads, checked before it is used."""
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: not a checkpoint of ad_train.py (it holds a {type(checkpoint).__name__})")
-    if isinstance(checkpoint.get("args"), dict) and "episodes_per_trial" in checkpoint["args"]:
-        raise ValueError(
-            f"{path}: an rl2_train.py checkpoint, not one of ad_train.py; rl2_train.py evaluates its own (rerun it)"
-        )
-    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
-    if missing:
-        raise ValueError(f"{path}: not a checkpoint of this version of ad_train.py (missing {missing})")
-    check_model_config(checkpoint["model_config"], path)
-    check_data_info(checkpoint["data"], checkpoint["model_config"], path)
-    check_rng_states(checkpoint["rng"], path)
-    check_weights(checkpoint["model"], ModelConfig(**checkpoint["model_config"]), path)
-    optimizer = checkpoint["optimizer"]
-    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list) and "state" in optimizer):
-        raise ValueError(f"{path}: its optimizer entry is not an optimizer state")
-    iteration = checkpoint["iteration"]
-    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
-        raise ValueError(f"{path}: its iteration must be an integer >= 0, got {iteration!r}")
-    if not isinstance(checkpoint["args"], dict) or not isinstance(checkpoint["args"].get("exp_name"), str):
-        raise ValueError(f"{path}: the checkpoint's args lack exp_name")
-    if not isinstance(checkpoint["run_name"], str):
-        raise ValueError(f"{path}: its run_name must be a string, got {checkpoint['run_name']!r}")
-
-
-def check_model_config(config, path: str) -> None:
-    """Exactly ModelConfig's fields, each of its type and in the range the model can be built with."""
-    cannot = f"{path}: its model does not load (model_config"
-    names = [field.name for field in fields(ModelConfig)]
-    if not isinstance(config, dict):
-        raise ValueError(f"{cannot} is a {type(config).__name__}, not a dict)")
-    unknown = sorted(set(config) - set(names))
-    if unknown:
-        raise ValueError(f"{cannot} has unknown fields {unknown}; this ad_train.py knows {names})")
-    absent = [name for name in names if name not in config]
-    if absent:
-        raise ValueError(f"{cannot} lacks the fields {absent})")
-    for field in fields(ModelConfig):  # the annotations are strings (`from __future__ import annotations`)
-        value = config[field.name]
-        if field.type == "bool":
-            right_type = isinstance(value, bool)
-        elif field.type == "float":
-            right_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            right_type = isinstance(value, int) and not isinstance(value, bool)
-        if not right_type:
-            raise ValueError(f"{cannot} {field.name} must be of type {field.type}, got {value!r})")
-    if config["obs_dim"] not in (K.DARK_OBS_DIM, K.LIGHT_OBS_DIM):
-        raise ValueError(f"{cannot} obs_dim must be {K.DARK_OBS_DIM} or {K.LIGHT_OBS_DIM}, got {config['obs_dim']})")
-    for name in ("context", "n_layer", "n_head", "n_embd", "d_ff"):
-        if config[name] < 1:
-            raise ValueError(f"{cannot} {name} must be >= 1, got {config[name]})")
-    if config["n_embd"] % config["n_head"]:
-        raise ValueError(f"{cannot} n_embd {config['n_embd']} is no multiple of n_head {config['n_head']})")
-    if not 0 <= config["dropout"] < 1:  # NaN fails too
-        raise ValueError(f"{cannot} dropout must lie in [0, 1), got {config['dropout']})")
-
-
-def check_data_info(data, config: dict, path: str) -> None:
-    """The dataset's name, grid size and observation features, as ad_eval.py reads them (the size first: a claimed
-    size of 100 would enumerate 100M tasks)."""
-    missing = [key for key in ("dataset", "size", "obs_dim") if not isinstance(data, dict) or key not in data]
-    if missing:
-        raise ValueError(f"{path}: the checkpoint's data record lacks {', '.join(missing)}")
-    try:
-        K.validate_size(data["size"])
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    if not isinstance(data["dataset"], str):
-        raise ValueError(f"{path}: the checkpoint's dataset must be a folder name, got {data['dataset']!r}")
-    if data["obs_dim"] != config["obs_dim"]:
-        raise ValueError(
-            f"{path}: its data has {data['obs_dim']!r} observation features, its model {config['obs_dim']}"
-        )
-
-
-def check_rng_states(rng, path: str) -> None:
-    """The generator states `restore_rng_state` sets, as CPU byte tensors: "sampler" one, "torch" and "cuda" lists
-    indexed by rank (a single state, as a checkpoint of an older ad_train.py holds it, becomes a list of one)."""
-    if not isinstance(rng, dict):
-        raise ValueError(f"{path}: its rng must be a dict of generator states, got {type(rng).__name__}")
-    state_bytes = len(torch.Generator().get_state())
-
-    def is_state(value, length=None) -> bool:
-        byte_tensor = isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
-        return byte_tensor and (length is None or len(value) == length)
-
-    if not is_state(rng.get("sampler"), state_bytes):
-        raise ValueError(f"{path}: its rng holds no generator state of the window sampler")
-    for name in ("torch", "cuda"):
-        states = rng.get(name)
-        if isinstance(states, torch.Tensor):
-            states = [states]
-            rng[name] = states
-        length = state_bytes if name == "torch" else None  # a CUDA state's length depends on the GPU's generator
-        if not (isinstance(states, list) and states and all(is_state(state, length) for state in states)):
-            raise ValueError(f"{path}: its rng holds no {name} generator states")
-
-
-def check_weights(weights, config: ModelConfig, path: str) -> None:
-    """Finite tensors of exactly the names and shapes of the model `config` builds."""
-    cannot = f"{path}: its model does not load"
-    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
-        raise ValueError(f"{cannot} (its weights are not a dict of tensors)")
-    with torch.device("meta"):  # the shapes without memory
-        expected = DecisionModel(config).state_dict()
-    for name, tensor in expected.items():
-        if name not in weights:
-            raise ValueError(f"{cannot} (it lacks the weight {name})")
-        if weights[name].shape != tensor.shape or not weights[name].is_floating_point():
-            raise ValueError(
-                f"{cannot} (weight {name} is {weights[name].dtype} {tuple(weights[name].shape)}, "
-                f"its model_config needs float {tuple(tensor.shape)})"
-            )
-    unknown = sorted(set(weights) - set(expected))
-    if unknown:
-        raise ValueError(f"{cannot} (weights its model_config has no place for: {unknown})")
-    for name, tensor in weights.items():
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"{path}: weight {name} is not finite (the training diverged; train with a lower --lr)")
 
 
 def model_from_checkpoint(checkpoint: dict) -> DecisionModel:
@@ -781,105 +794,17 @@ def model_from_checkpoint(checkpoint: dict) -> DecisionModel:
     return model
 
 
-def setting(key: str, value) -> str:
-    """A recorded setting as the command line says it: "--lr 0.001", "--no-arrival-token"."""
-    flag = FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
-    if isinstance(value, bool):
-        return flag if value else "--no-" + flag[2:]
-    return f"{flag} {value}"
-
-
-def check_resume(path: str, checkpoint: dict, expected: dict) -> None:
-    """Refuse to resume a checkpoint under other settings, in one line naming the first that changed: the run would
-    no longer be the one its name and hyperparameter table say. `expected` holds this run's "data", "model_config"
-    and "args" (only those a resume must keep), as the checkpoint records them."""
-    for part, values in expected.items():
-        for key, now in values.items():
-            if key not in checkpoint[part]:
-                raise ValueError(
-                    f"{path} records no {key} (an older ad_train.py wrote it); move it away or change --exp-name"
-                )
-            trained = checkpoint[part][key]
-            if trained == now:
-                continue
-            if key == "size":
-                change = f"on the {trained}x{trained} grid, not the {now}x{now} grid of --dataset {values['dataset']}"
-            elif key == "obs_dim":
-                change = f"on {trained} observation features, not {now}"
-            elif isinstance(now, bool):
-                change = f"with {setting(key, trained)}, not {setting(key, now)}"
-            else:
-                change = f"with {setting(key, trained)}, not {now}"
-            raise ValueError(f"{path} was trained {change}; move it away or change --exp-name")
-
-
-def restore_training_state(path: str, checkpoint: dict, model: DecisionModel, optimizer: torch.optim.Optimizer) -> None:
-    """The weights and the optimizer's moments (copied to the device of the model's parameters)."""
-    model.load_state_dict(checkpoint["model"])  # checked by `load_checkpoint`
-    try:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: its optimizer state does not fit the model ({type(e).__name__})") from None
-
-
-# --- Processes: torchrun, signals
-def training_bytes(args: Args, batch: int, device: torch.device) -> dict[str, int]:
-    """A lower bound on the bytes one process holds while training, by part: "model" (the matrices' weights and
-    AdamW's two moments, 3 float32 copies, held throughout; the gradients are freed before each forward) and
-    "activations" (what backward keeps of each block for each of the `batch` x context tokens: at least 8 widths and
-    2 feed-forward widths, in bfloat16 under CUDA's autocast, else float32). Gradients, attention's own memory and
-    the allocator's slack come on top, so a size refused here cannot fit."""
-    E = args.n_embd
-    matrices = args.n_layer * (4 * E * E + 2 * E * args.d_ff) + args.context * E
-    tokens = batch * args.context
-    element = 2 if device.type == "cuda" else 4  # bytes of one kept activation: bf16 autocast on CUDA
-    return {
-        "model": 3 * 4 * matrices,
-        "activations": element * tokens * args.n_layer * (8 * E + 2 * args.d_ff),
-    }
-
-
-def check_memory(args: Args, device: torch.device, world_size: int) -> None:
-    """Refuse, naming the flag to lower, a model or batch that cannot fit, before anything is allocated: on CUDA
-    each process's share of the batch against its device's free memory; on the CPU all this host's processes
-    against its available memory."""
-    parts = training_bytes(args, args.batch_size // world_size, device)
-    if device.type == "cuda":
-        available = torch.cuda.mem_get_info(device)[0]
-        pool = f"free memory on {device}"
-        processes = 1
-    else:
-        available = K.available_memory()
-        pool = "available memory"
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this host share it
-    needed = processes * sum(parts.values())
-    if available is None or needed <= available:
-        return
-    if parts["activations"] >= parts["model"]:
-        flag = f"--batch-size {args.batch_size:,}"
-        lower = "--batch-size or --context"
-    else:
-        flag = f"--n-embd {args.n_embd:,}"
-        lower = "--n-embd, --d-ff or --n-layer"
-    raise ValueError(
-        f"{flag}: training needs at least {K.format_bytes(needed)} ({K.format_bytes(parts['model'])} for the "
-        f"model, {K.format_bytes(parts['activations'])} for the activations of a batch), more than the "
-        f"{K.format_bytes(available)} of {pool}; lower {lower}"
-    )
-
-
+# --- Processes: torchrun, signals, memory
 def torchrun_world_size() -> int:
-    """The number of processes torchrun started (it sets RANK and WORLD_SIZE); 1 without torchrun."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    return 1
+    """The number of processes torchrun started (it sets WORLD_SIZE); 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def setup_processes(args: Args) -> tuple[torch.device, int, int]:
     """(device, rank, world size). Under torchrun one process per GPU, cuda:LOCAL_RANK, joined by NCCL (on CPUs, by
     gloo); without it one process, on CUDA if there is one and --cuda."""
     cuda = args.cuda and torch.cuda.is_available()
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+    if "WORLD_SIZE" not in os.environ:
         return torch.device("cuda" if cuda else "cpu"), 0, 1
     if cuda:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -903,6 +828,15 @@ def training_model(model: DecisionModel, compile: bool, device: torch.device, wo
     if world_size > 1:
         step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     return step_model
+
+
+def mean_over_processes(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The mean of `values` over the torchrun processes, each holding its share's: the global batch's values.
+    `values` becomes their sum."""
+    if world_size == 1:
+        return values
+    dist.all_reduce(values)  # a sum, in place: gloo has no average
+    return values / world_size
 
 
 def wait_for_all(device: torch.device, world_size: int) -> None:
@@ -956,7 +890,22 @@ def shut_down(writer: SummaryWriter | None, bar: tqdm) -> None:
         dist.destroy_process_group()
 
 
-# --- Flags and the training script
+@contextlib.contextmanager
+def out_of_memory_names_flags(args: Args):
+    """PyTorch's out-of-memory error (CUDA's, or the CPU allocator's RuntimeError) as one line naming the flags that
+    size what training holds: a batch's activations and the model's weights with AdamW's two moments."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        raise ValueError(
+            f"out of memory ({type(e).__name__}) with --batch-size {args.batch_size:,} and --context {args.context:,}: "
+            f"lower --batch-size or --context, or the model's --n-embd {args.n_embd:,}, --d-ff or --n-layer"
+        ) from None
+
+
+# --- Checks: flags, held-out tasks, a resume's settings
 def validate(args: Args, world_size: int = 1) -> None:
     """Every flag's range, each on its own, before any work."""
     at_least_one = [
@@ -974,184 +923,83 @@ def validate(args: Args, world_size: int = 1) -> None:
     ]
     if args.eval_every:
         at_least_one += ["eval_envs", "eval_steps"]
-    for name in at_least_one:  # first: the checks below divide by some of these
-        value = getattr(args, name)
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.n_embd % args.n_head != 0:
-        raise ValueError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
-    if args.history_steps < -1:
-        raise ValueError(f"--history-steps must be >= -1, got {args.history_steps}")
-    if args.episode_stride < 1:
-        raise ValueError(f"--episode-stride must be >= 1, got {args.episode_stride}")
-    if args.eval_every < 0:
-        raise ValueError(f"--eval-every must be >= 0, got {args.eval_every}")
-    if not (math.isfinite(args.dropout) and 0 <= args.dropout < 1):
-        raise ValueError(f"--dropout must be a finite number in [0, 1), got {args.dropout}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        raise ValueError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
-    if not (math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0):
-        raise ValueError(f"--max-grad-norm must be a finite number > 0, got {args.max_grad_norm}")
-    if not (math.isfinite(args.val_fraction) and 0 <= args.val_fraction < 1):
-        raise ValueError(f"--val-fraction must be a finite number in [0, 1), got {args.val_fraction}")
-    if not 0 <= args.seed < 2**32:  # numpy's seeds
-        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
-    if args.batch_size % world_size != 0:
+    # first: the table below divides by some of these
+    K.check_flags(
+        [
+            (getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            for name in at_least_one
+        ]
+    )
+    K.check_flags(
+        [
+            (args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}"),
+            (args.history_steps >= -1, f"--history-steps must be >= -1, got {args.history_steps}"),
+            (args.episode_stride >= 1, f"--episode-stride must be >= 1, got {args.episode_stride}"),
+            (args.eval_every >= 0, f"--eval-every must be >= 0, got {args.eval_every}"),
+            (0 <= args.dropout < 1, f"--dropout must be a finite number in [0, 1), got {args.dropout}"),  # NaN fails
+            (0 < args.lr < math.inf, f"--lr must be a finite number > 0, got {args.lr}"),
+            (
+                0 <= args.weight_decay < math.inf,
+                f"--weight-decay must be a finite number >= 0, got {args.weight_decay}",
+            ),
+            (
+                0 < args.max_grad_norm < math.inf,
+                f"--max-grad-norm must be a finite number > 0, got {args.max_grad_norm}",
+            ),
+            (0 <= args.val_fraction < 1, f"--val-fraction must be a finite number in [0, 1), got {args.val_fraction}"),
+            (0 <= args.seed < 2**32, f"--seed must lie in [0, 2**32), got {args.seed}"),  # numpy's seeds
+            (
+                args.batch_size % world_size == 0,
+                f"--batch-size {args.batch_size} must be a multiple of the {world_size} torchrun processes "
+                "(each trains on an equal share of every batch)",
+            ),
+        ]
+    )
+
+
+def check_train_tasks(tasks: np.ndarray, size: int, path: str) -> None:
+    """Refuse a history that holds a task outside the train split: training on a held-out task would leak the tasks
+    the evaluation reports on. Collection keeps to the train split; this catches data from elsewhere, or a bug."""
+    grid = (size, size, size, size)
+    train = np.ravel_multi_index(K.task_split(size, "train").T, grid)  # one integer per task
+    outside = ~np.isin(np.ravel_multi_index(tasks.T, grid), train)  # (T,)
+    if not outside.any():
+        return
+    task = tasks[np.argmax(outside)]
+    for split in ("validation", "test"):
+        if (K.task_split(size, split) == task).all(axis=1).any():
+            raise ValueError(
+                f"{path} holds task {task.tolist()}, a held-out ({split}) task of the {size}x{size} grid: "
+                "training on it would leak the evaluation tasks"
+            )
+    raise ValueError(f"{path} holds task {task.tolist()}, which is no task of the {size}x{size} grid's train split")
+
+
+def setting(key: str, value) -> str:
+    """A recorded setting as the command line says it: "--lr 0.001", "--no-arrival-token"."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {value}"
+
+
+def check_resume(path: str, checkpoint: dict, args: Args, size: int) -> None:
+    """Refuse to resume a checkpoint under other settings, in one line naming the first that changed: the run would
+    no longer be the one its name and hyperparameter table say. `size`: the grid of this run's dataset."""
+    trained_size = checkpoint["data"]["size"]
+    if trained_size != size:
         raise ValueError(
-            f"--batch-size {args.batch_size} must be a multiple of the {world_size} torchrun processes "
-            "(each trains on an equal share of every batch)"
+            f"{path} was trained on the {trained_size}x{trained_size} grid, not the {size}x{size} grid of "
+            f"--dataset {args.dataset}; move it away or change --exp-name"
         )
-
-
-def main(args: Args) -> dict:
-    validate(args, torchrun_world_size())
-    device, rank, world_size = setup_processes(args)
-    check_memory(args, device, world_size)
-    master = rank == 0  # rank 0 alone prints, logs, evaluates and writes the checkpoint
-    # each process its own dropout stream; rank 0's initial model is the one-process model (DDP copies it to all)
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)
-
-    # 1. inputs and outputs, every check before any work
-    obs = "light" if args.light_obs else "dark"
-    name = f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}"
-    path = os.path.join(args.data_dir, "checkpoints", f"{name}.pt")
-    if master:
-        K.check_writable(os.path.dirname(path))
-        K.check_writable("runs")  # TensorBoard
-        K.remove_stale_parts(os.path.dirname(path))
-    folder = os.path.join(args.data_dir, args.dataset)
-    runs, meta = load_dataset(
-        folder, args.light_obs, args.history_steps, args.context, args.arrival_token, args.episode_stride
-    )
-    size = meta["size"]
-    train_runs, val_runs = split_runs(runs, args.val_fraction, args.seed)
-    train_data = WindowSampler(train_runs, args.context, meta["obs_scale"], device)
-    val_data = None  # a validation loss needs a held-out run as long as the context
-    if val_runs and max(len(run["actions"]) for run in val_runs) >= args.context:
-        val_data = WindowSampler(val_runs, args.context, meta["obs_scale"], device)
-    if master:  # the first line: a user who meant another grid or data sees it at once
-        read = "Light observations" if args.light_obs else "Dark observations"
-        if meta["data_obs_dim"] == K.LIGHT_OBS_DIM and not args.light_obs:
-            read += " (Light data read Dark)"
-        print(f"{folder}: {size}x{size} grid, {read}, {len(runs)} runs, {train_data.tokens:,} training tokens")
-    eval_tasks = None
-    if args.eval_every:
-        eval_tasks = K.eval_tasks(size, "validation", args.eval_envs, args.seed)
-
-    # 2. the model, and the checkpoint to resume from
-    shared = {field.name: getattr(args, field.name) for field in fields(ModelConfig) if hasattr(args, field.name)}
-    model_config = ModelConfig(obs_dim=meta["obs_dim"], arrival=args.arrival_token, **shared)
-    model = DecisionModel(model_config).to(device)
-    optimizer = model.optimizer(args.lr, args.weight_decay, device)
-    generator = torch.Generator().manual_seed(args.seed * 7919)  # the windows: one stream, the same in every process
-    # the model and what its windows are drawn from: a resume must not silently change them
-    data_info = {
-        "dataset": args.dataset,
-        "size": size,
-        "light_obs": args.light_obs,
-        "obs_dim": meta["obs_dim"],
-        "history_steps": args.history_steps,
-        "episode_stride": args.episode_stride,
-        "val_fraction": args.val_fraction,
-    }
-    run_name = f"KeyDoor-{obs.title()}-{size}x{size}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    fixed = {"args": asdict(args), "model_config": asdict(model_config), "data": data_info, "run_name": run_name}
-    start = 0
-    if os.path.exists(path):
-        checkpoint = load_checkpoint(path)  # on the CPU, where the generator states are restored from
-        expected = {
-            "data": data_info,
-            "model_config": fixed["model_config"],
-            "args": {key: getattr(args, key) for key in RESUME_ARGS},
-        }
-        check_resume(path, checkpoint, expected)
-        restore_training_state(path, checkpoint, model, optimizer)
-        restore_rng_state(checkpoint["rng"], generator, device, rank)
-        start = checkpoint["iteration"]
-        fixed["run_name"] = checkpoint["run_name"]  # the same TensorBoard run goes on
-        if master:
-            print(f"resuming {path} at iteration {start}")
-        saved_by = len(checkpoint["rng"]["torch"])
-        if master and saved_by != world_size:  # the same batches; the dropout draws of the ranks it holds no state for
-            print(f"{path} was written by {saved_by} processes, this run has {world_size}: other dropout draws")
-    step_model = training_model(model, args.compile, device, world_size)
-
-    # 3. the training loop
-    writer = None
-    if master:
-        writer = SummaryWriter(os.path.join("runs", fixed["run_name"]))
-        table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-        processes = f" x {world_size} processes" if world_size > 1 else ""
-        print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters on {device}{processes}")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    stats = {}
-    loop_start = time.time()
-    last_log_time = loop_start
-    last_log_iteration = start
-    bar = tqdm(
-        range(start, args.iterations), initial=start, total=args.iterations, disable=not (master and args.progress)
-    )
-    with StopOnSignal(world_size) as stop:
-        for iteration in bar:
-            lr = lr_at(iteration, args)
-            for group in optimizer.param_groups:  # decayed and not: one schedule
-                group["lr"] = lr
-            inputs, targets = train_data.sample(args.batch_size, generator, rank, world_size)
-            loss, accuracy = loss_and_accuracy(step_model, inputs, targets, autocast)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)  # at once, as nanoGPT: no gradient lives on through the next forward
-            completed = iteration + 1
-            last = completed == args.iterations
-
-            if completed % args.log_every == 0 or last:  # .item() waits for the GPU: only here
-                both = torch.stack([loss.detach(), accuracy])  # one transfer; under torchrun one all-reduce
-                train_loss, train_accuracy = mean_over_processes(both, world_size).tolist()
-                stats["train_loss"] = train_loss
-                stats["accuracy"] = train_accuracy
-                now = time.time()
-                per_second = (completed - last_log_iteration) / (now - last_log_time)
-                last_log_time = now
-                last_log_iteration = completed
-                if master:
-                    tokens = args.batch_size * args.context
-                    log_training(writer, completed, train_loss, train_accuracy, lr, per_second, tokens)
-                    bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_accuracy:.2f}")
-
-            if master and val_data is not None and (completed % args.val_every == 0 or last):
-                val_loss, val_accuracy = validation_loss(model, val_data, args.batch_size, args.seed, autocast)
-                stats["val_loss"] = val_loss
-                writer.add_scalar("losses/val_loss", val_loss, completed)
-                writer.add_scalar("charts/val_accuracy", val_accuracy, completed)
-
-            if master and args.eval_every and (completed % args.eval_every == 0 or last):
-                stats["eval_return"] = evaluate_in_context(model, eval_tasks, args, size, device)
-                writer.add_scalar("eval/return", stats["eval_return"], completed)
-
-            # every iteration, in every process: the other ranks wait here while rank 0 validates and evaluates
-            received = stop.requested()
-            if completed % args.save_every == 0 or last or received:
-                save_checkpoint(path, model, optimizer, completed, fixed, generator, device, rank, world_size)
-            if received and not last:
-                wait_for_all(device, world_size)  # rank 0's checkpoint is on disk before any process exits
-                shut_down(writer, bar)
-                if master:
-                    signal_name = signal.Signals(received).name
-                    print(
-                        f"{signal_name}: {path} saved at iteration {completed}; rerun the command to resume",
-                        file=sys.stderr,
-                    )
-                raise SystemExit(128 + received)
-
-    shut_down(writer, bar)
-    stats["iterations_per_second"] = max(0, args.iterations - start) / (time.time() - loop_start)
-    return {"checkpoint": path, **stats}
+    for key in RESUME_ARGS:
+        trained = checkpoint["args"][key]
+        now = getattr(args, key)
+        if trained != now:
+            now_setting = setting(key, now) if isinstance(now, bool) else now
+            raise ValueError(
+                f"{path} was trained with {setting(key, trained)}, not {now_setting}; move it away or change --exp-name"
+            )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ stable with a Transformer trunk.
 
 `--arrival-token` adds p_{t-1} to each token, the cell the previous action led to (gymnasium's final
 observation at an episode's end). Why: the door ends the episode, so the door's cell is in no o_t;
-without p the policy often found the door and then missed it in later episodes (9x9: 1.83 over episodes
-5-10 after 400 iterations, against a plateau near 1.7). Off by default: RL² is AD's baseline.
+without p the policy often found the door and then missed it in later episodes (docs/rl2.md, "The
+arrival token"). Off by default: RL² is AD's baseline.
 
 Files (stem = <exp_name>__<size>x<size>__<seed>): `data/rl2/<stem>__run_<env>_it<first iteration>.npz`,
 its experience, the fifth dataset (`ad_train.py --dataset rl2`); `data/checkpoints/<stem>.pt`, from which
@@ -29,7 +29,7 @@ only under the flags its checkpoint was trained with (`TRAINING_FLAGS`; `--itera
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
 import random
@@ -116,16 +116,21 @@ class ModelConfig:  # built from `Args` in `main`: the context is one whole tria
     n_embd: int
     d_ff: int
     arrival: bool  # tokens carry p_{t-1}, the (x, y) the previous action led to (--arrival-token)
+    dropout = 0.0  # not a field, not a flag: RL² trains without dropout (the shared block's dropout layers pass x on)
 
 
+# SelfAttention and Block are ad_train.py's, character for character (a test compares them): each script stays one
+# file to copy beside keydoor_env.py.
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"  # the heads split the width
         self.n_head = config.n_head
+        self.dropout = config.dropout
         self.context = config.context
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.proj_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         """x (B, T, E). `cache` (this layer's "k", "v") is filled from empty by a window, then grows a token a call."""
@@ -138,7 +143,7 @@ class SelfAttention(nn.Module):
                 cache["v"] = torch.empty_like(cache["k"])
                 cache["len"] = 0
             end = cache["len"] + T
-            # several new tokens over cached ones would need a block-causal mask, which the rollout never needs
+            # several new tokens over cached ones would need a block-causal mask, which rollout never needs
             assert end <= self.context and (cache["len"] == 0 or T == 1), f"KV cache misuse: {cache['len']} + {T}"
             cache["k"][:, :, cache["len"] : end] = k
             cache["v"][:, :, cache["len"] : end] = v
@@ -146,8 +151,10 @@ class SelfAttention(nn.Module):
             k = cache["k"][:, :, :end]
             v = cache["v"][:, :, :end]
         # causal over a window from its start; one token after a filled cache sees all of it
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=k.shape[2] == T)
-        return self.proj(y.transpose(1, 2).reshape(B, T, E))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=k.shape[2] == T, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj_dropout(self.proj(y.transpose(1, 2).reshape(B, T, E)))
 
 
 class Block(nn.Module):
@@ -155,7 +162,8 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        # this order is the parameters' order, by which a checkpoint's Adam state is matched to them on a resume
+        # created in this order (both norms first): the order of `parameters()`, which the optimizer's saved state
+        # and the gradient-norm sum follow, stays that of earlier checkpoints, so they resume and reproduce exactly
         self.ln1 = nn.LayerNorm(config.n_embd)
         self.ln2 = nn.LayerNorm(config.n_embd)
         self.attn = SelfAttention(config)
@@ -163,6 +171,7 @@ class Block(nn.Module):
             nn.Linear(config.n_embd, config.d_ff),
             nn.GELU(),
             nn.Linear(config.d_ff, config.n_embd),
+            nn.Dropout(config.dropout),
         )
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
@@ -266,28 +275,21 @@ def run_trials(
     finished = np.zeros(N, dtype=np.int64)  # episodes finished in this trial
     caches = [{} for _ in model.blocks]
     # the first token of a trial looks like the start of any episode, as in AD: action "stay", reward 0, done 1
-    prev_action = torch.zeros(N, dtype=torch.long)
-    prev_reward = torch.zeros(N)
-    prev_done = torch.ones(N)
-    prev_arrival = torch.as_tensor(observations[:, :2])  # before the first action: where the agent stands
+    token = {  # (N, ...) each: the next input of the model, by its argument names
+        "observations": torch.as_tensor(observations),
+        "prev_actions": torch.zeros(N, dtype=torch.long),
+        "prev_rewards": torch.zeros(N),
+        "prev_dones": torch.ones(N),
+        "prev_arrivals": torch.as_tensor(observations[:, :2]),  # before the first action: where the agent stands
+    }
     for t in range(L):
         active = finished < episodes  # (N,) bool
         if not active.any():
             break
-        obs_t = torch.as_tensor(observations)  # (N, obs_dim)
-        buf["observations"][:, t] = obs_t
-        buf["prev_actions"][:, t] = prev_action
-        buf["prev_rewards"][:, t] = prev_reward
-        buf["prev_dones"][:, t] = prev_done
-        buf["prev_arrivals"][:, t] = prev_arrival
+        for key in TOKEN_KEYS:
+            buf[key][:, t] = token[key]
         logits, values = model(
-            obs_t[:, None].to(device),
-            prev_action[:, None].to(device),
-            prev_reward[:, None].to(device),
-            prev_done[:, None].to(device),
-            prev_arrival[:, None].to(device),
-            start=t,
-            caches=caches,
+            **{key: value[:, None].to(device) for key, value in token.items()}, start=t, caches=caches
         )
         dist = torch.distributions.Categorical(logits=logits[:, 0].float().cpu())
         action = torch.multinomial(dist.probs, 1, generator=generator)[:, 0]  # (N,)
@@ -302,10 +304,13 @@ def run_trials(
         buf["truncations"][:, t] = torch.as_tensor(truncated)
         buf["active"][:, t] = torch.as_tensor(active)
         finished += ended & active
-        prev_action = action
-        prev_reward = torch.as_tensor(rewards)
-        prev_done = torch.as_tensor(ended, dtype=torch.float32)
-        prev_arrival = torch.as_tensor(arrival)
+        token = {
+            "observations": torch.as_tensor(observations),
+            "prev_actions": action,
+            "prev_rewards": torch.as_tensor(rewards),
+            "prev_dones": torch.as_tensor(ended, dtype=torch.float32),
+            "prev_arrivals": torch.as_tensor(arrival),
+        }
     buf["rewards"] *= buf["active"]  # an env past the end of its trial earns nothing
     return buf
 
@@ -313,7 +318,7 @@ def run_trials(
 def trial_metrics(buf: dict, episodes_per_trial: int) -> dict:
     """The trials' "episodes" (active steps only; flat "env", "return", "end_step" arrays), the mean over
     envs of each episode index's return "by_episode" (E,), "first_500" (per env the mean return of the
-    episodes ended within 500 steps, `K.early_return`, then the mean over envs) and "episodes_5_to_10"."""
+    episodes ended within 500 steps, `K.window_returns`, then the mean over envs) and "episodes_5_to_10"."""
     num_envs = len(buf["rewards"])
     dones = (buf["terminations"] | buf["truncations"]).numpy()
     episodes = K.stream_episodes(buf["rewards"].numpy(), dones, buf["active"].sum(1).numpy())
@@ -326,7 +331,7 @@ def trial_metrics(buf: dict, episodes_per_trial: int) -> dict:
     return {
         "episodes": episodes,
         "by_episode": by_episode,
-        "first_500": float(np.nanmean(K.early_return(episodes, num_envs))),
+        "first_500": float(np.nanmean(K.window_returns(episodes, num_envs, 0, 500))),
         "episodes_5_to_10": episodes_5_to_10,
     }
 
@@ -432,12 +437,7 @@ def ppo_update(
     return stats
 
 
-# --- Held-out evaluation, its learning curve and the evaluation file
-def eval_seed(args: Args) -> int:
-    """The seed the held-out tasks are chosen with: --eval-seed, or --seed where it is 0."""
-    return args.eval_seed or args.seed
-
-
+# --- Held-out evaluation (beside `K.random_episodes`, the random policy's)
 def evaluate(model: ActorCritic, args: Args, tasks: np.ndarray, device: torch.device) -> dict:
     """One trial on each held-out task of `tasks` (N, 4), actions sampled with a fixed seed."""
     env = K.KeyDoorVectorEnv(len(tasks), size=args.size, tasks=tasks, split="all")
@@ -449,24 +449,273 @@ def evaluate(model: ActorCritic, args: Args, tasks: np.ndarray, device: torch.de
     return {**trial_metrics(buf, args.episodes_per_trial), "tasks": tasks}
 
 
-def random_trials(tasks: np.ndarray, size: int, episodes: int, seed: int) -> dict:
-    """A uniform-random policy for one trial of `episodes` episodes on each task: the floor of the eval file."""
-    N = len(tasks)
-    L = episodes * K.EPISODE_STEPS
-    env = K.KeyDoorVectorEnv(N, size=size, tasks=tasks, split="all")
-    env.reset(seed=seed)
-    actions = np.random.default_rng(seed).integers(0, K.NUM_ACTIONS, size=(L, N))
-    rewards = np.zeros((N, L), dtype=np.float32)
-    dones = np.zeros((N, L), dtype=bool)
-    for t in range(L):
-        _, step_rewards, terminated, truncated, _ = env.step(actions[t])
-        rewards[:, t] = step_rewards
-        dones[:, t] = terminated | truncated
-    # each env's trial ends with its `episodes`-th episode (episodes last at most 50 steps, so it always does)
-    lengths = np.argmax(np.cumsum(dones, axis=1) >= episodes, axis=1) + 1
-    return K.stream_episodes(rewards, dones, lengths)
+# --- The run
+def main(args: Args) -> dict:
+    # 1. every flag, input and output checked before any work
+    validate(args)
+    eval_seed = args.eval_seed or args.seed  # the seed the held-out tasks are chosen with (ad_eval.py's --seed)
+    eval_tasks = K.eval_tasks(args.size, args.eval_split, args.eval_envs, eval_seed)  # (eval_envs, 4)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    model_config = ModelConfig(
+        obs_dim=K.DARK_OBS_DIM,
+        context=args.episodes_per_trial * K.EPISODE_STEPS,  # one whole trial
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        d_ff=args.d_ff,
+        arrival=args.arrival_token,
+    )
+    data_folder = os.path.join(args.data_dir, "rl2")
+    checkpoint_folder = os.path.join(args.data_dir, "checkpoints")
+    eval_folder = os.path.join(args.data_dir, "eval")
+    for folder in (data_folder, checkpoint_folder, eval_folder):
+        K.check_writable(folder)
+    K.check_writable("runs")  # TensorBoard
+    stem = f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks, eval files
+    checkpoint_path = os.path.join(checkpoint_folder, f"{stem}.pt")
+    curve_path = os.path.join(eval_folder, f"{stem}__curve.csv")
+    eval_path = os.path.join(eval_folder, f"{stem}__{args.eval_split}{args.eval_envs}_trial_seed{eval_seed}.npz")
+    header = curve_header(args.episodes_per_trial)
+
+    # 2. the model, resumed from the checkpoint if there is one
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    with out_of_memory_in_one_line(args, device):
+        model = ActorCritic(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
+    start = 0  # iterations done
+    seconds = 0.0  # the run's training wall-clock so far
+    run_name = f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if os.path.exists(checkpoint_path):
+        checkpoint = load_checkpoint(checkpoint_path, args, model, optimizer)
+        if checkpoint["iteration"] < args.iterations:
+            check_curve_tasks(checkpoint_path, checkpoint, args)
+        start = checkpoint["iteration"]
+        seconds = checkpoint["seconds"]
+        run_name = checkpoint["run_name"]  # one TensorBoard run across resumes
+        print(f"resuming {checkpoint_path} at iteration {start}")
+    training = start < args.iterations  # a finished run rerun only evaluates: no TensorBoard run, no writes but its own
+    curve = read_curve(curve_path, header, start) if training else []  # rows as CSV lines
+
+    # 3. training: one trial per env on fresh train tasks, then a PPO update
+    train_tasks = K.task_split(args.size, "train")
+    env = K.KeyDoorVectorEnv(args.num_envs, size=args.size, tasks=train_tasks[: args.num_envs], split="train")
+    env.reset(seed=args.seed)
+    writer = open_writer(run_name, args) if training else None
+    pending = [[] for _ in range(args.num_envs)]  # per env, its trials since the last dataset chunk
+    result = {}  # the latest held-out evaluation
+    clock = time.time() - seconds  # pauses between resumes left out
+    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
+    for iteration in bar:
+        # per-iteration generators: a resumed run draws what an uninterrupted one would have drawn
+        rng = np.random.default_rng([args.seed, iteration])
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + iteration)
+        tasks = train_tasks[rng.integers(len(train_tasks), size=args.num_envs)]  # (num_envs, 4)
+        started = time.time()
+        with out_of_memory_in_one_line(args, device):  # the trials, their caches and the update grow with the flags
+            buf = run_trials(model, env, tasks, args.episodes_per_trial, generator, device)
+            stats = ppo_update(model, optimizer, buf, args, generator, device)
+        sps = int(buf["active"].sum()) / (time.time() - started)
+
+        completed = iteration + 1  # iterations completed, counting this one
+        step = completed * args.num_envs * args.episodes_per_trial  # x axis: episodes of experience
+        metrics = trial_metrics(buf, args.episodes_per_trial)
+        log_iteration(writer, metrics, stats, sps, step)
+        bar.set_postfix(ep1=f"{metrics['by_episode'][0]:.2f}", ep10=f"{metrics['by_episode'][-1]:.2f}")
+        for i, history in enumerate(trials_to_histories(buf, tasks)):
+            pending[i].append(history)
+
+        if (args.eval_every and completed % args.eval_every == 0) or completed == args.iterations:
+            result = evaluate(model, args, eval_tasks, device)
+            log_evaluation(writer, result, step)
+            minutes = f"{(time.time() - clock) / 60:.1f}"  # the only column a resumed run does not repeat bit for bit
+            values = [repr(float(value)) for value in eval_values(result)]
+            curve.append(",".join([str(completed), str(step), *values, minutes]))
+            write_curve(curve_path, header, curve)
+
+        if completed % args.save_every == 0 or completed == args.iterations:
+            # the dataset chunks first, then the checkpoint: a kill in between rewrites the same chunks
+            save_dataset_chunks(pending, data_folder, stem, completed, args)
+            pending = [[] for _ in range(args.num_envs)]
+            checkpoint = {
+                "version": CHECKPOINT_VERSION,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iteration": completed,
+                "args": asdict(args),  # its training flags are the checkpoint's own (`load_checkpoint`)
+                "model_config": asdict(model_config),
+                "run_name": run_name,
+                "seconds": time.time() - clock,
+            }
+            save_checkpoint(checkpoint_path, checkpoint)
+    if writer is not None:
+        writer.close()
+
+    # 4. the held-out trials beside a random policy's, in the layout of ad_eval.py's files
+    if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
+        result = evaluate(model, args, eval_tasks, device)
+    floor = K.random_episodes(eval_tasks, args.size, model_config.context, args.seed, episodes=args.episodes_per_trial)
+    meta = {
+        "algorithm": "rl2",
+        "checkpoint": checkpoint_path,
+        "model_config": asdict(model_config),
+        "split": args.eval_split,
+        "num_envs": args.eval_envs,
+        "steps": model_config.context,
+        "seed": args.seed,  # the training seed; it also seeds the evaluation's actions and the random policy
+        "eval_seed": eval_seed,  # the seed the held-out tasks were chosen with (ad_eval.py's --seed)
+        "size": args.size,
+        "obs": "dark",
+        "episodes_per_trial": args.episodes_per_trial,
+        "iteration": max(start, args.iterations),
+    }
+    K.save_evaluation(eval_path, eval_tasks, result["episodes"], floor, meta)
+    random_500 = float(np.nanmean(K.window_returns(floor, args.eval_envs, 0, 500)))
+    by_episode = np.round(result["by_episode"], 2).tolist()
+    print(
+        f"{args.eval_split} tasks ({args.eval_envs}): return by episode {by_episode}, "
+        f"first 500 steps {result['first_500']:.2f} (random {random_500:.2f}), "
+        f"episodes 5-10 {result['episodes_5_to_10']:.2f} -> {eval_path}"
+    )
+    return {"checkpoint": checkpoint_path, "eval": eval_path, "curve": curve_path, **result}
 
 
+# --- Flags
+def validate(args: Args) -> None:
+    """Every flag on its own, before any work (the eval split and envs are checked by `K.eval_tasks`).
+    Comparisons with NaN are false, so `x > 0` refuses nan too; `math.isfinite` refuses inf."""
+    try:  # first: the task split below enumerates all size**4 tasks
+        K.validate_size(args.size)
+    except ValueError as e:
+        raise ValueError(f"--size: {e}") from None
+    K.check_flags(
+        [
+            (args.episodes_per_trial >= 1, f"--episodes-per-trial must be >= 1, got {args.episodes_per_trial}"),
+            (args.num_envs >= 1, f"--num-envs must be >= 1, got {args.num_envs}"),
+            (args.iterations >= 1, f"--iterations must be >= 1, got {args.iterations}"),
+            (math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}"),
+            (0 <= args.gamma <= 1, f"--gamma must lie in [0, 1], got {args.gamma}"),
+            (0 <= args.gae_lambda <= 1, f"--gae-lambda must lie in [0, 1], got {args.gae_lambda}"),
+            (args.update_epochs >= 1, f"--update-epochs must be >= 1, got {args.update_epochs}"),
+            (
+                1 <= args.num_minibatches <= args.num_envs,
+                f"--num-minibatches must lie in 1..{args.num_envs} (--num-envs), got {args.num_minibatches}",
+            ),
+            (
+                math.isfinite(args.clip_coef) and args.clip_coef > 0,
+                f"--clip-coef must be a finite number > 0, got {args.clip_coef}",
+            ),
+            (
+                math.isfinite(args.ent_coef) and args.ent_coef >= 0,
+                f"--ent-coef must be a finite number >= 0, got {args.ent_coef}",
+            ),
+            (
+                math.isfinite(args.vf_coef) and args.vf_coef >= 0,
+                f"--vf-coef must be a finite number >= 0, got {args.vf_coef}",
+            ),
+            (
+                math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0,
+                f"--max-grad-norm must be a finite number > 0, got {args.max_grad_norm}",
+            ),
+            (args.n_layer >= 1, f"--n-layer must be >= 1, got {args.n_layer}"),
+            (args.n_head >= 1, f"--n-head must be >= 1, got {args.n_head}"),
+            (args.n_embd >= 1, f"--n-embd must be >= 1, got {args.n_embd}"),
+            (args.d_ff >= 1, f"--d-ff must be >= 1, got {args.d_ff}"),
+            (args.eval_every >= 0, f"--eval-every must be >= 0, got {args.eval_every}"),
+            (args.eval_seed >= 0, f"--eval-seed must be >= 0, got {args.eval_seed}"),
+            (args.save_every >= 1, f"--save-every must be >= 1, got {args.save_every}"),
+            (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),  # numpy's generators take no negative seed
+            (
+                args.exp_name != "" and "/" not in args.exp_name and os.sep not in args.exp_name,
+                f"--exp-name must be a non-empty name without '/', got {args.exp_name!r}",
+            ),
+        ]
+    )
+    # after --n-head >= 1: it divides here. Each head attends over n_embd / n_head of the width.
+    K.check_flags(
+        [(args.n_embd % args.n_head == 0, f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")]
+    )
+
+
+# --- Checkpoints
+# The flags that change what a further iteration computes. A rerun resumes only under the ones its checkpoint was
+# trained with: otherwise its later iterations would silently differ from its earlier ones and its record would lie.
+# --iterations may grow; the evaluation flags are checked against the learning curve (`check_curve_tasks`); the rest
+# (--eval-every, --save-every, --cuda, --progress) change when and where things are written or run, not what.
+TRAINING_FLAGS = (
+    "size",
+    "seed",
+    "episodes_per_trial",
+    "num_envs",
+    "lr",
+    "gamma",
+    "gae_lambda",
+    "update_epochs",
+    "num_minibatches",
+    "clip_coef",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "d_ff",
+    "arrival_token",
+)
+# the writer and its layout: another script's checkpoint, or another layout's, is refused, not misread
+CHECKPOINT_VERSION = "rl2_train.py/1"
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an `Args` field: eval_seed -> --eval-seed."""
+    return "--" + name.replace("_", "-")
+
+
+def load_checkpoint(path: str, args: Args, model: ActorCritic, optimizer: torch.optim.Optimizer) -> dict:
+    """The checkpoint at `path` (on the CPU), its weights and Adam's state loaded into `model` and `optimizer`
+    (strictly: every tensor, of its shape). A one-line error names the file, and the flag trained otherwise."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if checkpoint["version"] != CHECKPOINT_VERSION:
+            raise ValueError(f"format {checkpoint['version']}, this rl2_train.py reads {CHECKPOINT_VERSION}")
+        changed = [name for name in TRAINING_FLAGS if checkpoint["args"][name] != getattr(args, name)]
+        if not changed:  # the same flags build the same model: only a damaged file fails to load here
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+    except Exception as e:  # truncated, not a torch file, of another version, damaged
+        reason = " ".join(str(e).split())  # one line, whatever PyTorch said
+        raise ValueError(
+            f"{path}: not a readable checkpoint of this version of rl2_train.py ({type(e).__name__}: {reason}); "
+            "move it away"
+        ) from None
+    if changed:
+        name = changed[0]
+        raise ValueError(
+            f"{path} was trained with {flag(name)} {checkpoint['args'][name]}, not {getattr(args, name)}; "
+            "move it away or change --exp-name"
+        )
+    return checkpoint
+
+
+def save_checkpoint(path: str, checkpoint: dict) -> None:
+    """Written whole or not at all (`K.atomic_write`): a kill while saving leaves the previous checkpoint."""
+    K.atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def check_curve_tasks(path: str, checkpoint: dict, args: Args) -> None:
+    """Training goes on with the evaluation it started with: one learning curve, one set of held-out tasks."""
+    recorded = {name: checkpoint["args"][name] for name in ("eval_split", "eval_envs", "eval_seed")}
+    resume_with = " ".join(f"{flag(name)} {value}" for name, value in recorded.items())
+    for name, value in recorded.items():
+        if value != getattr(args, name):
+            raise ValueError(
+                f"{path}: its learning curve is measured with {flag(name)} {value}, not {getattr(args, name)}; "
+                f"resume its training with {resume_with}"
+            )
+
+
+# --- The learning curve
 def curve_header(episodes_per_trial: int) -> str:
     """The learning curve's columns: the iteration, the episodes of experience, the held-out metrics, the minutes."""
     episode_columns = [f"episode_{i + 1}" for i in range(episodes_per_trial)]
@@ -499,109 +748,7 @@ def write_curve(path: str, header: str, rows: list[str]) -> None:
     K.atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def write_eval_file(path: str, tasks: np.ndarray, result: dict, floor: dict, meta: dict) -> None:
-    """The held-out trials and the random policy's, in the layout of ad_eval.py's files (one figure can show RL²
-    beside AD)."""
-    payload = {
-        "tasks": tasks,
-        "meta": np.array(json.dumps(meta)),
-        **{f"episode_{key}": value for key, value in result["episodes"].items()},
-        **{f"random_episode_{key}": value for key, value in floor.items()},
-    }
-    K.atomic_write(path, lambda f: np.savez_compressed(f, **payload))
-
-
-# --- Checkpoints, dataset chunks, TensorBoard
-# The flags that change what a further iteration computes. A rerun resumes only under the ones its checkpoint was
-# trained with: otherwise its later iterations would silently differ from its earlier ones and its record would lie.
-# --iterations may grow; the evaluation flags are checked against the learning curve (`check_curve_tasks`); the rest
-# (--eval-every, --save-every, --cuda, --progress) change when and where things are written or run, not what.
-TRAINING_FLAGS = (
-    "size",
-    "seed",
-    "episodes_per_trial",
-    "num_envs",
-    "lr",
-    "gamma",
-    "gae_lambda",
-    "update_epochs",
-    "num_minibatches",
-    "clip_coef",
-    "ent_coef",
-    "vf_coef",
-    "max_grad_norm",
-    "n_layer",
-    "n_head",
-    "n_embd",
-    "d_ff",
-    "arrival_token",
-)
-CHECKPOINT_KEYS = ("model", "optimizer", "iteration", "args", "model_config", "run_name", "seconds")
-
-
-def flag(name: str) -> str:
-    """The command-line flag of an `Args` field: eval_seed -> --eval-seed."""
-    return "--" + name.replace("_", "-")
-
-
-def load_checkpoint(path: str, args: Args, model_config: ModelConfig) -> dict:
-    """The checkpoint at `path`, on the CPU, checked against this run's training flags and model; a one-line
-    error naming the file (and the flag) otherwise."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or holding objects other than tensors
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}); move it away") from None
-    other_version = "not a checkpoint of this version of rl2_train.py; move it away or change --exp-name"
-    if not isinstance(checkpoint, dict) or not set(CHECKPOINT_KEYS) <= checkpoint.keys():
-        raise ValueError(f"{path}: {other_version}")
-    if not isinstance(checkpoint["args"], dict) or not isinstance(checkpoint["model_config"], dict):
-        raise ValueError(f"{path}: {other_version}")
-    if set(checkpoint["model_config"]) != set(asdict(model_config)):
-        raise ValueError(f"{path}: {other_version}")
-    if not isinstance(checkpoint["iteration"], int) or checkpoint["iteration"] < 0:
-        raise ValueError(f"{path}: {other_version}")
-    if not isinstance(checkpoint["seconds"], float) or not isinstance(checkpoint["run_name"], str):
-        raise ValueError(f"{path}: {other_version}")
-    recorded = checkpoint["args"]
-    for name in TRAINING_FLAGS:
-        if name not in recorded:
-            raise ValueError(f"{path} does not record {flag(name)}: {other_version}")
-        if recorded[name] != getattr(args, name):
-            raise ValueError(
-                f"{path} was trained with {flag(name)} {recorded[name]}, not {getattr(args, name)}; "
-                "move it away or change --exp-name"
-            )
-    if checkpoint["model_config"] != asdict(model_config):  # the flags agree, so only a damaged record gets here
-        raise ValueError(f"{path} holds a model of another shape; move it away or change --exp-name")
-    return checkpoint
-
-
-def check_curve_tasks(path: str, checkpoint: dict, args: Args) -> None:
-    """Training goes on with the evaluation it started with: one learning curve, one set of held-out tasks."""
-    recorded = {name: checkpoint["args"].get(name, 0) for name in ("eval_split", "eval_envs", "eval_seed")}
-    resume_with = " ".join(f"{flag(name)} {value}" for name, value in recorded.items())
-    for name, value in recorded.items():
-        if value != getattr(args, name):
-            raise ValueError(
-                f"{path}: its learning curve is measured with {flag(name)} {value}, not {getattr(args, name)}; "
-                f"resume its training with {resume_with}"
-            )
-
-
-def restore(model: ActorCritic, optimizer: torch.optim.Optimizer, checkpoint: dict, path: str) -> None:
-    """The checkpoint's weights and optimizer state (moved to the model's device by `load_state_dict`)."""
-    try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:  # weights of another shape, a damaged state
-        raise ValueError(f"{path}: its weights do not fit the model ({type(e).__name__}); move it away") from None
-
-
-def save_checkpoint(path: str, checkpoint: dict) -> None:
-    """Written whole or not at all (`K.atomic_write`): a kill while saving leaves the previous checkpoint."""
-    K.atomic_write(path, lambda f: torch.save(checkpoint, f))
-
-
+# --- Dataset chunks, TensorBoard
 def save_dataset_chunks(pending: list[list[dict]], folder: str, stem: str, completed: int, args: Args) -> None:
     """Each env's trials since the last chunk as one history file, named after the run and the chunk's first
     iteration: two runs (another --exp-name, seed or size) never overwrite each other, and no chunk is reused."""
@@ -648,246 +795,22 @@ def log_evaluation(writer: SummaryWriter, result: dict, step: int) -> None:
         writer.add_scalar(tag, value, step)
 
 
-# --- Flags
-def require(ok: bool, message: str) -> None:
-    """Raise the one-line error `message` unless `ok`."""
-    if not ok:
-        raise ValueError(message)
-
-
-def validate(args: Args) -> None:
-    """Every flag on its own, before any work (the eval split and envs are checked by `K.eval_tasks`).
-    Comparisons with NaN are false, so `require(x > 0)` refuses nan too; `math.isfinite` refuses inf."""
-    try:  # first: the task split below enumerates all size**4 tasks
-        K.validate_size(args.size)
-    except ValueError as e:
-        raise ValueError(f"--size: {e}") from None
-    require(args.episodes_per_trial >= 1, f"--episodes-per-trial must be >= 1, got {args.episodes_per_trial}")
-    require(args.num_envs >= 1, f"--num-envs must be >= 1, got {args.num_envs}")
-    require(args.iterations >= 1, f"--iterations must be >= 1, got {args.iterations}")
-    require(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}")
-    require(0 <= args.gamma <= 1, f"--gamma must lie in [0, 1], got {args.gamma}")
-    require(0 <= args.gae_lambda <= 1, f"--gae-lambda must lie in [0, 1], got {args.gae_lambda}")
-    require(args.update_epochs >= 1, f"--update-epochs must be >= 1, got {args.update_epochs}")
-    require(
-        1 <= args.num_minibatches <= args.num_envs,
-        f"--num-minibatches must lie in 1..{args.num_envs} (--num-envs), got {args.num_minibatches}",
-    )
-    require(
-        math.isfinite(args.clip_coef) and args.clip_coef > 0,
-        f"--clip-coef must be a finite number > 0, got {args.clip_coef}",
-    )
-    require(
-        math.isfinite(args.ent_coef) and args.ent_coef >= 0,
-        f"--ent-coef must be a finite number >= 0, got {args.ent_coef}",
-    )
-    require(
-        math.isfinite(args.vf_coef) and args.vf_coef >= 0,
-        f"--vf-coef must be a finite number >= 0, got {args.vf_coef}",
-    )
-    require(
-        math.isfinite(args.max_grad_norm) and args.max_grad_norm > 0,
-        f"--max-grad-norm must be a finite number > 0, got {args.max_grad_norm}",
-    )
-    require(args.n_layer >= 1, f"--n-layer must be >= 1, got {args.n_layer}")
-    require(args.n_head >= 1, f"--n-head must be >= 1, got {args.n_head}")
-    require(args.n_embd >= 1, f"--n-embd must be >= 1, got {args.n_embd}")
-    # after --n-head >= 1: it divides here. Each head attends over n_embd / n_head of the width.
-    require(
-        args.n_embd % args.n_head == 0,
-        f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}",
-    )
-    require(args.d_ff >= 1, f"--d-ff must be >= 1, got {args.d_ff}")
-    require(args.eval_every >= 0, f"--eval-every must be >= 0, got {args.eval_every}")
-    require(args.eval_seed >= 0, f"--eval-seed must be >= 0, got {args.eval_seed}")
-    require(args.save_every >= 1, f"--save-every must be >= 1, got {args.save_every}")
-    require(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")  # numpy's generators take no negative seed
-    require(
-        args.exp_name != "" and "/" not in args.exp_name and os.sep not in args.exp_name,
-        f"--exp-name must be a non-empty name without '/', got {args.exp_name!r}",
-    )
-
-
-def training_bytes(args: Args, config: ModelConfig, device: torch.device) -> dict[str, int]:
-    """A lower bound on the bytes a run holds, by part: "trials" (`trial_buffer`'s tensors for --num-envs trials,
-    on the host), "caches" (the rollout's keys and values, float32 on `device`, freed before the update), "update"
-    (what backward keeps of each block for one minibatch of `ppo_update`'s whole trials, at least 8 widths and 2
-    feed-forward widths of float32 a step: a bound while some trial runs its full length, as trials of a policy
-    that has not learned yet do) and "model" (the matrices' weights and Adam's two moments, 3 float32 copies)."""
-    E = config.n_embd
-    length = config.context  # steps in a trial
-    buffer = trial_buffer(1, 1, config.obs_dim)
-    per_step = sum(t.element_size() * t.numel() for t in buffer.values())  # (1, 1, ...) tensors: bytes a step
-    minibatch = max(1, args.num_envs // args.num_minibatches)  # as ppo_update splits the trials
-    matrices = config.n_layer * (4 * E * E + 2 * E * config.d_ff)
-    return {
-        "trials": args.num_envs * length * per_step,
-        "caches": args.num_envs * length * config.n_layer * 2 * E * 4,
-        "update": 4 * minibatch * length * config.n_layer * (8 * E + 2 * config.d_ff),
-        "model": 3 * 4 * matrices,
-    }
-
-
-def check_memory(args: Args, config: ModelConfig, device: torch.device) -> None:
-    """Refuse, in one line naming the flags to lower, trials or a model no memory here holds, before any work. The
-    rollout's caches and the update's activations are never held together: the larger of the two counts."""
-    parts = training_bytes(args, config, device)
-    peak = max(("caches", "update"), key=parts.__getitem__)
-    on_device = [peak, "model"]
-    if device.type == "cuda":
-        pools = [
-            (on_device, torch.cuda.mem_get_info(device)[0], f"free memory on {device}"),
-            (["trials"], K.available_memory(), "available memory"),
-        ]
-    else:  # the device is the host
-        pools = [(["trials", *on_device], K.available_memory(), "available memory")]
-    for names, available, pool in pools:
-        needed = sum(parts[name] for name in names)
-        if available is None or needed <= available:
-            continue
-        largest = max(names, key=parts.__getitem__)
-        lower = {
-            "trials": "--num-envs or --episodes-per-trial",
-            "caches": "--num-envs or --episodes-per-trial",
-            "update": "--num-envs or --episodes-per-trial, or raise --num-minibatches",
-            "model": "--n-embd, --d-ff or --n-layer",
-        }[largest]
+# --- Memory
+@contextlib.contextmanager
+def out_of_memory_in_one_line(args: Args, device: torch.device):
+    """PyTorch's out-of-memory error, the GPU's or the CPU allocator's, as one line naming the flags to lower: the
+    trials' buffers, the rollout's caches and the update's activations grow with --num-envs x --episodes-per-trial,
+    the model with its widths."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
         raise ValueError(
             f"--num-envs {args.num_envs:,} x --episodes-per-trial {args.episodes_per_trial:,} with --n-embd "
-            f"{args.n_embd:,}: training needs at least {K.format_bytes(needed)} (most for its {largest}), more than "
-            f"the {K.format_bytes(available)} of {pool}; lower {lower}"
-        )
-
-
-# --- The run
-def main(args: Args) -> dict:
-    # 1. every flag, input and output checked before any work
-    validate(args)
-    eval_tasks = K.eval_tasks(args.size, args.eval_split, args.eval_envs, eval_seed(args))  # (eval_envs, 4)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    model_config = ModelConfig(
-        obs_dim=K.DARK_OBS_DIM,
-        context=args.episodes_per_trial * K.EPISODE_STEPS,  # one whole trial
-        n_layer=args.n_layer,
-        n_head=args.n_head,
-        n_embd=args.n_embd,
-        d_ff=args.d_ff,
-        arrival=args.arrival_token,
-    )
-    check_memory(args, model_config, device)
-    data_folder = os.path.join(args.data_dir, "rl2")
-    checkpoint_folder = os.path.join(args.data_dir, "checkpoints")
-    eval_folder = os.path.join(args.data_dir, "eval")
-    for folder in (data_folder, checkpoint_folder, eval_folder):
-        K.check_writable(folder)
-        K.remove_stale_parts(folder)  # left by a run killed while writing
-    K.check_writable("runs")  # TensorBoard
-    stem = f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks, eval files
-    checkpoint_path = os.path.join(checkpoint_folder, f"{stem}.pt")
-    curve_path = os.path.join(eval_folder, f"{stem}__curve.csv")
-    eval_path = os.path.join(eval_folder, f"{stem}__{args.eval_split}{args.eval_envs}_trial_seed{eval_seed(args)}.npz")
-    header = curve_header(args.episodes_per_trial)
-
-    # 2. the model, resumed from the checkpoint if there is one
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    model = ActorCritic(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
-    start = 0  # iterations done
-    seconds = 0.0  # the run's training wall-clock so far
-    run_name = f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    if os.path.exists(checkpoint_path):
-        checkpoint = load_checkpoint(checkpoint_path, args, model_config)
-        if checkpoint["iteration"] < args.iterations:
-            check_curve_tasks(checkpoint_path, checkpoint, args)
-        restore(model, optimizer, checkpoint, checkpoint_path)
-        start = checkpoint["iteration"]
-        seconds = checkpoint["seconds"]
-        run_name = checkpoint["run_name"]  # one TensorBoard run across resumes
-        print(f"resuming {checkpoint_path} at iteration {start}")
-    training = start < args.iterations  # a finished run rerun only evaluates: no TensorBoard run, no writes but its own
-    curve = read_curve(curve_path, header, start) if training else []  # rows as CSV lines
-
-    # 3. training: one trial per env on fresh train tasks, then a PPO update
-    train_tasks = K.task_split(args.size, "train")
-    env = K.KeyDoorVectorEnv(args.num_envs, size=args.size, tasks=train_tasks[: args.num_envs], split="train")
-    env.reset(seed=args.seed)
-    writer = open_writer(run_name, args) if training else None
-    pending = [[] for _ in range(args.num_envs)]  # per env, its trials since the last dataset chunk
-    result = {}  # the latest held-out evaluation
-    clock = time.time() - seconds  # pauses between resumes left out
-    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
-    for iteration in bar:
-        # per-iteration generators: a resumed run draws what an uninterrupted one would have drawn
-        rng = np.random.default_rng([args.seed, iteration])
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + iteration)
-        tasks = train_tasks[rng.integers(len(train_tasks), size=args.num_envs)]  # (num_envs, 4)
-        started = time.time()
-        buf = run_trials(model, env, tasks, args.episodes_per_trial, generator, device)
-        stats = ppo_update(model, optimizer, buf, args, generator, device)
-        sps = int(buf["active"].sum()) / (time.time() - started)
-
-        completed = iteration + 1  # iterations completed, counting this one
-        step = completed * args.num_envs * args.episodes_per_trial  # x axis: episodes of experience
-        metrics = trial_metrics(buf, args.episodes_per_trial)
-        log_iteration(writer, metrics, stats, sps, step)
-        bar.set_postfix(ep1=f"{metrics['by_episode'][0]:.2f}", ep10=f"{metrics['by_episode'][-1]:.2f}")
-        for i, history in enumerate(trials_to_histories(buf, tasks)):
-            pending[i].append(history)
-
-        if (args.eval_every and completed % args.eval_every == 0) or completed == args.iterations:
-            result = evaluate(model, args, eval_tasks, device)
-            log_evaluation(writer, result, step)
-            minutes = f"{(time.time() - clock) / 60:.1f}"  # the only column a resumed run does not repeat bit for bit
-            values = [repr(float(value)) for value in eval_values(result)]
-            curve.append(",".join([str(completed), str(step), *values, minutes]))
-            write_curve(curve_path, header, curve)
-
-        if completed % args.save_every == 0 or completed == args.iterations:
-            # the dataset chunks first, then the checkpoint: a kill in between rewrites the same chunks
-            save_dataset_chunks(pending, data_folder, stem, completed, args)
-            pending = [[] for _ in range(args.num_envs)]
-            checkpoint = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "iteration": completed,
-                "args": asdict(args),  # its training flags are the checkpoint's own (`load_checkpoint`)
-                "model_config": asdict(model_config),
-                "run_name": run_name,
-                "seconds": time.time() - clock,
-            }
-            save_checkpoint(checkpoint_path, checkpoint)
-    if writer is not None:
-        writer.close()
-
-    # 4. the held-out trials beside a random policy's, in the layout of ad_eval.py's files
-    if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
-        result = evaluate(model, args, eval_tasks, device)
-    floor = random_trials(eval_tasks, args.size, args.episodes_per_trial, args.seed)
-    meta = {
-        "algorithm": "rl2",
-        "checkpoint": checkpoint_path,
-        "model_config": asdict(model_config),
-        "split": args.eval_split,
-        "num_envs": args.eval_envs,
-        "steps": model_config.context,
-        "seed": args.seed,  # the training seed; it also seeds the evaluation's actions and the random policy
-        "eval_seed": eval_seed(args),  # the seed the held-out tasks were chosen with (ad_eval.py's --seed)
-        "size": args.size,
-        "obs": "dark",
-        "episodes_per_trial": args.episodes_per_trial,
-        "iteration": max(start, args.iterations),
-    }
-    write_eval_file(eval_path, eval_tasks, result, floor, meta)
-    random_500 = float(np.nanmean(K.early_return(floor, args.eval_envs)))
-    by_episode = np.round(result["by_episode"], 2).tolist()
-    print(
-        f"{args.eval_split} tasks ({args.eval_envs}): return by episode {by_episode}, "
-        f"first 500 steps {result['first_500']:.2f} (random {random_500:.2f}), "
-        f"episodes 5-10 {result['episodes_5_to_10']:.2f} -> {eval_path}"
-    )
-    return {"checkpoint": checkpoint_path, "eval": eval_path, "curve": curve_path, **result}
+            f"{args.n_embd:,}: out of memory on {device}; lower --num-envs or --episodes-per-trial (or raise "
+            "--num-minibatches), or --n-embd, --d-ff or --n-layer"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ numpy env, whose per-env generators draw its tasks) and the update is one replay
 Output: `data/<style>-<dark|light>/run_XXXXX.npz` (the `.npz` contract of keydoor_env.py), written
 atomically when the run's group finishes. Rerunning the same command skips finished runs. Before any
 work, every file already in the folder must be readable and of this command's data settings, and a
-group must fit in memory and the shard's files on the disk.
+group must fit in memory; a full disk ends the command in one line, keeping the files written.
 
 Runs are laid out in groups of `--group-size` over the global run index, and a run's data depend only
 on the seed and its group, so the groups can be dealt to shards: `--num-shards N --shard-index i` (a
@@ -29,7 +29,6 @@ import ctypes
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -121,76 +120,6 @@ DEFAULT_STEPS = {"nx1": 50_000, "1xn": 100_000}
 MAX_RUNS = 99_999
 # The compact replay codes below are int16: a task code is below size**4 < 2**15, so 13 is the largest grid.
 CODEC_MAX_SIZE = 13
-
-
-def resolve(args: Args) -> Args:
-    """Fill style-dependent defaults and reject impossible flags, one ValueError per flag naming it."""
-    if args.num_runs is None:
-        args.num_runs = DEFAULT_NUM_RUNS[args.style]
-    if args.steps is None:
-        args.steps = DEFAULT_STEPS[args.style]
-    if not 1 <= args.num_runs <= MAX_RUNS:
-        raise ValueError(
-            f"--num-runs must lie in 1..{MAX_RUNS:,} (run files are named run_00000.npz .. run_{MAX_RUNS}.npz and "
-            f"read in name order), got {args.num_runs:,}"
-        )
-    check_at_least("--steps", args.steps, 1)
-    check_at_least("--num-shards", args.num_shards, 1)
-    if not 0 <= args.shard_index < args.num_shards:
-        raise ValueError(f"--shard-index must lie in 0..{args.num_shards - 1} (--num-shards), got {args.shard_index}")
-    check_at_least("--group-size", args.group_size, 1)
-    check_at_least("--batch-size", args.batch_size, 1)
-    check_at_least("--hidden", args.hidden, 1)
-    check_at_least("--update-every", args.update_every, 1)
-    check_at_least("--learning-starts", args.learning_starts, 1)
-    check_at_least("--log-every", args.log_every, 1)
-    if not 3 <= args.size <= CODEC_MAX_SIZE:
-        raise ValueError(f"--size must lie in 3..{CODEC_MAX_SIZE} (compact replay codes), got {args.size}")
-    check_float("--lr", args.lr, "> 0", args.lr > 0)
-    check_float("--gamma", args.gamma, "in [0, 1]", 0 <= args.gamma <= 1)
-    check_float("--tau", args.tau, "in (0, 1]", 0 < args.tau <= 1)
-    check_float("--alpha", args.alpha, "> 0", args.alpha > 0)
-    check_float("--target-entropy-scale", args.target_entropy_scale, "in [0, 1]", 0 <= args.target_entropy_scale <= 1)
-    check_float("--exploration-bonus", args.exploration_bonus, ">= 0", args.exploration_bonus >= 0)
-    return args
-
-
-def check_at_least(flag: str, value: int, lowest: int) -> None:
-    if value < lowest:
-        raise ValueError(f"{flag} must be >= {lowest}, got {value}")
-
-
-def check_float(flag: str, value: float, condition: str, holds: bool) -> None:
-    """Refuse `value` unless it is finite and `holds` (the test `condition` describes); NaN fails every test."""
-    if not (math.isfinite(value) and holds):
-        raise ValueError(f"{flag} must be a finite number {condition}, got {value}")
-
-
-def shard_from_launcher(args: Args, environ: dict | None = None) -> Args:
-    """Under torchrun (RANK and WORLD_SIZE set) the process of rank r collects shard r of WORLD_SIZE; no process
-    group is needed, since shards share nothing. Explicit --num-shards/--shard-index must agree with them."""
-    environ = os.environ if environ is None else environ
-    if "RANK" not in environ or "WORLD_SIZE" not in environ:
-        return args
-    try:
-        rank = int(environ["RANK"])
-        world_size = int(environ["WORLD_SIZE"])
-    except ValueError:
-        raise ValueError(
-            f"RANK={environ['RANK']!r} and WORLD_SIZE={environ['WORLD_SIZE']!r} (set by torchrun) must be integers"
-        ) from None
-    if not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank} must lie in 0..WORLD_SIZE-1 (WORLD_SIZE={world_size}, set by torchrun)")
-    flags_given = (args.num_shards, args.shard_index) != (1, 0)
-    if flags_given and (args.num_shards, args.shard_index) != (world_size, rank):
-        raise ValueError(
-            f"--num-shards {args.num_shards} --shard-index {args.shard_index} conflict with torchrun's "
-            f"WORLD_SIZE={world_size} RANK={rank}: under torchrun each process takes shard RANK of WORLD_SIZE; "
-            "drop the two flags"
-        )
-    args.num_shards = world_size
-    args.shard_index = rank
-    return args
 
 
 # ---- Compact codes: an observation is (cell, has_key, t) and a task is (key cell, door cell), so a
@@ -583,192 +512,7 @@ def log_population(writer, step, means, losses, agents, sps) -> None:
         writer.add_scalar(f"losses/{name}", value.mean().item(), step)
 
 
-# ---- Sizes: a group must fit in memory and the shard's files on the disk, checked before any work ----
-def history_bytes_per_step(obs_dim: int) -> int:
-    """Host bytes per agent-step of the histories a group builds at its end, all kept until written: observations
-    float32 (obs_dim), action int64, reward float32, task int64 (4), two bool flags."""
-    return 4 * obs_dim + 8 + 4 + 8 * 4 + 2
-
-
-def memory_needed(args: Args, num_agents: int) -> dict[str, int]:
-    """Bytes a group of `num_agents` runs holds at its peak, by part: "replay" (the codes of every step, on the
-    training device), "histories" (built on the host at the end), "networks" (weights, targets, gradients and Adam's
-    two moments of actor and twin critics: 14 copies of one MLP's floats), "update" (an update's activations,
-    about 12 hidden-wide floats per sample and network)."""
-    obs_dim = K.LIGHT_OBS_DIM if args.light else K.DARK_OBS_DIM
-    mlp_floats = (obs_dim + 1) * args.hidden + (args.hidden + 1) * args.hidden + (args.hidden + 1) * K.NUM_ACTIONS
-    agent_steps = num_agents * args.steps
-    return {
-        "replay": agent_steps * REPLAY_BYTES_PER_STEP,
-        "histories": agent_steps * history_bytes_per_step(obs_dim),
-        "networks": num_agents * 14 * mlp_floats * 4,
-        "update": num_agents * args.batch_size * (12 * args.hidden + 40) * 4,
-    }
-
-
-def check_memory(args: Args, num_agents: int, device: torch.device) -> None:
-    """Refuse, naming the flag to lower, a group that cannot fit: on the CPU everything is in host memory; on CUDA
-    the replay buffer, networks and activations are on the device and the histories on the host."""
-    parts = memory_needed(args, num_agents)
-    if device.type == "cuda":
-        free_on_device = torch.cuda.mem_get_info(device)[0]
-        refuse_if_larger(args, num_agents, parts, ("replay", "networks", "update"), free_on_device, f"{device} memory")
-        refuse_if_larger(args, num_agents, parts, ("histories",), K.available_memory(), "memory")
-    else:
-        refuse_if_larger(args, num_agents, parts, tuple(parts), K.available_memory(), "memory")
-
-
-def refuse_if_larger(
-    args: Args, num_agents: int, parts: dict[str, int], names: tuple, available: int | None, pool: str
-) -> None:
-    needed = sum(parts[name] for name in names)
-    if available is None or needed <= available:
-        return
-    largest = max(names, key=parts.__getitem__)
-    flag = {
-        "replay": f"--steps {args.steps:,}",
-        "histories": f"--steps {args.steps:,}",
-        "networks": f"--hidden {args.hidden:,}",
-        "update": f"--batch-size {args.batch_size:,}",
-    }[largest]
-    others = "--num-runs" if args.num_runs < args.group_size else "--group-size"
-    raise ValueError(
-        f"{flag}: a group of {num_agents:,} runs trained together needs about {K.format_bytes(needed)} of {pool} "
-        f"(most for its {largest}), {K.format_bytes(available)} is available; lower {flag.split()[0]} or {others}"
-    )
-
-
-def min_file_bytes(args: Args) -> int:
-    """A lower bound on one run's `.npz`: 1 kB of zip and array headers, plus its arrays deflated at deflate's
-    largest ratio (1032:1); real files are several hundred times larger."""
-    obs_dim = K.LIGHT_OBS_DIM if args.light else K.DARK_OBS_DIM
-    return 1000 + args.steps * history_bytes_per_step(obs_dim) // 1032
-
-
-def check_disk(args: Args, folder: str, runs_to_write: int) -> None:
-    """Refuse, naming --num-runs, a shard whose files cannot fit on the disk even at the smallest they can be."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):  # the nearest existing folder above: the disk the files will go to
-        existing = os.path.dirname(existing)
-    try:
-        free = shutil.disk_usage(existing).free
-    except OSError:
-        return  # unknown: the writes themselves will say
-    needed = runs_to_write * min_file_bytes(args)
-    if needed > free:
-        raise ValueError(
-            f"--num-runs {args.num_runs:,} x --steps {args.steps:,}: this shard's {runs_to_write:,} histories need "
-            f"at least {K.format_bytes(needed)} on disk, {folder} has {K.format_bytes(free)} free; lower --num-runs "
-            "or --steps, or shard the runs (--num-shards) over disks"
-        )
-
-
-# ---- Dataset folder: the groups of this shard, checks before any work, summary ----
-def run_path(folder: str, run: int) -> str:
-    return os.path.join(folder, f"run_{run:05d}.npz")
-
-
-def shard_groups(args: Args) -> list[range]:
-    """This shard's groups of runs. Groups are laid out over the global run index and dealt to shards in turn,
-    so that a run's data depend only on the seed and its group, never on the shards."""
-    num_groups = math.ceil(args.num_runs / args.group_size)
-    groups = []
-    for group in range(args.shard_index, num_groups, args.num_shards):
-        first = group * args.group_size
-        groups.append(range(first, min(first + args.group_size, args.num_runs)))
-    return groups
-
-
-def shard_runs_written(args: Args, folder: str) -> list[int]:
-    """The runs of this shard whose files are in `folder` (found from the folder's listing, not the shard's)."""
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    runs = []
-    for name in names:
-        number = name[len("run_") : -len(".npz")]
-        if not (name.startswith("run_") and name.endswith(".npz") and number.isdigit()):
-            continue
-        run = int(number)
-        group = run // args.group_size
-        if run < args.num_runs and group % args.num_shards == args.shard_index:
-            runs.append(run)
-    return runs
-
-
-def check_folder(folder: str, history_config: dict) -> None:
-    """Refuse, naming the file, a folder holding any history that is unreadable or of other data
-    settings. Every file is read in full (the summary reads them all anyway): a truncated one is found
-    before any work."""
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if not (name.startswith("run_") and name.endswith(".npz")):
-            continue
-        path = os.path.join(folder, name)
-        try:
-            _, existing = K.load_history(path)
-        except ValueError as e:
-            message = " ".join(str(e).split())  # one line, whatever the zip library said
-            raise ValueError(f"{message}; delete or move it away, then rerun: its group is collected again") from None
-        for field in DATA_FIELDS:
-            if existing.get(field) != history_config[field]:
-                raise ValueError(
-                    f"{path} was written with {field}={existing.get(field)!r}, this command has "
-                    f"{field}={history_config[field]!r}; use another --data-dir or matching flags"
-                )
-
-
-def summarize(folder: str) -> dict:
-    """Share of runs whose last SOLVED_WINDOW episodes average >= SOLVED_RETURN, and when the median run first
-    got there. A folder that does not exist (a shard with nothing to do) holds no runs."""
-    names = []
-    if os.path.isdir(folder):
-        names = sorted(n for n in os.listdir(folder) if n.startswith("run_") and n.endswith(".npz"))
-    final = []
-    solved_at = []
-    for name in names:
-        history, _ = K.load_history(os.path.join(folder, name))
-        dones = history["terminations"] | history["truncations"]
-        returns, _ = K.episode_returns(history["rewards"], dones)
-        final.append(returns[-K.SOLVED_WINDOW :].mean() if len(returns) else 0.0)
-        solved_at.append(K.first_solved_step(history["rewards"], dones) or np.inf)  # steps count from 1
-    final = np.array(final)
-    solved_at = np.array(solved_at)
-    median = float(np.median(solved_at)) if len(solved_at) else np.inf
-    return {
-        "runs": len(names),
-        "solved_fraction": float((final >= K.SOLVED_RETURN).mean()) if len(final) else 0.0,
-        "final_return_mean": float(final.mean()) if len(final) else 0.0,
-        "median_first_solved_step": None if not np.isfinite(median) else int(median),
-    }
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc to recycle freed activations instead of returning them to the OS: each update frees
-    tensors of a few MB, and the page faults of fresh mmap pages cost about 20% of an update on CPU."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: the largest value glibc accepts
-        libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
-def training_device(args: Args) -> torch.device:
-    """CUDA if asked and present; under torchrun, the process's own GPU (LOCAL_RANK)."""
-    if not (args.cuda and torch.cuda.is_available()):
-        return torch.device("cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    torch.cuda.set_device(device)  # streams and CUDA graphs go to the current device: make it this process's GPU
-    return device
-
-
-def write_group(folder: str, runs: range, histories: list[dict], history_config: dict) -> None:
-    """Each run's file, atomically. A group cut short while writing left some: same seed, same data, kept."""
-    for run, history in zip(runs, histories, strict=True):
-        path = run_path(folder, run)
-        if not os.path.exists(path):
-            K.save_history(path, history, dict(history_config, run=run, task=history["tasks"][0].tolist()))
-
-
+# ---- main: check everything before any work, then collect this shard's groups that are not written yet ----
 def main(args: Args) -> dict:
     # 1. flags (under torchrun the rank picks the shard), seeds, device
     args = shard_from_launcher(args)
@@ -778,28 +522,24 @@ def main(args: Args) -> dict:
     device = training_device(args)
     folder = os.path.join(args.data_dir, f"{args.style}-{'light' if args.light else 'dark'}")
 
-    # 2. sizes no machine holds, before anything is read or written: a group in memory, the shard on the disk
-    groups = shard_groups(args)  # at most MAX_RUNS runs (`resolve`)
-    written = set(shard_runs_written(args, folder))
+    # 2. before anything is read or written: a group must fit in memory (its replay is allocated up front)
     check_memory(args, min(args.group_size, args.num_runs), device)
-    check_disk(args, folder, sum(map(len, groups)) - len(written))
 
-    # 3. before any work: every file of the folder readable and of these data settings, the folder
-    #    writable, temp files that killed writers left there removed
+    # 3. before any work: every file of the folder readable and of these data settings, the folder writable
     history_config = {field: getattr(args, field) for field in DATA_FIELDS}
     history_config["algorithm"] = "sac"
     check_folder(folder, history_config)
     K.check_writable(folder)
-    removed = K.remove_stale_parts(folder)
 
     # 4. the groups this shard still owes
+    groups = shard_groups(args)  # at most MAX_RUNS runs (`resolve`)
+    written = shard_runs_written(args, folder)
     todo = [group for group in groups if not written.issuperset(group)]
     if todo:
         K.check_writable("runs")  # TensorBoard's folder
     print(
         f"{folder}: {sum(map(len, groups))} runs in shard {args.shard_index} of {args.num_shards}, "
         f"{len(groups) - len(todo)} of {len(groups)} groups already written; device {device}"
-        + (f"; removed {len(removed)} stale temp files" if removed else "")
     )
 
     # 5. collect group by group under one progress bar over the shard (agent-steps; a resumed run starts it at
@@ -831,6 +571,251 @@ def main(args: Args) -> dict:
     summary = summarize(folder)
     print(json.dumps({"dataset": folder, **summary}))
     return summary
+
+
+# ---- Flags: one table of checks, before any work; under torchrun the rank picks the shard ----
+def resolve(args: Args) -> Args:
+    """Fill style-dependent defaults and reject impossible flags, one ValueError per flag naming it. A bound of
+    `math.inf` makes a check refuse inf, and NaN fails every comparison."""
+    if args.num_runs is None:
+        args.num_runs = DEFAULT_NUM_RUNS[args.style]
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS[args.style]
+    K.check_flags(
+        [
+            (
+                1 <= args.num_runs <= MAX_RUNS,
+                f"--num-runs must lie in 1..{MAX_RUNS:,} (run files are named run_00000.npz .. run_{MAX_RUNS}.npz "
+                f"and read in name order), got {args.num_runs:,}",
+            ),
+            (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
+            (args.num_shards >= 1, f"--num-shards must be >= 1, got {args.num_shards}"),
+            (
+                0 <= args.shard_index < args.num_shards,
+                f"--shard-index must lie in 0..{args.num_shards - 1} (--num-shards), got {args.shard_index}",
+            ),
+            (args.group_size >= 1, f"--group-size must be >= 1, got {args.group_size}"),
+            (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+            (args.hidden >= 1, f"--hidden must be >= 1, got {args.hidden}"),
+            (args.update_every >= 1, f"--update-every must be >= 1, got {args.update_every}"),
+            (args.learning_starts >= 1, f"--learning-starts must be >= 1, got {args.learning_starts}"),
+            (args.log_every >= 1, f"--log-every must be >= 1, got {args.log_every}"),
+            (
+                3 <= args.size <= CODEC_MAX_SIZE,
+                f"--size must lie in 3..{CODEC_MAX_SIZE} (compact replay codes), got {args.size}",
+            ),
+            (0 < args.lr < math.inf, f"--lr must be a finite number > 0, got {args.lr}"),
+            (0 <= args.gamma <= 1, f"--gamma must be a finite number in [0, 1], got {args.gamma}"),
+            (0 < args.tau <= 1, f"--tau must be a finite number in (0, 1], got {args.tau}"),
+            (0 < args.alpha < math.inf, f"--alpha must be a finite number > 0, got {args.alpha}"),
+            (
+                0 <= args.target_entropy_scale <= 1,
+                f"--target-entropy-scale must be a finite number in [0, 1], got {args.target_entropy_scale}",
+            ),
+            (
+                0 <= args.exploration_bonus < math.inf,
+                f"--exploration-bonus must be a finite number >= 0, got {args.exploration_bonus}",
+            ),
+        ]
+    )
+    return args
+
+
+def shard_from_launcher(args: Args) -> Args:
+    """Under torchrun (RANK and WORLD_SIZE set) the process of rank r collects shard r of WORLD_SIZE; no process
+    group is needed, since shards share nothing. Explicit --num-shards/--shard-index must agree with them."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return args
+    try:
+        rank = int(os.environ["RANK"])
+        world_size = int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise ValueError(
+            f"RANK={os.environ['RANK']!r} and WORLD_SIZE={os.environ['WORLD_SIZE']!r} (set by torchrun) "
+            "must be integers"
+        ) from None
+    flags_given = (args.num_shards, args.shard_index) != (1, 0)
+    K.check_flags(
+        [
+            (
+                0 <= rank < world_size,
+                f"RANK={rank} must lie in 0..WORLD_SIZE-1 (WORLD_SIZE={world_size}, set by torchrun)",
+            ),
+            (
+                not flags_given or (args.num_shards, args.shard_index) == (world_size, rank),
+                f"--num-shards {args.num_shards} --shard-index {args.shard_index} conflict with torchrun's "
+                f"WORLD_SIZE={world_size} RANK={rank}: under torchrun each process takes shard RANK of WORLD_SIZE; "
+                "drop the two flags",
+            ),
+        ]
+    )
+    args.num_shards = world_size
+    args.shard_index = rank
+    return args
+
+
+# ---- The machine: the device, the allocator, and whether a group fits in memory ----
+def training_device(args: Args) -> torch.device:
+    """CUDA if asked and present; under torchrun, the process's own GPU (LOCAL_RANK)."""
+    if not (args.cuda and torch.cuda.is_available()):
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)  # streams and CUDA graphs go to the current device: make it this process's GPU
+    return device
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to recycle freed activations instead of returning them to the OS: each update frees
+    tensors of a few MB, and the page faults of fresh mmap pages cost about 20% of an update on CPU."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: the largest value glibc accepts
+        libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory a process can still take without swapping: Linux's MemAvailable; where there is no
+    /proc/meminfo, the physical memory (an upper bound: what exceeds it no amount of freeing holds); else None.
+    `check_memory` refuses, before any work, a group whose replay buffer would not fit."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_needed(args: Args, num_agents: int) -> dict[str, int]:
+    """Bytes a group of `num_agents` runs holds at its peak, by part: "replay" (the codes of every step, on the
+    training device), "histories" (built on the host at the end, all kept until written: observations float32
+    (obs_dim), action int64, reward float32, task int64 (4), two bool flags per step), "networks" (weights,
+    targets, gradients and Adam's two moments of actor and twin critics: 14 copies of one MLP's floats), "update"
+    (an update's activations, about 12 hidden-wide floats per sample and network)."""
+    obs_dim = K.LIGHT_OBS_DIM if args.light else K.DARK_OBS_DIM
+    mlp_floats = (obs_dim + 1) * args.hidden + (args.hidden + 1) * args.hidden + (args.hidden + 1) * K.NUM_ACTIONS
+    agent_steps = num_agents * args.steps
+    return {
+        "replay": agent_steps * REPLAY_BYTES_PER_STEP,
+        "histories": agent_steps * (4 * obs_dim + 8 + 4 + 8 * 4 + 2),
+        "networks": num_agents * 14 * mlp_floats * 4,
+        "update": num_agents * args.batch_size * (12 * args.hidden + 40) * 4,
+    }
+
+
+def check_memory(args: Args, num_agents: int, device: torch.device) -> None:
+    """Refuse, naming the flag to lower, a group that cannot fit, before its replay is allocated: on the CPU
+    everything is in host memory; on CUDA the replay buffer, networks and activations are on the device and the
+    histories on the host. Where the free memory is unknown, nothing is refused."""
+    parts = memory_needed(args, num_agents)
+    if device.type == "cuda":
+        free_on_device = torch.cuda.mem_get_info(device)[0]
+        pools = [
+            (("replay", "networks", "update"), free_on_device, f"{device} memory"),
+            (("histories",), available_memory(), "memory"),
+        ]
+    else:
+        pools = [(tuple(parts), available_memory(), "memory")]
+    for names, available, pool in pools:
+        needed = sum(parts[name] for name in names)
+        if available is None or needed <= available:
+            continue
+        largest = max(names, key=parts.__getitem__)
+        flag = {
+            "replay": f"--steps {args.steps:,}",
+            "histories": f"--steps {args.steps:,}",
+            "networks": f"--hidden {args.hidden:,}",
+            "update": f"--batch-size {args.batch_size:,}",
+        }[largest]
+        others = "--num-runs" if args.num_runs < args.group_size else "--group-size"
+        raise ValueError(
+            f"{flag}: a group of {num_agents:,} runs trained together needs about {needed / 1e6:,.0f} MB of {pool} "
+            f"(most for its {largest}), {available / 1e6:,.0f} MB is available; lower {flag.split()[0]} or {others}"
+        )
+
+
+# ---- The dataset folder: the groups of this shard, what is written, checks before any work, the summary ----
+def shard_groups(args: Args) -> list[range]:
+    """This shard's groups of runs. Groups are laid out over the global run index and dealt to shards in turn,
+    so that a run's data depend only on the seed and its group, never on the shards."""
+    num_groups = math.ceil(args.num_runs / args.group_size)
+    groups = []
+    for group in range(args.shard_index, num_groups, args.num_shards):
+        first = group * args.group_size
+        groups.append(range(first, min(first + args.group_size, args.num_runs)))
+    return groups
+
+
+def run_file(run: int) -> str:
+    return f"run_{run:05d}.npz"
+
+
+def run_files(folder: str) -> list[str]:
+    """The names of the run files in `folder`, in run order; none where the folder does not exist yet."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(name for name in names if name.startswith("run_") and name.endswith(".npz"))
+
+
+def shard_runs_written(args: Args, folder: str) -> set[int]:
+    """The runs of this shard whose files are in `folder` (one listing of the folder, not a look-up per run)."""
+    names = set(run_files(folder))
+    return {run for group in shard_groups(args) for run in group if run_file(run) in names}
+
+
+def check_folder(folder: str, history_config: dict) -> None:
+    """Refuse, naming the file, a folder holding any history that is unreadable or of other data
+    settings. Every file is read in full (the summary reads them all anyway): a truncated one is found
+    before any work."""
+    for name in run_files(folder):
+        path = os.path.join(folder, name)
+        try:
+            _, existing = K.load_history(path)
+        except ValueError as e:
+            message = " ".join(str(e).split())  # one line, whatever the zip library said
+            raise ValueError(f"{message}; delete or move it away, then rerun: its group is collected again") from None
+        for field in DATA_FIELDS:
+            if existing.get(field) != history_config[field]:
+                raise ValueError(
+                    f"{path} was written with {field}={existing.get(field)!r}, this command has "
+                    f"{field}={history_config[field]!r}; use another --data-dir or matching flags"
+                )
+
+
+def write_group(folder: str, runs: range, histories: list[dict], history_config: dict) -> None:
+    """Each run's file, atomically (a full disk ends the command in one line, keeping the files written). A group
+    cut short while writing left some: same seed, same data, kept."""
+    for run, history in zip(runs, histories, strict=True):
+        path = os.path.join(folder, run_file(run))
+        if not os.path.exists(path):
+            K.save_history(path, history, dict(history_config, run=run, task=history["tasks"][0].tolist()))
+
+
+def summarize(folder: str) -> dict:
+    """Share of runs whose last SOLVED_WINDOW episodes average >= SOLVED_RETURN, and when the median run first
+    got there. A folder that does not exist (a shard with nothing to do) holds no runs."""
+    final = []
+    solved_at = []
+    for name in run_files(folder):
+        history, _ = K.load_history(os.path.join(folder, name))
+        dones = history["terminations"] | history["truncations"]
+        returns, _ = K.episode_returns(history["rewards"], dones)
+        final.append(returns[-K.SOLVED_WINDOW :].mean() if len(returns) else 0.0)
+        solved_at.append(K.first_solved_step(history["rewards"], dones) or np.inf)  # steps count from 1
+    final = np.array(final)
+    median = float(np.median(solved_at)) if solved_at else np.inf
+    return {
+        "runs": len(final),
+        "solved_fraction": float((final >= K.SOLVED_RETURN).mean()) if len(final) else 0.0,
+        "final_return_mean": float(final.mean()) if len(final) else 0.0,
+        "median_first_solved_step": None if not np.isfinite(median) else int(median),
+    }
 
 
 if __name__ == "__main__":

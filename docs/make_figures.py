@@ -156,7 +156,7 @@ def check_final_steps(final_steps: int) -> None:
 # ----------------------------------------------------------------------------------------------
 def early_returns(run: dict) -> np.ndarray:
     """Per env, the mean return of the episodes that ended in the first `WINDOW` env steps (NaN if none)."""
-    return K.early_return(run["episodes"], run["num_envs"], WINDOW)
+    return K.window_returns(run["episodes"], run["num_envs"], 0, WINDOW)
 
 
 def final_returns(run: dict, last: int) -> np.ndarray:
@@ -258,7 +258,6 @@ def pyplot():
 
 def prepare_output(folder: str) -> None:
     K.check_writable(folder)
-    K.remove_stale_parts(folder)
 
 
 def write_csv(path: str, rows: list[dict]) -> None:

@@ -369,7 +369,7 @@ def test_bootstrap_covers_the_true_mean_with_ten_seeds():
     """Synthetic scores with a known seed effect: 10 training seeds x 30 tasks, seed, task and noise effects of
     equal variance (0.3^2), true mean 0 (the IQM's too: every draw is symmetric about 0). The 95% intervals cover 0
     in about 95% of replicates (0.93 for the mean and 0.95 for the IQM, measured over 1,000; 300 here, whose standard
-    error is 0.013). With 3 seeds the same check gives about 0.75 (`ad_eval.bootstrap`'s docstring)."""
+    error is 0.013). With 3 seeds the same check gives about 0.75 (docs/reproduction.md)."""
     rng = np.random.default_rng(7)
     covered = {"mean": 0, "iqm": 0}
     replicates = 300
@@ -426,7 +426,7 @@ def test_end_to_end(data, tmp_path, capsys):
     assert meta["split"] == "test" and meta["context"] == 16 and meta["algorithm"] == "ad" and meta["obs"] == "dark"
     assert meta["model_config"]["n_embd"] == 16 and meta["checkpoint"] == str(paths[0])
     assert meta["exp_name"] == "ad" and meta["dataset"] == "nx1-light" and meta["iteration"] == 5
-    for key, value in E.random_rollout(tasks, 120, 4, 1).items():
+    for key, value in K.random_episodes(tasks, 4, 120, 1).items():
         np.testing.assert_array_equal(random_episodes[key], value)
     with np.load(tmp_path / "eval" / "ad__nx1-light__light__ctx16__1__test3_steps120_seed1.npz") as f:
         assert json.loads(str(f["meta"]))["obs"] == "light"
@@ -507,8 +507,55 @@ def test_tensorboard_runs_of_other_settings_are_apart(data, tmp_path):
 # --capture-video: one task's first episodes beside its last, as an animated GIF
 # ----------------------------------------------------------------------------------------------
 def shows(picture, name):
-    """Whether any pixel of an RGB picture has the colour `K.RENDER_COLORS[name]`."""
-    return bool((np.asarray(picture) == K.RENDER_COLORS[name]).all(axis=-1).any())
+    """Whether any pixel of an RGB picture has the colour `E.RENDER_COLORS[name]`."""
+    return bool((np.asarray(picture) == E.RENDER_COLORS[name]).all(axis=-1).any())
+
+
+def cell_centre(image, x, y, size):
+    scale = image.shape[0] // size
+    return tuple(image[(size - 1 - y) * scale + scale // 2, x * scale + scale // 2])
+
+
+def test_draw_grid_shape_and_cells():
+    task = np.array([3, 1, 1, 4])  # key (3, 1), door (1, 4)
+    image = E.draw_grid(5, task, np.array([[2, 2]]), has_key=True, door_found=True, scale=10)
+    assert image.shape == (50, 50, 3) and image.dtype == np.uint8
+    assert cell_centre(image, 3, 1, 5) == E.RENDER_COLORS["key"]
+    assert cell_centre(image, 1, 4, 5) == E.RENDER_COLORS["door"]
+    assert tuple(image[2 * 10 + 2, 2 * 10 + 5]) == E.RENDER_COLORS["agent"]  # the agent, off the key on it
+    assert cell_centre(image, 2, 2, 5) == E.RENDER_COLORS["key"]  # the key it holds, at the centre of the agent
+    assert cell_centre(image, 4, 0, 5) == E.RENDER_COLORS["floor"]
+    assert tuple(image[0, 0]) == E.RENDER_COLORS["wall"] and tuple(image[-1, 25]) == E.RENDER_COLORS["wall"]
+    # y grows upwards: the door's row y = 4 is the image's top row of cells
+    assert cell_centre(image, 1, 4, 5) == tuple(image[5, 15])
+    assert E.draw_grid(9, task, np.array([[0, 0]]), scale=24).shape == (216, 216, 3)
+
+
+def test_draw_grid_hides_what_was_not_found():
+    task = np.array([3, 1, 1, 4])
+    start = np.array([[0, 0]])
+    hidden = E.draw_grid(5, task, start, scale=12)
+    assert not shows(hidden, "key") and not shows(hidden, "door")
+    assert cell_centre(hidden, 3, 1, 5) == E.RENDER_COLORS["floor"]
+    assert cell_centre(hidden, 0, 0, 5) == E.RENDER_COLORS["agent"]
+    door_only = E.draw_grid(5, task, start, door_found=True, scale=12)
+    assert shows(door_only, "door") and not shows(door_only, "key")
+    carrying = E.draw_grid(5, task, start, has_key=True, scale=12)
+    assert cell_centre(carrying, 0, 0, 5) == E.RENDER_COLORS["key"]  # the key on the agent
+    assert cell_centre(carrying, 3, 1, 5) == E.RENDER_COLORS["key"] and not shows(carrying, "door")  # and its cell
+
+
+def test_draw_grid_path():
+    path = np.array([(0, 0), (1, 0), (1, 1), (0, 0), (0, 1)])  # three moves, a jump back to the start, a move
+    image = E.draw_grid(4, np.array([3, 3, 2, 3]), path, scale=16)
+    for x, y in path:
+        corner = image[(3 - y) * 16 + 3, x * 16 + 3]  # away from the centre lines
+        assert tuple(corner) == E.RENDER_COLORS["path"]
+    assert cell_centre(image, 2, 2, 4) == E.RENDER_COLORS["floor"]
+    assert cell_centre(image, 0, 1, 4) == E.RENDER_COLORS["agent"]  # the path's last cell
+    # a move joins two centres; the jump from (1, 1) to (0, 0) is no line across the diagonal
+    assert tuple(image[(3 - 0) * 16 + 8, 16]) == E.RENDER_COLORS["trail"]  # between (0, 0) and (1, 0)
+    assert tuple(image[(3 - 1) * 16 + 2, 2 * 8]) != E.RENDER_COLORS["trail"]
 
 
 def test_key_and_door_are_drawn_once_found():
@@ -646,8 +693,8 @@ def claim_size_100(checkpoint):
     checkpoint["data"]["size"] = 100  # a task split of 100M tasks
 
 
-def drop_the_size(checkpoint):
-    del checkpoint["data"]["size"]
+def drop_the_version(checkpoint):
+    del checkpoint["version"]
 
 
 def cut_the_weights(checkpoint):
@@ -663,15 +710,15 @@ def add_a_model_field(checkpoint):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (claim_size_100, "grid size 100"),
-        (drop_the_size, "size"),
-        (cut_the_weights, ""),
-        (add_a_model_field, ""),
+        (drop_the_version, r"bad\.pt: .*version"),
+        (cut_the_weights, r"bad\.pt: .*size mismatch"),  # PyTorch's strict load
+        (add_a_model_field, r"bad\.pt: .*unknown"),
+        (claim_size_100, "grid size 100 is larger than"),  # the env's own refusal, before its task split is built
     ],
 )
 def test_every_checkpoint_is_checked_before_the_first_is_evaluated(data, tmp_path, monkeypatch, change, message):
-    """A bad second checkpoint is one line naming it, and writes nothing, not even the good first one's file; no
-    rollout starts (a claimed grid of 100 is refused before its task split is built)."""
+    """A bad second checkpoint is one line (PyTorch's error, naming the file), and writes nothing, not even the good
+    first one's file; no rollout starts."""
 
     def no_rollout(*args, **kwargs):
         raise AssertionError("a rollout started before every checkpoint was checked")
@@ -680,35 +727,38 @@ def test_every_checkpoint_is_checked_before_the_first_is_evaluated(data, tmp_pat
     bad = tmp_path / "bad.pt"
     shutil.copy(ckpt(data, "seed2"), bad)
     rewrite(bad, change)
-    with pytest.raises(ValueError, match=f"bad.pt: .*{message}") as error:
+    with pytest.raises(ValueError, match=message) as error:
         E.main(eval_args([ckpt(data, "dark"), bad], tmp_path / "eval"))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "eval").exists() and not (tmp_path / "runs").exists()
 
 
-def test_sizes_no_memory_holds_are_refused_before_any_work(data, tmp_path, monkeypatch):
+def test_out_of_memory_is_one_line_naming_the_flags_to_lower(data, tmp_path, monkeypatch):
+    """PyTorch's own out-of-memory error, on the host (the CPU allocator's) or on a GPU, ends in one line that names
+    --steps and --num-envs; nothing is written for that checkpoint. Any other error of the rollout is left as it is."""
     path = ckpt(data, "dark")
-    with pytest.raises(ValueError, match="--steps 1,000,000,000 x --num-envs 3 needs about"):
-        E.main(eval_args([path], tmp_path / "eval", steps=1_000_000_000))
-    assert not (tmp_path / "eval").exists()
-    # the buffers grow with envs x steps, and with a Light model's wider observations
-    need = sum(E.rollout_bytes(3, 120, K.DARK_OBS_DIM))
-    assert sum(E.rollout_bytes(6, 120, K.DARK_OBS_DIM)) == sum(E.rollout_bytes(3, 240, K.DARK_OBS_DIM)) == 2 * need
-    assert sum(E.rollout_bytes(3, 120, K.LIGHT_OBS_DIM)) > need
-    monkeypatch.setattr(K, "available_memory", lambda: need - 1)
-    with pytest.raises(ValueError, match="lower --steps or --num-envs"):
+    out = tmp_path / "eval" / f"{path.stem}__test3_steps100000000000000_seed1.npz"
+    with pytest.raises(
+        ValueError,
+        match="out of memory on cpu for --steps 100,000,000,000,000 x --num-envs 3; lower --steps or --num-envs",
+    ) as error:
+        E.main(eval_args([path], tmp_path / "eval", steps=10**14))  # petabytes of tokens: more than any address space
+    assert "\n" not in str(error.value) and not out.exists()
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB.\nSee the documentation")
+
+    monkeypatch.setattr(E, "rollout", no_memory)
+    with pytest.raises(ValueError, match="lower --steps or --num-envs") as error:
         E.main(eval_args([path], tmp_path / "eval"))
-    assert not (tmp_path / "eval").exists()
-    monkeypatch.setattr(K, "available_memory", lambda: need)
-    E.main(eval_args([path], tmp_path / "eval", source_runs=0))
-    # on a GPU the tokens must fit its free memory, the rest the host's
-    (device_bytes, host_bytes) = E.rollout_bytes(3, 120, K.DARK_OBS_DIM)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (device_bytes - 1, 10**12))
-    with pytest.raises(ValueError, match="free memory on cuda"):
-        E.check_memory(eval_args([path], None), K.DARK_OBS_DIM, torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (device_bytes, 10**12))
-    monkeypatch.setattr(K, "available_memory", lambda: host_bytes)
-    E.check_memory(eval_args([path], None), K.DARK_OBS_DIM, torch.device("cuda"))
+    assert "\n" not in str(error.value)
+
+    def other_error(*args, **kwargs):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(E, "rollout", other_error)
+    with pytest.raises(RuntimeError, match="something else"):
+        E.main(eval_args([path], tmp_path / "eval"))
 
 
 def test_an_rl2_checkpoint_is_named_as_one(tmp_path, monkeypatch):
@@ -719,15 +769,6 @@ def test_an_rl2_checkpoint_is_named_as_one(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="rl2_train.py") as error:
         E.main(eval_args([checkpoint], tmp_path / "eval"))
     assert checkpoint in str(error.value)
-
-
-def test_stale_parts_are_removed(data, tmp_path):
-    (tmp_path / "eval").mkdir()
-    stale = tmp_path / "eval" / ".tmp-otherhost-1-x.part"
-    stale.write_bytes(b"partial")
-    os.utime(stale, (0, 0))
-    E.main(eval_args([ckpt(data, "dark")], tmp_path / "eval", steps=60, source_runs=0))
-    assert not stale.exists()
 
 
 def test_cli_error_is_one_line(tmp_path):

@@ -4,7 +4,6 @@ import errno
 import json
 import os
 import random
-import shutil
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -169,7 +168,7 @@ def test_bad_tasks(task, match):
     env = K.KeyDoorEnv(size=5)
     with pytest.raises(ValueError, match=match):
         env.reset(options={"task": task})
-    with pytest.raises(ValueError, match=match if len(task) == 4 else "shape"):
+    with pytest.raises(ValueError, match=match):
         K.KeyDoorVectorEnv(1, size=5, tasks=[task])
 
 
@@ -386,26 +385,6 @@ def test_a_bad_file_is_named_when_loaded(tmp_path):
         K.load_history(str(tmp_path / "run_00003.npz"))
 
 
-def test_stale_parts_of_dead_writers_are_removed(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = socket.gethostname()
-    stale = tmp_path / f".tmp-{host}-{int(dead.stdout)}-abc.part"
-    mine = tmp_path / f".tmp-{host}-{os.getpid()}-def.part"  # a live writer's: kept
-    old = tmp_path / ".tmp-otherhost-1-ghi.part"  # another host's, an hour old: removed
-    fresh = tmp_path / ".tmp-otherhost-2-jkl.part"  # another host's, recent: kept
-    for path in (stale, mine, old, fresh):
-        path.write_bytes(b"partial")
-    os.utime(old, (0, 0))
-    (tmp_path / "run_00000.npz").write_bytes(b"kept")
-    assert sorted(K.remove_stale_parts(str(tmp_path))) == sorted([str(stale), str(old)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, fresh.name, "run_00000.npz"])
-    assert K.remove_stale_parts(str(tmp_path / "missing")) == []
-
-
 def test_check_writable_and_history_paths(tmp_path):
     assert K.check_writable(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
     assert os.listdir(tmp_path) == []  # a check creates nothing
@@ -416,9 +395,9 @@ def test_check_writable_and_history_paths(tmp_path):
         with pytest.raises(OSError, match="cannot write"):
             K.check_writable(str(readonly))
     (tmp_path / "a_file").write_bytes(b"")
-    with pytest.raises(OSError, match="a_file is a file, not a folder"):
+    with pytest.raises(OSError, match="a_file/x/y: cannot write there"):  # the OS: a file is not a folder
         K.check_writable(str(tmp_path / "a_file" / "x" / "y"))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="missing"):  # the OS names a missing folder
         K.history_paths(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="no .npz"):
         K.history_paths(str(tmp_path / "a"))
@@ -450,16 +429,38 @@ def test_torch_env_equals_numpy_env_step_for_step(light):
         K.TorchVectorEnv([[0, 9, 1, 1]], 5, light)
 
 
-def test_stream_episodes_and_early_return():
+def test_stream_episodes_and_window_returns():
     rewards = np.array([[0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0]], dtype=np.float32)
     dones = np.array([[0, 0, 1, 0, 0, 1], [0, 0, 0, 0, 0, 0]], dtype=bool)
     episodes = K.stream_episodes(rewards, dones)
     assert episodes["env"].tolist() == [0, 0] and episodes["return"].tolist() == [2, 0]
     assert episodes["end_step"].tolist() == [3, 6]
-    early = K.early_return(episodes, 2, steps=3)
+    early = K.window_returns(episodes, 2, 0, 3)  # the episodes that ended in steps (0, 3]
     assert early[0] == 2 and np.isnan(early[1])
     short = K.stream_episodes(rewards, dones, lengths=np.array([3, 6]))
     assert short["end_step"].tolist() == [3]
+
+
+def test_random_episodes_draw_one_action_per_env_and_step_and_stop_a_trial_at_its_episodes():
+    """The one random baseline of ad_eval.py (a stream of `steps`) and rl2_train.py (a trial of E episodes): drawing
+    all actions at once gives the actions of one draw per step, as ad_eval.py drew them (its files stay the same)."""
+    tasks = K.task_split(5, "test")[:6]
+    env = K.KeyDoorVectorEnv(6, size=5, tasks=tasks, split="all")
+    env.reset(seed=3)
+    rng = np.random.default_rng(3)
+    rewards = np.zeros((6, 400), np.float32)
+    dones = np.zeros((6, 400), bool)
+    for t in range(400):
+        (_, rewards[:, t], terminations, truncations, _) = env.step(rng.integers(0, K.NUM_ACTIONS, 6))
+        dones[:, t] = terminations | truncations
+    expected = K.stream_episodes(rewards, dones)
+    episodes = K.random_episodes(tasks, 5, 400, 3)
+    assert all(np.array_equal(episodes[key], expected[key]) for key in expected)
+    trial = K.random_episodes(tasks, 5, 3 * K.EPISODE_STEPS, 3, episodes=3)
+    assert np.bincount(trial["env"]).tolist() == [3] * 6  # every env's trial ends with its 3rd episode
+    for i in range(6):  # the same actions: a trial is the first 3 episodes of the longer stream
+        first_three = {key: value[expected["env"] == i][:3] for key, value in expected.items()}
+        assert all(np.array_equal(trial[key][trial["env"] == i], first_three[key]) for key in expected)
 
 
 def test_obs_scale_decodes_observations_exactly():
@@ -474,7 +475,7 @@ def test_obs_scale_decodes_observations_exactly():
 
 
 def test_history_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match=r"missing\.npz: not a readable .*FileNotFoundError"):
         K.load_history(str(tmp_path / "missing.npz"))
     bad = tmp_path / "corrupt.npz"
     bad.write_bytes(b"not a zip file")
@@ -486,7 +487,7 @@ def test_history_errors(tmp_path):
         K.save_history(str(tmp_path / "x.npz"), short, {"size": 4})
     assert not os.path.exists(tmp_path / "x.npz")
     np.savez(tmp_path / "noconfig.npz", **hist)
-    with pytest.raises(ValueError, match="config"):
+    with pytest.raises(ValueError, match=r"noconfig\.npz: not a readable .*KeyError: 'config'"):
         K.load_history(str(tmp_path / "noconfig.npz"))
     np.savez(tmp_path / "badjson.npz", **hist, config=np.array("{oops"))
     with pytest.raises(ValueError, match="JSON"):
@@ -524,109 +525,74 @@ def test_config_is_json_string(tmp_path):
         assert json.loads(str(data["config"])) == {"size": 4}
 
 
-def test_atomic_write_on_a_full_disk_names_path_bytes_and_free_space(tmp_path):
-    """ENOSPC from the writer: one line naming the file, what was written and what is free; the old file kept."""
+def open_on_a_full_disk(monkeypatch, code, fails_at):
+    """The module's `open` (not builtins'): a file that fails as a full disk does, at its creation, after a part of
+    the bytes reached the disk, or when they are fsynced (where a network file system reports it)."""
+    real_open = open
+
+    def full_disk(*args, **kwargs):
+        if fails_at == "create":
+            raise OSError(code, os.strerror(code), args[0])
+        f = real_open(*args, **kwargs)
+
+        def write(data):
+            f.raw.write(bytes(data)[: len(data) // 2])
+            raise OSError(code, os.strerror(code))
+
+        if fails_at == "write":
+            f.write = write
+        return f
+
+    def fsync(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(K, "open", full_disk, raising=False)
+    if fails_at == "fsync":
+        monkeypatch.setattr(K.os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("fails_at", ["create", "write", "fsync"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_atomic_write_on_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, code, fails_at):
+    """The operating system's ENOSPC (or EDQUOT) becomes one line naming the file; the old file is kept and no temp
+    file is left."""
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"old")
-
-    def fills_the_disk(f):
-        f.write(b"x" * 5000)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
+    open_on_a_full_disk(monkeypatch, code, fails_at)
     with pytest.raises(OSError) as error:
-        K.atomic_write(str(path), fills_the_disk)
+        K.atomic_write(str(path), lambda f: torch.save({"weights": torch.zeros(10_000)}, f))
     message = str(error.value)
-    assert error.value.errno == errno.ENOSPC and "\n" not in message
-    assert message.startswith(f"{path}: the disk is full") and "5.0 kB written" in message
-    assert f"free in {tmp_path}" in message and "the earlier file is kept" in message
+    assert message == f"{path}: the disk is full; the earlier file is kept: free some space and rerun"
+    assert error.value.__cause__.errno == code  # the operating system's own error, kept as the cause
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]  # no .part left
 
 
-def test_atomic_write_names_a_full_disk_behind_torch_save(tmp_path, monkeypatch):
-    """torch.save's zip writer turns the file's ENOSPC into a RuntimeError; a bare one counts when the disk is full."""
-    path = tmp_path / "checkpoint.pt"
-    path.write_bytes(b"old")
-    big = {"weights": torch.zeros(100_000)}
-
-    class FullDisk:
-        """A file that takes 3,000 bytes, then fails as a full disk does."""
-
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            if self.f.tell() + len(data) > 3000:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.f.write(data)
-
-        def flush(self):
-            self.f.flush()
-
-    def save(f):
-        torch.save(big, FullDisk(f))
-
-    with pytest.raises(OSError, match=r"checkpoint\.pt: the disk is full") as error:
-        K.atomic_write(str(path), save)
-    assert isinstance(error.value.__cause__, RuntimeError)  # what torch raised
-    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]
-
-    def torch_says_write_failed(f):
-        f.write(b"x" * 100)
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed: file write failed")
-
-    usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(K.shutil, "disk_usage", lambda folder: usage._replace(free=4096))
-    with pytest.raises(OSError, match=r"checkpoint\.pt: the disk is full .*4\.1 kB free in") as error:
-        K.atomic_write(str(path), torch_says_write_failed)
-    assert error.value.errno == errno.ENOSPC and "\n" not in str(error.value)
-    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]
-    # with room on the disk the same error is the writer's own, and passes unchanged
-    monkeypatch.setattr(K.shutil, "disk_usage", lambda folder: usage._replace(free=10**12))
-    with pytest.raises(RuntimeError, match="file write failed"):
-        K.atomic_write(str(path), torch_says_write_failed)
-    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]
-
-
 def test_a_new_file_on_a_full_disk_says_nothing_was_written(tmp_path, monkeypatch):
-    def fills_the_disk(f):
-        raise OSError(errno.EDQUOT, "Disk quota exceeded")
-
-    with pytest.raises(OSError, match=r"new\.npz: the disk is full \(0 B written.*nothing was written"):
-        K.atomic_write(str(tmp_path / "new.npz"), fills_the_disk)
-    assert os.listdir(tmp_path) == []
-
-    def no_room_for_the_temp_file(name, mode):
-        raise OSError(errno.ENOSPC, "No space left on device", name)
-
-    monkeypatch.setattr(K, "open", no_room_for_the_temp_file, raising=False)  # the module's `open`, not builtins'
-    with pytest.raises(OSError, match=r"new\.npz: the disk is full \(0 B written") as error:
-        K.atomic_write(str(tmp_path / "new.npz"), fills_the_disk)
+    open_on_a_full_disk(monkeypatch, errno.ENOSPC, "write")
+    with pytest.raises(OSError, match=r"new\.npz: the disk is full; nothing was written") as error:
+        K.save_history(str(tmp_path / "new.npz"), random_history(), {"size": 4})
     assert ".part" not in str(error.value) and os.listdir(tmp_path) == []
 
 
-def test_format_bytes():
-    assert K.format_bytes(0) == "0 B" and K.format_bytes(999) == "999 B"
-    assert K.format_bytes(1500) == "1.5 kB" and K.format_bytes(2_500_000_000) == "2.5 GB"
-    assert K.format_bytes(999_999) == "1.0 MB" and K.format_bytes(5 * 10**15) == "5.0 PB"
-    assert K.format_bytes(5 * 10**18) == "5000.0 PB"
-    assert K.format_bytes(None) == "an unknown amount"
+def test_other_errors_pass_unchanged_and_a_killed_writers_part_is_overwritten(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(b"half of a write that was killed")
+    K.atomic_write(str(path), lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.bin"]
+    open_on_a_full_disk(monkeypatch, errno.EIO, "fsync")
+    with pytest.raises(OSError, match="Input/output error"):
+        K.atomic_write(str(path), lambda f: f.write(b"newer"))
+    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.bin"]
 
 
-def test_available_memory_is_at_most_the_physical_memory(monkeypatch):
-    """What ad_eval.py and sac_collect.py size their buffers against: MemAvailable, or where the host has no
-    /proc/meminfo, its physical memory."""
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    available = K.available_memory()
-    assert isinstance(available, int) and 0 < available <= physical
-    real_open = open
-
-    def open_without_meminfo(path, *args, **kwargs):
-        if path == "/proc/meminfo":
-            raise FileNotFoundError(path)
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", open_without_meminfo)
-    assert K.available_memory() == physical
+def test_atomic_write_round_trips_torch_and_numpy(tmp_path):
+    """Writers write into memory first: torch.save and np.savez_compressed read back what they wrote."""
+    state = {"weights": torch.arange(1000.0)}
+    K.atomic_write(str(tmp_path / "a" / "model.pt"), lambda f: torch.save(state, f))  # the folder made too
+    assert torch.equal(torch.load(tmp_path / "a" / "model.pt", weights_only=True)["weights"], state["weights"])
+    K.atomic_write(str(tmp_path / "x.npz"), lambda f: np.savez_compressed(f, x=np.arange(5)))
+    with np.load(tmp_path / "x.npz") as data:
+        assert data["x"].tolist() == [0, 1, 2, 3, 4]
 
 
 def member_data_offset(path, member):
@@ -685,14 +651,17 @@ def test_damaged_files_only_ever_raise_value_error(tmp_path):
 @pytest.mark.parametrize(
     "config, match",
     [
-        ({"style": "nx1"}, "config has no grid size"),
-        ({"size": None}, "config: grid size must be an integer"),
-        ({"size": "9"}, "config: grid size must be an integer"),
-        ({"size": 2}, "config: grid size must be an integer >= 3"),
+        ({"style": "nx1"}, r"config has no valid grid size 'size' \(KeyError: 'size'\); every history records"),
+        ({"size": None}, r"config has no valid grid size 'size' \(ValueError: grid size must be an integer"),
+        ({"size": "9"}, r"config has no valid grid size 'size' \(ValueError: grid size must be an integer"),
+        ({"size": 2}, r"config has no valid grid size 'size' \(ValueError: grid size must be an integer >= 3"),
+        ([9], r"config has no valid grid size 'size' \(TypeError"),  # a config that is no JSON object
+        ("size", r"config has no valid grid size 'size' \(TypeError"),
     ],
 )
 def test_a_history_without_a_valid_grid_size_is_named(tmp_path, config, match):
-    """Every history records its grid; without it a reader printed "NonexNone" (issue 23)."""
+    """Every history records its grid; without it a reader printed "NonexNone" (issue 23). One line naming the
+    file, whatever the config holds."""
     path = tmp_path / "run_00000.npz"
     with pytest.raises(ValueError, match=rf"run_00000\.npz: {match}"):
         K.save_history(str(path), random_history(), config)
@@ -703,90 +672,32 @@ def test_a_history_without_a_valid_grid_size_is_named(tmp_path, config, match):
 
 
 # ---------------------------------------------------------------- pictures
-def cell_centre(image, x, y, size):
-    scale = image.shape[0] // size
-    return tuple(image[(size - 1 - y) * scale + scale // 2, x * scale + scale // 2])
-
-
-def shows(image, colour):
-    return bool((image == np.array(K.RENDER_COLORS[colour], dtype=np.uint8)).all(-1).any())
-
-
-def test_draw_grid_shape_and_cells():
-    task = (3, 1, 1, 4)  # key (3, 1), door (1, 4)
-    image = K.draw_grid(5, (2, 2), task, key_found=True, door_found=True, scale=10)
-    assert image.shape == (50, 50, 3) and image.dtype == np.uint8
-    assert cell_centre(image, 3, 1, 5) == K.RENDER_COLORS["key"]
-    assert cell_centre(image, 1, 4, 5) == K.RENDER_COLORS["door"]
-    assert cell_centre(image, 2, 2, 5) == K.RENDER_COLORS["agent"]
-    assert cell_centre(image, 4, 0, 5) == K.RENDER_COLORS["floor"]
-    assert tuple(image[0, 0]) == K.RENDER_COLORS["wall"] and tuple(image[-1, 25]) == K.RENDER_COLORS["wall"]
-    # y grows upwards: the door's row y = 4 is the image's top row of cells
-    assert cell_centre(image, 1, 4, 5) == tuple(image[5, 15])
-    assert K.draw_grid(9, (0, 0), task, scale=24).shape == (216, 216, 3)
-
-
-def test_draw_grid_hides_what_was_not_found():
-    task = (3, 1, 1, 4)
-    hidden = K.draw_grid(5, (0, 0), task, scale=12)
-    assert not shows(hidden, "key") and not shows(hidden, "door")
-    assert cell_centre(hidden, 3, 1, 5) == K.RENDER_COLORS["floor"]
-    key_only = K.draw_grid(5, (0, 0), task, key_found=True, scale=12)
-    assert shows(key_only, "key") and not shows(key_only, "door")
-    door_only = K.draw_grid(5, (0, 0), task, door_found=True, scale=12)
-    assert shows(door_only, "door") and not shows(door_only, "key")
-    carrying = K.draw_grid(5, (0, 0), task, has_key=True, scale=12)
-    assert cell_centre(carrying, 0, 0, 5) == K.RENDER_COLORS["key"]  # the key on the agent, not on its cell
-    assert cell_centre(carrying, 3, 1, 5) == K.RENDER_COLORS["floor"]
-
-
-def test_draw_grid_path():
-    path = [(0, 0), (1, 0), (1, 1), (0, 0), (0, 1)]  # three moves, then a jump back to the start, then a move
-    image = K.draw_grid(4, (3, 3), None, path=path, scale=16)
-    for x, y in path:
-        corner = image[(3 - y) * 16 + 3, x * 16 + 3]  # away from the centre lines
-        assert tuple(corner) == K.RENDER_COLORS["path"]
-    assert cell_centre(image, 2, 2, 4) == K.RENDER_COLORS["floor"]
-    # a move joins two centres; the jump from (1, 1) to (0, 0) is no line across the diagonal
-    assert tuple(image[(3 - 0) * 16 + 8, 16]) == K.RENDER_COLORS["trail"]  # between (0, 0) and (1, 0)
-    assert tuple(image[(3 - 1) * 16 + 2, 2 * 8]) != K.RENDER_COLORS["trail"]
-    with pytest.raises(ValueError, match="path has cells outside the 4x4 grid"):
-        K.draw_grid(4, (0, 0), None, path=[(0, 4)])
-    with pytest.raises(ValueError, match="position"):
-        K.draw_grid(4, (0.5, 1), None)
-    with pytest.raises(ValueError, match="scale"):
-        K.draw_grid(4, (0, 0), None, scale=2)
+def cells_of(image, size):
+    """The colour of every cell of an "rgb_array" picture, [y][x] (y up), after checking each cell is one colour."""
+    pixels = K.KeyDoorEnv.CELL_PIXELS
+    blocks = image.reshape(size, pixels, size, pixels, 3)
+    assert (blocks == blocks[:, :1, :, :1]).all()  # every cell a block of one colour
+    return {(x, size - 1 - row): tuple(blocks[row, 0, x, 0]) for row in range(size) for x in range(size)}
 
 
 def test_rgb_array_render_follows_the_episode():
+    """The picture is the "ansi" grid in colour: floor, door, key until picked up, the agent ("a" with the key)."""
+    colours = K.KeyDoorEnv.CELL_COLORS
     env = K.KeyDoorEnv(size=5, task=(2, 0, 2, 2), render_mode="rgb_array")
     env.reset(seed=0)
     first = env.render()
     assert first.shape == (5 * 24, 5 * 24, 3) and first.dtype == np.uint8
-    assert shows(first, "key") and shows(first, "door")  # the env's own view shows both
-    assert cell_centre(first, 0, 0, 5) == K.RENDER_COLORS["agent"]
+    cells = cells_of(first, 5)
+    assert (cells[(0, 0)], cells[(2, 0)], cells[(2, 2)]) == (colours["A"], colours["K"], colours["D"])
+    assert [cell for cell, colour in cells.items() if colour == colours["."]] == [
+        cell for cell in cells if cell not in ((0, 0), (2, 0), (2, 2))
+    ]
     for action in (RIGHT, RIGHT, UP):
         env.step(action)
-    image = env.render()
-    assert cell_centre(image, 2, 1, 5) == K.RENDER_COLORS["key"]  # the agent carries the key
-    assert tuple(image[(4 - 1) * 24 + 12, 2 * 24 + 12 + 6]) == K.RENDER_COLORS["agent"]
-    assert tuple(image[(4 - 0) * 24 + 3, 1 * 24 + 3]) == K.RENDER_COLORS["path"]  # (1, 0) was visited
-    np.testing.assert_array_equal(
-        image,
-        K.draw_grid(
-            5,
-            (2, 1),
-            (2, 0, 2, 2),
-            path=[(0, 0), (1, 0), (2, 0), (2, 1)],
-            key_found=True,
-            door_found=True,
-            has_key=True,
-        ),
-    )
-    env.reset()
-    restarted = env.render()  # a new episode, a new path: the start cell alone
-    assert tuple(restarted[(4 - 0) * 24 + 3, 0 * 24 + 3]) == K.RENDER_COLORS["path"]
-    assert tuple(restarted[(4 - 0) * 24 + 3, 1 * 24 + 3]) == K.RENDER_COLORS["floor"]
+    cells = cells_of(env.render(), 5)
+    assert cells[(2, 1)] == colours["a"] and cells[(2, 0)] == colours["."]  # the agent carries the key away
+    assert cells[(2, 2)] == colours["D"]
+    assert sum(colour == colours["."] for colour in cells.values()) == 25 - 2
     check_env(gym.make("KeyDoor-Dark-v0", size=5, render_mode="rgb_array").unwrapped, skip_render_check=False)
     text = K.KeyDoorEnv(size=4, task=(1, 1, 3, 3), render_mode="ansi")
     text.reset(seed=0)
@@ -824,6 +735,13 @@ def test_run_cli_prints_user_errors_as_one_line_and_exits_2(monkeypatch, capsys)
     with pytest.raises(SystemExit) as exit_:
         K.run_cli(disk_full, Flags)
     assert exit_.value.code == 2 and capsys.readouterr().err == "script.py: error: data/x.pt: the disk is full\n"
+
+    def out_of_memory(args):  # how the scripts turn PyTorch's out-of-memory error into the flags to lower
+        raise MemoryError("out of memory: lower --batch-size")
+
+    with pytest.raises(SystemExit) as exit_:
+        K.run_cli(out_of_memory, Flags)
+    assert exit_.value.code == 2 and capsys.readouterr().err == "script.py: error: out of memory: lower --batch-size\n"
 
     def interrupted(args):
         raise KeyboardInterrupt

@@ -1,7 +1,9 @@
-"""rl2_train.py: causality, trials, PPO's update (its behaviour on hand-made batches), end to end, held-out splits,
-the learning curve, bit-exact resume, a resume only under the flags it was trained with, each flag checked on its
-own, errors before any work, and the rl2 dataset read by ad_train.py."""
+"""rl2_train.py: the Transformer block shared with ad_train.py, causality, trials, PPO's update (its behaviour on
+hand-made batches), end to end, held-out splits, the learning curve, bit-exact resume, a resume only under the flags
+it was trained with, each flag checked on its own, errors before any work, out of memory in one line, and the rl2
+dataset read by ad_train.py."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -57,6 +59,15 @@ def config(**overrides):
 
 def files_under(folder):
     return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names)
+
+
+def test_the_transformer_block_is_ad_train_s():
+    """rl2_train.py keeps its own copy (each script is one file beside keydoor_env.py): the same text, so it cannot
+    drift from ad_train.py's."""
+    import ad_train as A  # here, not at the top: the rest of this file does not depend on ad_train.py
+
+    for name in ("SelfAttention", "Block"):
+        assert inspect.getsource(getattr(R, name)) == inspect.getsource(getattr(A, name)), name
 
 
 @pytest.mark.parametrize("arrival", [False, True])
@@ -121,7 +132,7 @@ def test_trials_keep_their_task_and_have_their_episodes():
     assert np.bincount(episodes["env"], minlength=5).tolist() == [3] * 5
     for k in range(3):
         np.testing.assert_allclose(metrics["by_episode"][k], episodes["return"][k::3].mean(), rtol=1e-6)
-    assert metrics["first_500"] == pytest.approx(float(np.nanmean(K.early_return(episodes, 5))))
+    assert metrics["first_500"] == pytest.approx(float(np.nanmean(K.window_returns(episodes, 5, 0, 500))))
     assert np.isnan(metrics["episodes_5_to_10"])  # a trial of 3 episodes has no episodes 5 to 10
 
 
@@ -144,13 +155,9 @@ def read_curve(path):
 
 def test_end_to_end_files_curve_and_reevaluation(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    stale = tmp_path / "data" / "checkpoints" / ".tmp-otherhost-1-abc.part"  # a killed writer's leftover
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"half a checkpoint")
-    os.utime(stale, (0, 0))
     result = R.main(tiny(tmp_path))
-    assert not stale.exists()
     checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    assert checkpoint["version"] == R.CHECKPOINT_VERSION
     assert checkpoint["iteration"] == 3 and checkpoint["model_config"] == {
         "obs_dim": 4,
         "context": 150,
@@ -331,24 +338,34 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, monkeypatch, kill_after)
     assert whole["by_episode"].tolist() == resumed["by_episode"].tolist()
 
 
-def test_trials_or_a_model_no_memory_holds_are_refused_before_any_work(tmp_path, monkeypatch):
+def test_out_of_memory_is_one_line_naming_the_flags(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # a model no memory holds: the CPU allocator's own error (one attention layer 2**18 wide asks for 800 GB at once)
     with pytest.raises(
         ValueError,
-        match=r"^--num-envs 1,000,000,000 x --episodes-per-trial 3 .* lower --num-envs or --episodes-per-trial",
+        match=r"^--num-envs 6 x --episodes-per-trial 3 with --n-embd 262,144: out of memory on cpu; lower --num-envs "
+        r"or --episodes-per-trial \(or raise --num-minibatches\), or --n-embd, --d-ff or --n-layer$",
     ):
-        R.main(tiny(tmp_path, num_envs=10**9))
-    with pytest.raises(ValueError, match=r"most for its model\), more than .*; lower --n-embd, --d-ff or --n-layer$"):
-        R.main(tiny(tmp_path, n_embd=10**7, n_head=1))
-    monkeypatch.setattr(K, "available_memory", lambda: 10**5)  # 100 kB: the tiny run no longer fits
-    with pytest.raises(ValueError, match="more than the 100.0 kB of available memory") as error:
-        R.main(tiny(tmp_path))
-    assert "\n" not in str(error.value)
+        R.main(tiny(tmp_path, n_embd=2**18, n_head=1))
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
-    # the update's minibatch is ppo_update's: 10 trials in 4 minibatches are minibatches of 2
-    config = R.ModelConfig(obs_dim=4, context=150, n_layer=1, n_head=2, n_embd=16, d_ff=16, arrival=False)
-    parts = R.training_bytes(tiny(tmp_path, num_envs=10, num_minibatches=4), config, torch.device("cpu"))
-    assert parts["update"] == 4 * 2 * 150 * 1 * (8 * 16 + 2 * 16)
+
+    # trials whose caches fill the GPU: PyTorch's error in the rollout, before anything is written
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(R, "run_trials", out_of_memory)
+    monkeypatch.setattr(R, "open_writer", lambda *args: None)  # no TensorBoard thread left to write after the test
+    with pytest.raises(ValueError, match="^--num-envs 6 x --episodes-per-trial 3 with --n-embd 16: out of memory"):
+        R.main(tiny(tmp_path))
+    assert not (tmp_path / "data").exists()
+
+    # any other error is not memory's: it passes on as it is
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(R, "run_trials", broken)
+    with pytest.raises(RuntimeError, match="^a bug$"):
+        R.main(tiny(tmp_path))
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
@@ -368,26 +385,11 @@ def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
         R.main(tiny(tmp_path))
     assert files_under(data) == ["eval"]  # nothing written
     (data / "eval").unlink()
-    # a corrupt checkpoint, a checkpoint of an earlier version, a corrupt curve
+    # a corrupt checkpoint (the other faults of a checkpoint: the test below), a corrupt curve
     path = data / "checkpoints" / "rl2__4x4__1.pt"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
-        R.main(tiny(tmp_path))
-    model_config = {"obs_dim": 4, "context": 150, "n_layer": 1, "n_head": 2, "n_embd": 16, "d_ff": 16}  # no "arrival"
-    torch.save(
-        {
-            "model": {},
-            "optimizer": {},
-            "iteration": 1,
-            "args": {},
-            "model_config": model_config,
-            "run_name": "x",
-            "seconds": 1.0,
-        },
-        path,
-    )
-    with pytest.raises(ValueError, match="not a checkpoint of this version"):
+    with pytest.raises(ValueError, match=f"^{path}: not a readable checkpoint of this version of rl2_train.py"):
         R.main(tiny(tmp_path))
     path.unlink()
     R.main(tiny(tmp_path, iterations=1))
@@ -425,20 +427,33 @@ def test_a_resume_under_another_training_flag_is_refused_before_any_work(tmp_pat
     assert all(checkpoint["args"][name] == getattr(tiny(tmp_path), name) for name in R.TRAINING_FLAGS)
 
 
-def test_a_checkpoint_without_a_training_flag_is_refused(tmp_path, monkeypatch):
+def test_a_checkpoint_this_version_cannot_resume_is_refused_in_one_line_naming_it(tmp_path, monkeypatch):
+    """Another version, a damaged record, damaged weights: torch.load's or load_state_dict's own error, as one line
+    naming the file, and nothing written."""
     monkeypatch.chdir(tmp_path)
     result = R.main(tiny(tmp_path, iterations=1))
-    checkpoint = torch.load(result["checkpoint"], weights_only=True)
-    del checkpoint["args"]["gae_lambda"]
-    torch.save(checkpoint, result["checkpoint"])
-    with pytest.raises(ValueError, match="does not record --gae-lambda: not a checkpoint of this version"):
-        R.main(tiny(tmp_path, iterations=2))
-    checkpoint = torch.load(result["checkpoint"], weights_only=True)
-    checkpoint["args"]["gae_lambda"] = 0.95
-    checkpoint["model"]["embed.weight"] = torch.zeros(3, 3)  # damaged weights
-    torch.save(checkpoint, result["checkpoint"])
-    with pytest.raises(ValueError, match="its weights do not fit the model"):
-        R.main(tiny(tmp_path, iterations=2))
+    path = result["checkpoint"]
+    good = torch.load(path, weights_only=True)
+    others = [name for name in files_under(tmp_path) if name != os.path.relpath(path, tmp_path)]
+    before = {name: (tmp_path / name).read_bytes() for name in others}
+    for damage in (
+        lambda checkpoint: checkpoint.update(version=0),
+        lambda checkpoint: checkpoint.pop("version"),
+        lambda checkpoint: checkpoint["args"].pop("gae_lambda"),
+        lambda checkpoint: checkpoint["model"].update({"embed.weight": torch.zeros(3, 3)}),
+        lambda checkpoint: checkpoint["model"].pop("value.bias"),  # strict: a missing tensor is refused too
+        lambda checkpoint: checkpoint["optimizer"]["param_groups"].clear(),
+    ):
+        checkpoint = torch.load(path, weights_only=True)
+        damage(checkpoint)
+        torch.save(checkpoint, path)
+        with pytest.raises(ValueError) as refused:
+            R.main(tiny(tmp_path, iterations=2))
+        assert str(refused.value).startswith(f"{path}: not a readable checkpoint of this version of rl2_train.py (")
+        assert "\n" not in str(refused.value)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    torch.save(good, path)  # the checkpoint as written resumes
+    R.main(tiny(tmp_path, iterations=2))
 
 
 def test_a_grid_too_large_is_refused_before_any_work(tmp_path, monkeypatch):
