@@ -5,7 +5,8 @@
         --fig6-light light.npz --fig6-dark dark.npz --fig6-rl2 rl2.npz
     python -m docs.make_figures rl2 --curve data/eval/rl2__9x9__1__curve.csv --out docs/9x9/rl2_curve
     python -m docs.make_figures table --evals a.npz b.npz --window 250
-    python -m docs.make_figures seeds --evals docs/laptop/test/*.npz --csv seeds.csv
+    python -m docs.make_figures seeds --evals docs/laptop/test/*.npz --csv seeds.csv --source-csv source_runs.csv
+    python -m docs.make_figures sources --data data7/nx1-light --runs 768 --csv docs/laptop/source_runs.csv
 
 `sac` draws Figure 2 (source learning curves from sac_collect.py's histories: mean over runs and
 the 10-90% band, in bins of `--bin` env steps). `ad` draws Figures 3 to 6 from evaluation files
@@ -21,9 +22,13 @@ often the policy solves its task after a solved episode in the last `--window` s
 file's uniform-random policy as the last row. `seeds` prints, for each model (the files of one model
 that differ only in training seed), the mean and the IQM over training seeds x tasks with 95%
 intervals from the bootstrap that resamples seeds and tasks together (`ad_eval.bootstrap`), for the
-first episode, the first and the last 500 steps, the last `--final-steps` and the rises between
-windows of equal width, and the median step at which a task's 10-episode average first reaches 1.8, then paired
-differences between models on the same tasks and seeds.
+first episode, the first 10 episodes, the first and the last 500 steps, the last `--final-steps` (both as the mean
+of their 500-step windows and pooled over their episodes) and the rises between windows of equal width (per
+seed-task pair, so the IQM of a rise is the IQM of per-task rises), and the median step at which a task's 10-episode
+average first reaches 1.8, then paired differences between models on the same tasks and seeds (the rises too: the
+difference of two models' rises is the paired test of "it emerges between contexts A and B"). With `--source-csv`,
+each model's median step to MA(10) 1.8 minus its source runs', with a bootstrap interval. `sources` writes that CSV:
+one row per source run (its task, the step it first reaches MA(10) 1.8, its first and last 500 steps).
 
 An evaluation file holds `tasks` (N, 4), the episodes of the policy (`episode_env`,
 `episode_return`, `episode_end_step`, flat), those of a uniform-random policy on the same tasks and
@@ -763,6 +768,82 @@ def table(args: Table) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# sources: one row per source run (its task, the step it first solves it, its final return), so that
+# "faster than its source" can be checked from committed files
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Sources:
+    data: str = "data/nx1-light"
+    """the Nx1 source histories AD was trained on"""
+    runs: int = 0
+    """the first this many runs (0: all), as ad_eval.py --source-runs reads them"""
+    csv: str = "source_runs.csv"
+    """the CSV to write: run, task, steps, solved_step (empty: never), first500, last500"""
+
+
+def sources(args: Sources) -> None:
+    paths = K.history_paths(args.data)
+    if args.runs < 0:
+        raise ValueError(f"--runs must be >= 0, got {args.runs}")
+    paths = paths[: args.runs or len(paths)]
+    prepare_output(os.path.dirname(args.csv) or ".")
+    rows = []
+    for path in paths:
+        history, config = K.load_history(path)
+        dones = history["terminations"] | history["truncations"]
+        episodes = K.stream_episodes(history["rewards"][None], dones[None])
+        steps = len(history["rewards"])
+        (key_x, key_y, door_x, door_y) = history["tasks"][0].tolist()
+        solved = K.first_solved_step(history["rewards"], dones)
+        rows.append(
+            {
+                "run": config.get("run", len(rows)),
+                "key_x": key_x,
+                "key_y": key_y,
+                "door_x": door_x,
+                "door_y": door_y,
+                "steps": steps,
+                "solved_step": "" if solved is None else solved,
+                "first500": round(float(K.window_returns(episodes, 1, 0, WINDOW)[0]), 4),
+                "last500": round(float(K.window_returns(episodes, 1, steps - WINDOW, steps)[0]), 4),
+            }
+        )
+    write_csv(args.csv, rows)
+    solved_steps = np.array([np.inf if row["solved_step"] == "" else row["solved_step"] for row in rows], float)
+    median = float(np.median(solved_steps))
+    print(
+        f"{len(rows)} source runs of {args.data}: {np.isfinite(solved_steps).sum()} reach MA(10) 1.8, median step "
+        f"{median:,.0f}; last 500 steps {np.nanmean([row['last500'] for row in rows]):.2f}; wrote {args.csv}"
+    )
+
+
+def read_source_steps(path: str) -> np.ndarray:
+    """(runs,) each source run's first step at MA(10) 1.8 (inf: never), from a `sources` CSV."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "solved_step" not in rows[0]:
+        raise ValueError(f"{path}: not a source summary (make it with `python -m docs.make_figures sources`)")
+    return np.array([float(row["solved_step"]) if row["solved_step"] else np.inf for row in rows])
+
+
+def median_difference(steps: np.ndarray, source: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple:
+    """The median over seeds x tasks of a model's steps to MA(10) 1.8 minus the source runs' median, with a 95%
+    interval from a bootstrap that resamples the model's seeds and tasks (two-way, as `bootstrap`) and, apart, the
+    source runs (other tasks: nothing to pair). Never-solved counts as infinite, so a median may be infinite."""
+    rng = np.random.default_rng(0)
+    (num_seeds, num_tasks) = steps.shape
+    tasks = rng.integers(0, num_tasks, (resamples, num_tasks))
+    seeds = rng.integers(0, num_seeds, (resamples, num_seeds))
+    runs = rng.integers(0, len(source), (resamples, len(source)))
+    drawn = np.median(steps[seeds[:, :, None], tasks[:, None, :]].reshape(resamples, -1), axis=1)
+    drawn_source = np.median(source[runs], axis=1)
+    differences = drawn - drawn_source
+    with np.errstate(invalid="ignore"):  # inf - inf where both never reach it
+        (low, high) = np.percentile(differences, [2.5, 97.5])
+    return float(np.median(steps) - np.median(source)), float(low), float(high)
+
+
+# ----------------------------------------------------------------------------------------------
 # seeds: each model's mean and IQM over training seeds x tasks with two-way bootstrap intervals, the
 # rises between windows of equal width, and paired differences between models on the same tasks
 # ----------------------------------------------------------------------------------------------
@@ -774,24 +855,57 @@ class Seeds:
     """the "last steps" rows: the mean of the 500-step windows in this many last env steps (a multiple of 500)"""
     csv: str | None = None
     """also write every printed number to this CSV file"""
+    source_csv: str | None = None
+    """a `sources` CSV: each model's median step to MA(10) 1.8 minus its source runs', with a bootstrap interval"""
 
 
 def model_scores(members: list[dict], final_steps: int) -> dict[str, np.ndarray]:
-    """(training seeds, tasks) matrices of one model's per-env returns. A late window that would overlap the first
-    500 steps (an evaluation shorter than both: RL²'s 500-step trials) is NaN, not a copy of the first."""
+    """(training seeds, tasks) matrices of one model's per-env returns, then its per-env rises (a late window minus
+    the first 500 steps, cell by cell: the IQM of a rise is the IQM of per-task rises, as ad_eval's table has it).
+    "last N steps" is the mean of the 500-step windows that tile them (the README's convention); "pooled" averages
+    every episode that ended in them, as the report's scatter of per-episode returns does (short, solved episodes
+    weigh more there). A late window that would overlap the first 500 steps (an evaluation shorter than both: RL²'s
+    500-step trials) is NaN, not a copy of the first."""
     steps = members[0]["steps"]
     if any(m["steps"] != steps for m in members):
         raise ValueError(f"the seeds of {members[0]['label']!r} were evaluated for different --steps")
+    first = f"first {WINDOW} steps"
     scores = {
         "first episode": np.stack([first_episode_returns(m) for m in members]),
-        f"first {WINDOW} steps": np.stack([early_returns(m) for m in members]),
+        "first 10 episodes": np.stack([first_episodes_mean(m, 10) for m in members]),
+        first: np.stack([early_returns(m) for m in members]),
     }
+    nan = np.full_like(scores[first], np.nan)
     for last in (WINDOW, final_steps):
+        late = f"last {last:,} steps"
         if steps >= WINDOW + last:
-            scores[f"last {last:,} steps"] = np.stack([final_returns(m, last) for m in members])
+            scores[late] = np.stack([final_returns(m, last) for m in members])
         else:
-            scores[f"last {last:,} steps"] = np.full_like(scores[f"first {WINDOW} steps"], np.nan)
+            scores[late] = nan
+    pooled = f"last {final_steps:,} steps, pooled"
+    if steps >= WINDOW + final_steps:
+        scores[pooled] = np.stack(
+            [K.window_returns(m["episodes"], m["num_envs"], steps - final_steps, steps) for m in members]
+        )
+    else:
+        scores[pooled] = nan
+    for name, (late, early) in rise_names(final_steps).items():
+        scores[name] = scores[late] - scores[early]  # (seeds, tasks): each seed-task pair's own rise
     return scores
+
+
+def first_episodes_mean(run: dict, count: int) -> np.ndarray:
+    """Per env, the mean return of its first `count` episodes (NaN if it has fewer): RL²'s trials hold 10 episodes,
+    so its first 500 steps and AD's (10 to 60 episodes) are not the same amount of experience; this is."""
+    means = np.full(run["num_envs"], np.nan)
+    episodes = run["episodes"]
+    for i in range(run["num_envs"]):
+        mask = episodes["env"] == i
+        order = np.argsort(episodes["end_step"][mask], kind="stable")
+        returns = episodes["return"][mask][order]
+        if len(returns) >= count:
+            means[i] = returns[:count].mean()
+    return means
 
 
 def rise_names(final_steps: int) -> dict[str, tuple[str, str]]:
@@ -820,22 +934,15 @@ def format_stats(stats: dict, sign: str) -> str:
     return " ".join(cells)
 
 
-def model_block(label: str, seeds_text: str, scores: dict[str, np.ndarray], final_steps: int, tasks: int) -> list:
+def model_block(label: str, seeds_text: str, scores: dict[str, np.ndarray], tasks: int) -> list:
     """Prints one model's windows and rises (mean, IQM, per seed) and returns them as CSV rows."""
     print(f"\n{label}: {seeds_text}")
     print(f"  {'':<30} {'mean [95% CI]':>24}   {'IQM [95% CI]':>24}   per seed (mean)")
-    metrics = {name: (values, None) for name, values in scores.items()}
-    for name, (late, first) in rise_names(final_steps).items():  # paired on the same seeds and tasks
-        metrics[name] = (scores[late], scores[first])
     rows = []
-    for name, (values, baseline) in metrics.items():
-        stats = bootstrap(values, baseline)
-        if baseline is None:
-            per_seed = finite_mean(values)
-            sign = ""
-        else:
-            per_seed = finite_mean(values) - finite_mean(baseline)
-            sign = "+"
+    for name, values in scores.items():
+        sign = "+" if name.startswith("rise") else ""
+        stats = bootstrap(values)
+        per_seed = finite_mean(values)
         per_seed_text = " ".join("n/a" if np.isnan(v) else f"{v:{sign}.2f}" for v in per_seed)
         print(f"  {name:<30} {format_stats(stats, sign)}   {per_seed_text}")
         row = interval_row("model", label, "", name, stats, len(values), tasks)
@@ -867,6 +974,25 @@ def solved_block(label: str, members: list[dict], tasks: int) -> dict:
         "tasks": tasks,
         "median_step": median,
         "reached": reached,
+    }
+
+
+def source_block(label: str, members: list[dict], source: np.ndarray, tasks: int) -> dict:
+    """Prints, and returns as a CSV row, the model's median step to MA(10) 1.8 minus the source runs' median."""
+    steps = np.stack([per_env_metrics(m["episodes"], m["num_envs"], m["steps"])["steps_to_1.8"] for m in members])
+    (value, low, high) = median_difference(steps, source)
+    text = f"{value:+,.0f} [{low:+,.0f}, {high:+,.0f}]" if np.isfinite(value) else "n/a (a median is never)"
+    print(f"  {'minus the source, median steps':<30} {text:>24}   (source: {len(source):,} runs on their own tasks)")
+    return {
+        "kind": "model",
+        "model": label,
+        "versus": "source runs",
+        "metric": "steps to MA(10) 1.8, median",
+        "seeds": len(members),
+        "tasks": tasks,
+        "mean": value,
+        "mean_low": low,
+        "mean_high": high,
     }
 
 
@@ -907,13 +1033,16 @@ def seeds(args: Seeds) -> None:
         f"tasks together; the last {args.final_steps:,} steps: the mean of their 500-step windows"
     )
     rows = []
+    source = None if args.source_csv is None else read_source_steps(args.source_csv)
     for label, members in models:
         if label == "random policy":
             seeds_text = f"the same episodes in every file, {num_tasks} tasks"
         else:
             seeds_text = f"{len(members)} training seed{'s' if len(members) > 1 else ''} x {num_tasks} tasks"
-        rows += model_block(label, seeds_text, scores[label], args.final_steps, num_tasks)
+        rows += model_block(label, seeds_text, scores[label], num_tasks)
         rows.append(solved_block(label, members, num_tasks))
+        if source is not None and label != "random policy":
+            rows.append(source_block(label, members, source, num_tasks))
 
     labels = [label for label, _ in models]
     pairs = list(zip(labels[:-2], labels[1:-1], strict=True)) + [(label, "random policy") for label in labels[:-1]]
@@ -928,7 +1057,14 @@ def seeds(args: Seeds) -> None:
         print(f"\nwrote {args.csv}")
 
 
-COMMANDS = {"sac": (Sac, sac), "ad": (Ad, ad), "rl2": (Rl2, rl2), "table": (Table, table), "seeds": (Seeds, seeds)}
+COMMANDS = {
+    "sac": (Sac, sac),
+    "ad": (Ad, ad),
+    "rl2": (Rl2, rl2),
+    "table": (Table, table),
+    "seeds": (Seeds, seeds),
+    "sources": (Sources, sources),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -146,6 +146,30 @@ def test_figure_2_from_source_histories(tmp_path):
     assert os.path.getsize(f"{out}.png") > 0
 
 
+def test_sources_writes_one_row_per_run_and_seeds_gives_ad_minus_source(tmp_path, capsys):
+    """Issue 31, gap 6: the source runs' summary is a committed CSV, and AD's median step to MA(10) 1.8 minus the
+    source's comes with a bootstrap interval."""
+    write_sources(tmp_path / "nx1", 2)
+    out = tmp_path / "out" / "source_runs.csv"
+    M.main(["sources", "--data", str(tmp_path / "nx1"), "--csv", str(out)])
+    rows = read_csv(out)
+    # every second episode solved: a 10-episode average of 1.0, never 1.8; the last 500 steps hold 0, 2, 0, 2 (and 0)
+    assert [(int(r["steps"]), r["solved_step"], float(r["last500"])) for r in rows] == [(400, "", 1.0), (500, "", 0.8)]
+    assert [int(rows[0][k]) for k in ("key_x", "key_y", "door_x", "door_y")] == K.task_split(5, "train")[0].tolist()
+    assert "2 source runs" in capsys.readouterr().out
+    assert np.isinf(M.read_source_steps(str(out))).all()
+    # the median of (100, 200, 300, 400) minus that of (500, 600, 700)
+    (value, low, high) = M.median_difference(np.array([[100.0, 200.0], [300.0, 400.0]]), np.array([500.0, 600, 700]))
+    assert value == -350.0 and low <= value <= high < 0
+    solved = [(50 * k, 2.0) for k in range(1, 11)]  # MA(10) 1.8 at step 500 on both tasks
+    ad = write_eval(tmp_path / "ad.npz", {0: solved, 1: solved}, RANDOM, 1000, **ad_meta("ad", 10))
+    source = tmp_path / "src.csv"
+    source.write_text("run,solved_step\n0,700\n1,900\n2,\n")
+    M.main(["seeds", "--evals", ad, "--final-steps", "500", "--source-csv", str(source)])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "minus the source" in x)
+    assert "-400 [" in line and "(source: 3 runs" in line  # 500 - median(700, 900, never) = 500 - 900
+
+
 def test_figures_3_to_6_against_hand_computed_values(tmp_path, evals):
     write_sources(tmp_path / "src", 2)
     out = tmp_path / "figures"
@@ -378,8 +402,9 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
     assert values("model", ctx10, "", "last 500 steps") == (1.0, 1.0)
     assert rows[("model", ctx10, "", "last 500 steps")]["per_seed"] == "1.0000 1.0000"
     assert int(rows[("model", ctx10, "", "last 500 steps")]["seeds"]) == 2
-    # the rise on equal windows, each statistic's difference on the same resamples; per seed 1 - 0 and 1 - 0.5
-    assert values("model", ctx10, "", "rise: last 500 - first 500") == (0.75, 1.0)
+    # the rise on equal windows, per seed-task pair: [[2, 0], [1, 0]], mean 0.75; the IQM of the per-task rises
+    # (0, 0, 1, 2) cut 1 each end is 0.5 (not IQM(last) - IQM(first) = 1, issue 31 gap 8); per seed 1 and 0.5
+    assert values("model", ctx10, "", "rise: last 500 - first 500") == (0.75, 0.5)
     assert rows[("model", ctx10, "", "rise: last 500 - first 500")]["per_seed"] == "1.0000 0.5000"
     assert values("model", ctx10, "", "first episode") == (0.25, 0.0)
     # context 50: one seed, 2 on both tasks: no spread
@@ -400,6 +425,33 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
     with pytest.raises(SystemExit):
         M.main(["seeds", "--evals", a1, other_tasks])
     assert "different tasks" in capsys.readouterr().err
+
+
+def test_seeds_gives_both_averaging_conventions_the_first_ten_episodes_and_paired_rises(tmp_path, capsys):
+    """Issue 31, gaps 3, 4 and 7: the last steps as the mean of their 500-step windows and pooled over their
+    episodes; the first 10 episodes (RL²'s trial) beside the first 500 steps; the difference of two models' rises."""
+    # env 0: 10 episodes of 50 steps (2, 0, 2, 0, ...) by step 500, then episodes ending at 600 (2), 700 (2), 1000
+    # (0) and 1500 (0). Windows of the last 1,000 steps: (500, 1000] averages 4/3, (1000, 1500] 0: their mean 2/3;
+    # pooled over the 4 episodes ending in (500, 1500]: 1. Env 1: one episode a window, return 1 each.
+    env0 = [(50 * k, 2.0 * (k % 2)) for k in range(1, 11)] + [(600, 2.0), (700, 2.0), (1000, 0.0), (1500, 0.0)]
+    env1 = [(500, 1.0), (1000, 1.0), (1500, 1.0)]
+    a = write_eval(tmp_path / "a.npz", {0: env0, 1: env1}, RANDOM, 1500, **ad_meta("ad", 10))
+    flat = {0: [(500, 1.0), (1000, 1.0), (1500, 1.0)], 1: env1}  # no rise at all
+    b = write_eval(tmp_path / "b.npz", flat, RANDOM, 1500, **ad_meta("ad", 50))
+    table = tmp_path / "seeds.csv"
+    M.main(["seeds", "--evals", a, b, "--final-steps", "1000", "--csv", str(table)])
+    capsys.readouterr()
+    rows = {(r["kind"], r["model"], r["versus"], r["metric"]): r for r in read_csv(table)}
+    ctx10 = "ad on nx1-light, dark obs, ctx 10"
+    ctx50 = "ad on nx1-light, dark obs, ctx 50"
+    assert float(rows[("model", ctx10, "", "last 1,000 steps")]["mean"]) == pytest.approx((2 / 3 + 1) / 2, abs=1e-4)
+    assert float(rows[("model", ctx10, "", "last 1,000 steps, pooled")]["mean"]) == pytest.approx(1.0)
+    # first 10 episodes: env 0's mean 1.0; env 1 has 3 episodes, fewer than 10: left out
+    assert float(rows[("model", ctx10, "", "first 10 episodes")]["mean"]) == pytest.approx(1.0)
+    # the rise of ctx 10 over the last 500 steps: env 0 from 1.0 to 0, env 1 from 1 to 1: -0.5; ctx 50: 0
+    rise = "rise: last 500 - first 500"
+    assert float(rows[("model", ctx10, "", rise)]["mean"]) == pytest.approx(-0.5)
+    assert float(rows[("difference", ctx10, ctx50, rise)]["mean"]) == pytest.approx(-0.5)
 
 
 def test_seeds_prints_the_median_step_to_a_solved_average_over_seeds_and_tasks(tmp_path, capsys):
@@ -430,7 +482,7 @@ def test_seeds_leaves_out_windows_an_evaluation_does_not_reach(evals, capsys):
     M.seeds(M.Seeds(evals=[evals["long"], evals["rl2"]]))
     out = capsys.readouterr().out
     rl2 = out[out.index("RL²: 1 training seed") : out.index("random policy: the same episodes")]
-    assert [line.split()[-1] for line in rl2.splitlines() if "last" in line] == ["n/a"] * 4
+    assert [line.split()[-1] for line in rl2.splitlines() if "last" in line] == ["n/a"] * 5  # pooled too
     # 1,000 steps: the last 500 are apart from the first 500; the last 2,500 are not
     ad = out[out.index("ad on nx1-light, dark obs, ctx 16: 1 training seed") : out.index("RL²: 1 training seed")]
     last500 = next(line for line in ad.splitlines() if "last 500 steps" in line)
