@@ -49,8 +49,8 @@ class Args:
     split: Literal["validation", "test"] = "test"
     """held-out tasks to run on: validation (20 fixed tasks, for choosing settings) or test (for reporting)"""
     num_envs: int = 100
-    """tasks evaluated together, one env each (at most the split's: validation 20; test 35 at 5x5, 206 at 7x7,
-    612 at 9x9)"""
+    """tasks evaluated together, one env each (all of the split's where it holds fewer: validation 20; test 35 at
+    5x5, 206 at 7x7, 612 at 9x9)"""
     steps: int = 17_500
     """environment steps per env"""
     seed: int = 1
@@ -715,11 +715,6 @@ def check_args(args: Args) -> None:
             ),
             (args.window_keep >= 0, f"--window-keep must be >= 0 (0: half the context), got {args.window_keep}"),
             (
-                0 <= args.video_env < args.num_envs,
-                f"--video-env must be one of the --num-envs {args.num_envs} envs, 0..{args.num_envs - 1}, "
-                f"got {args.video_env}",
-            ),
-            (
                 not args.capture_video or args.steps > VIDEO_MIN_STEPS,
                 f"--capture-video needs --steps > {VIDEO_MIN_STEPS} (two whole episodes and the step after), "
                 f"got {args.steps}",
@@ -747,8 +742,16 @@ def plan(args: Args) -> list[dict]:
     source histories, and evaluation files that never overwrite another's."""
     jobs = []
     outputs = {}
-    for path in args.checkpoints:  # all of them first: a bad second checkpoint writes nothing
-        checkpoint = load_checkpoint(path)
+    checkpoints = [(path, load_checkpoint(path)) for path in args.checkpoints]  # all first: a bad second writes nothing
+    held_out = min(len(K.task_split(checkpoint["data"]["size"], args.split)) for (_, checkpoint) in checkpoints)
+    if args.num_envs > held_out:  # a small grid holds fewer held-out tasks than the default asks for: all of them
+        print(f"--num-envs {args.num_envs}: the {args.split} split holds {held_out} tasks; evaluating all of them")
+        args.num_envs = held_out
+    if not 0 <= args.video_env < args.num_envs:  # checked against the tasks it will run
+        raise ValueError(
+            f"--video-env must be one of the --num-envs {args.num_envs} envs, 0..{args.num_envs - 1}, got {args.video_env}"
+        )
+    for path, checkpoint in checkpoints:
         model = model_from_checkpoint(checkpoint)  # on the host: it moves to the device at its turn
         if args.window_keep > model.config.context:
             raise ValueError(

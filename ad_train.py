@@ -650,8 +650,7 @@ def main(args: Args) -> dict:
             if completed % args.log_every == 0 or last:  # .item() waits for the GPU: only here
                 both = torch.stack([loss.detach(), accuracy])  # one transfer; under torchrun one all-reduce
                 train_loss, train_accuracy = mean_over_processes(both, world_size).tolist()
-                stats["train_loss"] = train_loss
-                stats["accuracy"] = train_accuracy
+                stats.update(train_loss=train_loss, accuracy=train_accuracy)
                 now = time.time()
                 per_second = (completed - last_log_iteration) / (now - last_log_time)
                 last_log_time = now
@@ -688,6 +687,8 @@ def main(args: Args) -> dict:
                 raise SystemExit(128 + received)
 
     shut_down(writer, bar)
+    if master:  # what the next command needs
+        print(f"saved {path} (iteration {args.iterations}); evaluate it with: python ad_eval.py --checkpoints {path}")
     stats["iterations_per_second"] = max(0, args.iterations - start) / (time.time() - loop_start)
     return {"checkpoint": path, **stats}
 

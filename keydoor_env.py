@@ -431,17 +431,43 @@ def check_history(history: dict[str, np.ndarray], name: str, size: int) -> None:
             raise ValueError(f"{name}: {key} has dtype {history[key].dtype}, expected {np.dtype(dtype)}")
     if steps == 0:
         raise ValueError(f"{name}: the history is empty")
-    # values, so that a bad file fails here rather than deep inside training
-    if history["actions"].min() < 0 or history["actions"].max() >= NUM_ACTIONS:
-        raise ValueError(f"{name}: actions outside 0..{NUM_ACTIONS - 1}")
-    if not np.isin(history["rewards"], (0.0, 1.0)).all():
-        raise ValueError(f"{name}: rewards other than 0 and 1")
-    if not (np.isfinite(obs).all() and obs.min() >= 0 and obs.max() <= 1):  # NaN fails every comparison
-        raise ValueError(f"{name}: observations that are NaN or outside [0, 1]")
-    if history["tasks"].min() < 0 or history["tasks"].max() > size - 1:
-        raise ValueError(f"{name}: task cells outside the {size}x{size} grid")
-    if (history["tasks"][:, :2] == history["tasks"][:, 2:]).all(axis=1).any():
-        raise ValueError(f"{name}: a task with its key on its door's cell")
+    # values, so that a file that would train silently wrong fails here, naming itself
+    dones = history["terminations"] | history["truncations"]
+    (returns, ends) = episode_returns(history["rewards"], dones)
+    lengths = np.diff(np.concatenate([[-1], ends, [steps - 1]]))  # (episodes + 1,) the unfinished last one too
+    cells = obs[:, :2] * (size - 1)  # (T, 2) integers on this grid; another grid's positions fall between them
+    check_flags(
+        [
+            (np.isin(history["actions"], range(NUM_ACTIONS)).all(), f"{name}: actions outside 0..{NUM_ACTIONS - 1}"),
+            (np.isin(history["rewards"], (0.0, 1.0)).all(), f"{name}: rewards other than 0 and 1"),
+            (
+                np.isfinite(obs).all() and obs.min() >= 0 and obs.max() <= 1,  # NaN fails every comparison
+                f"{name}: observations that are NaN or outside [0, 1]",
+            ),
+            (
+                np.allclose(cells, np.rint(cells), atol=1e-4),
+                f"{name}: observations off the cells of the {size}x{size} grid its config names",
+            ),
+            (
+                history["tasks"].min() >= 0 and history["tasks"].max() <= size - 1,
+                f"{name}: task cells outside the {size}x{size} grid",
+            ),
+            (
+                not (history["tasks"][:, :2] == history["tasks"][:, 2:]).all(axis=1).any(),
+                f"{name}: a task with its key on its door's cell",
+            ),
+            ((returns <= 2).all(), f"{name}: an episode whose return is above 2 (one key, one door)"),
+            ((lengths <= EPISODE_STEPS).all(), f"{name}: an episode longer than {EPISODE_STEPS} steps"),
+            (
+                (history["rewards"][history["terminations"]] == 1).all(),
+                f"{name}: a termination without the door's reward",
+            ),
+            (
+                not (history["terminations"] & history["truncations"]).any(),
+                f"{name}: a step both terminated and truncated",
+            ),
+        ]
+    )
 
 
 def load_history(path: str) -> tuple[dict[str, np.ndarray], dict]:

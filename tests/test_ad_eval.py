@@ -624,6 +624,16 @@ def test_capture_video_bad_input(data, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Bad input: one clear error before any work
 # ----------------------------------------------------------------------------------------------
+def test_more_envs_than_the_split_holds_evaluates_all_of_its_tasks(data, tmp_path, capsys):
+    """Issue 32: the default --num-envs 100 on a small grid takes every held-out task instead of refusing."""
+    test_tasks = len(K.task_split(4, "test"))
+    (result,) = E.main(eval_args([ckpt(data, "dark")], tmp_path / "eval", num_envs=test_tasks + 1, source_runs=0))
+    assert f"the test split holds {test_tasks} tasks; evaluating all of them" in capsys.readouterr().out
+    with np.load(result["out"], allow_pickle=False) as saved:
+        assert np.array_equal(saved["tasks"], K.eval_tasks(4, "test", test_tasks, 1))
+    assert f"test{test_tasks}_steps" in result["out"]
+
+
 def test_bad_input(data, tmp_path, corrupt_deflate_stream):
     with pytest.raises(FileNotFoundError):
         E.main(eval_args([tmp_path / "missing.pt"], tmp_path / "eval"))
@@ -635,8 +645,8 @@ def test_bad_input(data, tmp_path, corrupt_deflate_stream):
         E.main(eval_args([tmp_path / "old.pt"], tmp_path / "eval"))
     path = ckpt(data, "dark")
     test_tasks = len(K.task_split(4, "test"))
-    with pytest.raises(ValueError, match=f"holds {test_tasks} tasks"):
-        E.main(eval_args([path], tmp_path / "eval", num_envs=test_tasks + 1))
+    with pytest.raises(ValueError, match="--video-env must be one of"):  # checked against the tasks it will run
+        E.main(eval_args([path], tmp_path / "eval", num_envs=test_tasks + 5, capture_video=True, video_env=test_tasks))
     for flag, value in (("steps", 0), ("num_envs", 0), ("curve_bin", 0), ("source_runs", -1), ("window_keep", -1)):
         with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be >= "):
             E.main(eval_args([path], tmp_path / "eval", **{flag: value}))

@@ -499,8 +499,12 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     shutil.copytree(sac_data, data)
     result = A.main(tiny_args(data))
     # the first line names the grid and the data, so that a user who meant another one sees it at once
-    first_line = capsys.readouterr().out.splitlines()[0]
-    assert first_line.startswith(f"{data / 'nx1-light'}: 4x4 grid, Dark observations (Light data read Dark), 4 runs")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{data / 'nx1-light'}: 4x4 grid, Dark observations (Light data read Dark), 4 runs")
+    # the last names the checkpoint the next command needs (issue 32)
+    assert lines[-1] == f"saved {result['checkpoint']} (iteration 30); evaluate it with: python ad_eval.py " + (
+        f"--checkpoints {result['checkpoint']}"
+    )
     checkpoint = A.load_checkpoint(result["checkpoint"])
     assert checkpoint["iteration"] == 30 and checkpoint["data"]["obs_dim"] == 4 and checkpoint["data"]["size"] == 4
     assert checkpoint["args"]["context"] == 40

@@ -377,6 +377,38 @@ def test_history_value_checks(tmp_path):
     assert not os.path.exists(tmp_path / "bad.npz")
 
 
+def test_histories_that_break_the_episode_rules_are_refused(tmp_path):
+    """Issue 32: histories that would train silently wrong: an episode return above 2, no episode end in 50 steps, a
+    termination without the door's reward, termination and truncation on one step, another grid's observations."""
+    hist = random_history(steps=300)
+    ends = np.flatnonzero(hist["terminations"] | hist["truncations"])
+    cases = []
+    three = {k: v.copy() for k, v in hist.items()}
+    three["rewards"][ends[1] - 3 : ends[1]] = 1  # three rewards in one episode (no termination among them)
+    three["terminations"][ends[1] - 3 : ends[1]] = False
+    cases.append((three, "an episode whose return is above 2"))
+    endless = dict(hist, truncations=np.zeros(300, bool), terminations=np.zeros(300, bool))
+    endless["rewards"] = np.zeros(300, np.float32)
+    cases.append((endless, "an episode longer than 50 steps"))
+    no_door = {k: v.copy() for k, v in hist.items()}
+    truncated = np.flatnonzero(hist["truncations"])[0]
+    no_door["terminations"][truncated] = True  # a truncation made a termination: no reward on it
+    no_door["truncations"][truncated] = False
+    cases.append((no_door, "a termination without the door's reward"))
+    both = {k: v.copy() for k, v in hist.items()}
+    both["terminations"][truncated] = True
+    both["rewards"][truncated] = 1
+    cases.append((both, "a step both terminated and truncated"))
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=f"bad.npz: {match}"):
+            K.save_history(str(tmp_path / "bad.npz"), bad, {"size": 4})
+    # a 4x4 history whose config says 5x5: positions in thirds are not on a 5x5 grid's quarters
+    with pytest.raises(ValueError, match="observations off the cells of the 5x5 grid its config names"):
+        K.save_history(str(tmp_path / "bad.npz"), hist, {"size": 5})
+    assert not os.path.exists(tmp_path / "bad.npz")
+    K.save_history(str(tmp_path / "good.npz"), hist, {"size": 4})  # the history itself keeps every rule
+
+
 def test_a_bad_file_is_named_when_loaded(tmp_path):
     hist = random_history()
     bad = dict(hist, observations=np.full_like(hist["observations"], np.nan))

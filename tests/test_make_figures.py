@@ -105,21 +105,24 @@ def evals(tmp_path):
 
 
 def write_sources(folder, runs):
-    """Source histories in the contract: run r has episodes of 100 steps, every second one solved (1 + 1)."""
+    """Source histories in the contract: run r has episodes of 50 steps, every second one solved (1 + 1, the door
+    ending it)."""
     folder.mkdir(parents=True)
     for r in range(runs):
         steps = 400 + 100 * r
         rewards = np.zeros(steps, dtype=np.float32)
         truncations = np.zeros(steps, dtype=bool)
-        truncations[99::100] = True
-        for end in range(199, steps, 200):  # key then door in episodes 2, 4, ...
+        terminations = np.zeros(steps, dtype=bool)
+        truncations[49::100] = True  # episodes 1, 3, ...: 50 steps, nothing found
+        for end in range(99, steps, 100):  # key then door in episodes 2, 4, ...
             rewards[end - 10] = 1
             rewards[end] = 1
+            terminations[end] = True
         history = {
             "observations": np.zeros((steps, 4), np.float32),
             "actions": np.zeros(steps, np.int64),
             "rewards": rewards,
-            "terminations": np.zeros(steps, bool),
+            "terminations": terminations,
             "truncations": truncations,
             "tasks": np.tile(K.task_split(5, "train")[0], (steps, 1)),
         }
@@ -153,8 +156,8 @@ def test_sources_writes_one_row_per_run_and_seeds_gives_ad_minus_source(tmp_path
     out = tmp_path / "out" / "source_runs.csv"
     M.main(["sources", "--data", str(tmp_path / "nx1"), "--csv", str(out)])
     rows = read_csv(out)
-    # every second episode solved: a 10-episode average of 1.0, never 1.8; the last 500 steps hold 0, 2, 0, 2 (and 0)
-    assert [(int(r["steps"]), r["solved_step"], float(r["last500"])) for r in rows] == [(400, "", 1.0), (500, "", 0.8)]
+    # every second episode solved: a 10-episode average of 1.0, never 1.8; the last 500 steps hold 0, 2, 0, 2, ...
+    assert [(int(r["steps"]), r["solved_step"], float(r["last500"])) for r in rows] == [(400, "", 1.0), (500, "", 1.0)]
     assert [int(rows[0][k]) for k in ("key_x", "key_y", "door_x", "door_y")] == K.task_split(5, "train")[0].tolist()
     assert "2 source runs" in capsys.readouterr().out
     assert np.isinf(M.read_source_steps(str(out))).all()
@@ -197,10 +200,9 @@ def test_figures_3_to_6_against_hand_computed_values(tmp_path, evals):
     assert (
         fig3[("random policy", 500)] == 0.5 and fig3[("random policy", 1000)] == 1.0
     )  # the first file's random episodes
-    # source runs on their own tasks, first 1,000 steps: episodes of 100 steps, 0 and 2 in turn (run 1 ends at 500)
-    assert fig3[("source SAC (2 runs, own tasks)", 500)] == pytest.approx(
-        (0 + 2 + 0 + 2) / 4 * 0.5 + (0 + 2 + 0 + 2 + 0) / 5 * 0.5
-    )
+    # source runs on their own tasks: episodes of 50 steps, 0 and 2 in turn: run 0's 8 by step 400 and run 1's 10 by
+    # step 500 both average 1 (per run first)
+    assert fig3[("source SAC (2 runs, own tasks)", 500)] == pytest.approx((0 + 2) / 2)
     assert ("source SAC (2 runs, own tasks)", 1000) not in fig3
     fig4 = read_csv(out / "fig4_context.csv")
     assert [int(r["context"]) for r in fig4] == [4, 16]  # sorted by context

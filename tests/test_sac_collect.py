@@ -101,7 +101,7 @@ def test_nx1_tensorboard_curves(nx1_run):
         "losses/qf_loss",
         "losses/actor_loss",
         "losses/alpha",
-        "charts/solved_fraction",
+        "charts/window_solved_fraction",
     ):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("losses/qf_loss")][-1] == 300
