@@ -749,7 +749,8 @@ def plan(args: Args) -> list[dict]:
         args.num_envs = held_out
     if not 0 <= args.video_env < args.num_envs:  # checked against the tasks it will run
         raise ValueError(
-            f"--video-env must be one of the --num-envs {args.num_envs} envs, 0..{args.num_envs - 1}, got {args.video_env}"
+            f"--video-env must be one of the --num-envs {args.num_envs} envs, 0..{args.num_envs - 1}, "
+            f"got {args.video_env}"
         )
     for path, checkpoint in checkpoints:
         model = model_from_checkpoint(checkpoint)  # on the host: it moves to the device at its turn
