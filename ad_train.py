@@ -847,9 +847,10 @@ def wait_for_all(device: torch.device, world_size: int) -> None:
 
 
 class StopOnSignal:
-    """Within `with`, SIGINT (Ctrl-C) and SIGTERM (kill, a SLURM time limit, torchrun's shutdown) only set a flag:
-    the loop finishes the iteration in flight, saves a checkpoint and exits with 128 + the signal's number (130,
-    143, as a shell reports a process the signal killed), and a rerun resumes there bit for bit. A second signal
+    """Within `with`, SIGINT (Ctrl-C), SIGTERM (kill, a SLURM time limit, torchrun's shutdown) and SIGHUP (a closed
+    terminal) only set a flag: the loop finishes the iteration in flight, saves a checkpoint and exits with 128 + the
+    signal's number (130, 143, 129, as a shell reports a process the signal killed), and a rerun resumes there bit
+    for bit. A second signal
     stops at once (the checkpoints on disk stay whole: they are written atomically). Under torchrun the processes
     agree on the flag every iteration, over gloo on the host (no wait for the GPU), so that all stop together."""
 
@@ -860,7 +861,7 @@ class StopOnSignal:
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # Python runs signal handlers there only
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
                 self.previous[signum] = signal.signal(signum, self.catch)
         return self
 

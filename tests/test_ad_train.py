@@ -819,8 +819,8 @@ def interrupt(command, cwd, path, after_iteration, signum):
 
 @pytest.mark.slow
 def test_sigint_and_sigterm_save_and_a_rerun_resumes_bit_for_bit(sac_data, tmp_path, monkeypatch):
-    """Ctrl-C, then SIGTERM, each during training: each saves a checkpoint at the iteration it stopped (exit 130,
-    143), and a rerun to the end holds exactly the weights of an uninterrupted run, dropout included."""
+    """Ctrl-C, then SIGTERM, then SIGHUP, each during training: each saves a checkpoint at the iteration it stopped
+    (exit 130, 143, 129), and a rerun to the end holds exactly the weights of an uninterrupted run, dropout included."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # the subprocesses compute as this one
     flags = dict(iterations=500, save_every=25, val_every=100, log_every=50, eval_every=0, dropout=0.1)
@@ -830,7 +830,7 @@ def test_sigint_and_sigterm_save_and_a_rerun_resumes_bit_for_bit(sac_data, tmp_p
     path = tmp_path / "split" / "checkpoints" / CHECKPOINT
     command = [sys.executable, AD_TRAIN, *cli_flags(tiny_args(tmp_path / "split", **flags))]
     stopped = 0
-    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)):  # 129: a closed terminal
         returncode, stderr = interrupt(command, tmp_path, path, stopped, signum)
         assert returncode == code, stderr
         iteration = A.load_checkpoint(str(path))["iteration"]
