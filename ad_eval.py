@@ -88,7 +88,11 @@ class Args:
 # ----------------------------------------------------------------------------------------------
 def source_histories(folder: str, runs: int, size: int) -> list[dict]:
     """The first `runs` source learning histories, read (and checked: the checkpoint's grid) before any rollout."""
-    if runs <= 0 or not os.path.isdir(folder):
+    if runs <= 0:
+        return []
+    if not os.path.isdir(folder):  # the table says why it has no source row
+        reason = f"{folder} does not exist" if folder else "the checkpoint is not in a <data dir>/checkpoints/ folder"
+        print(f"no source row: {reason}")
         return []
     histories = []
     for path in K.history_paths(folder)[:runs]:
@@ -807,8 +811,10 @@ def default_out_dir(path: str) -> tuple[str, str | None]:
 def check_output(out: str, path: str, checkpoint: dict) -> None:
     """An existing evaluation file may be rewritten only by the evaluation of the same training run (its run name
     holds its start time), wherever its checkpoint moved; a file we cannot read is never overwritten either."""
-    if not os.path.exists(out):
+    if not os.path.lexists(out):
         return
+    if not os.path.isfile(out):  # a FIFO would block the read, a folder or a dangling link fail the write after work
+        raise ValueError(f"{out} exists but is not a regular file; move it away or pass another --out-dir")
     try:
         with np.load(out, allow_pickle=False) as existing:
             written = json.loads(str(existing["meta"]))

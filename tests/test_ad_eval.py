@@ -634,6 +634,23 @@ def test_more_envs_than_the_split_holds_evaluates_all_of_its_tasks(data, tmp_pat
     assert f"test{test_tasks}_steps" in result["out"]
 
 
+def test_an_output_that_is_no_regular_file_is_refused_and_a_missing_source_is_named(data, tmp_path, capsys):
+    """Issue 32: a FIFO named like the evaluation file would block its read (a hang): refused before any rollout; a
+    missing source dataset says why the table has no source row."""
+    path = ckpt(data, "dark")
+    out = tmp_path / "eval"
+    out.mkdir()
+    name = f"{os.path.splitext(os.path.basename(path))[0]}__test3_steps120_seed1.npz"
+    os.mkfifo(out / name)
+    with pytest.raises(ValueError, match=f"{name} exists but is not a regular file"):
+        E.main(eval_args([path], out))
+    moved = tmp_path / "elsewhere" / "checkpoints"
+    moved.mkdir(parents=True)
+    shutil.copy(path, moved)
+    E.main(eval_args([moved / os.path.basename(path)], tmp_path / "eval2"))
+    assert f"no source row: {tmp_path / 'elsewhere' / 'nx1-light'} does not exist" in capsys.readouterr().out
+
+
 def test_bad_input(data, tmp_path, corrupt_deflate_stream):
     with pytest.raises(FileNotFoundError):
         E.main(eval_args([tmp_path / "missing.pt"], tmp_path / "eval"))
