@@ -150,9 +150,7 @@ def load_dataset(
         run = select_steps(history, history_steps, min_steps, episode_stride)
         scale = K.obs_scale(size, obs_dim)
         observations = run.pop("observations")[:, :obs_dim]  # Light read Dark: drop the 4 task features
-        run["obs_codes"] = np.rint(observations * scale).astype(np.uint8)
-        if not np.array_equal(run["obs_codes"].astype(np.float32) / scale, observations):  # as `gather` decodes
-            raise ValueError(f"{folder}: observations are not on the {size}x{size} grid of the contract")
+        run["obs_codes"] = np.rint(observations * scale).astype(np.uint8)  # integers: `K.load_history` checked
         runs.append(run)
     meta = {"size": size, "obs_dim": obs_dim, "obs_scale": scale.tolist(), "data_obs_dim": features}
     return runs, meta
@@ -993,6 +991,11 @@ def check_resume(path: str, checkpoint: dict, args: Args, size: int) -> None:
         raise ValueError(
             f"{path} was trained on the {trained_size}x{trained_size} grid, not the {size}x{size} grid of "
             f"--dataset {args.dataset}; move it away or change --exp-name"
+        )
+    if checkpoint["iteration"] > args.iterations:  # it would say "resuming" and train nothing
+        raise ValueError(
+            f"{path} has trained {checkpoint['iteration']} iterations, more than --iterations {args.iterations}; "
+            "pass at least as many, or change --exp-name"
         )
     for key in RESUME_ARGS:
         trained = checkpoint["args"][key]

@@ -435,7 +435,7 @@ def check_history(history: dict[str, np.ndarray], name: str, size: int) -> None:
     dones = history["terminations"] | history["truncations"]
     (returns, ends) = episode_returns(history["rewards"], dones)
     lengths = np.diff(np.concatenate([[-1], ends, [steps - 1]]))  # (episodes + 1,) the unfinished last one too
-    cells = obs[:, :2] * (size - 1)  # (T, 2) integers on this grid; another grid's positions fall between them
+    codes = obs * obs_scale(size, obs.shape[1])  # (T, D) integers on this grid; another grid's fall between them
     check_flags(
         [
             (np.isin(history["actions"], range(NUM_ACTIONS)).all(), f"{name}: actions outside 0..{NUM_ACTIONS - 1}"),
@@ -445,7 +445,7 @@ def check_history(history: dict[str, np.ndarray], name: str, size: int) -> None:
                 f"{name}: observations that are NaN or outside [0, 1]",
             ),
             (
-                np.allclose(cells, np.rint(cells), atol=1e-4),
+                np.allclose(codes, np.rint(codes), atol=1e-4),
                 f"{name}: observations off the cells of the {size}x{size} grid its config names",
             ),
             (

@@ -531,6 +531,9 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "resuming" in out and "at iteration 30" in out
     assert A.load_checkpoint(resumed["checkpoint"])["iteration"] == 40
+    # fewer iterations than the checkpoint holds would say "resuming" and train nothing: refused (issue 32)
+    with pytest.raises(ValueError, match="has trained 40 iterations, more than --iterations 30"):
+        A.main(tiny_args(data, iterations=30))
     # a resume under other settings is refused in one line naming the flag that changed: other training windows,
     # a model of another shape, the arrival token, another optimizer (the run would not be the one its name says)
     path = str(data / "checkpoints" / CHECKPOINT)
