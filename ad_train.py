@@ -576,9 +576,10 @@ def main(args: Args) -> dict:
     if args.eval_every:
         eval_tasks = K.eval_tasks(size, "validation", args.eval_envs, args.seed)
 
-    # from here on Ctrl-C and SIGTERM save a checkpoint after the iteration in flight, and a model or batch no
-    # memory holds is PyTorch's error as one line naming the flags to lower
-    with StopOnSignal(world_size) as stop, out_of_memory_names_flags(args):
+    # from here on this run alone writes the checkpoint (rank 0 holds its lock), Ctrl-C and SIGTERM save one after the
+    # iteration in flight, and a model or batch no memory holds is PyTorch's error as one line naming the flags
+    held = K.lock(path) if master else contextlib.nullcontext()
+    with held, StopOnSignal(world_size) as stop, out_of_memory_names_flags(args):
         # 2. the model, and the checkpoint to resume from
         shared = {field.name: getattr(args, field.name) for field in fields(ModelConfig) if hasattr(args, field.name)}
         model_config = ModelConfig(obs_dim=meta["obs_dim"], arrival=args.arrival_token, **shared)
@@ -609,10 +610,12 @@ def main(args: Args) -> dict:
             fixed["run_name"] = checkpoint["run_name"]  # the same TensorBoard run goes on
             if master:
                 print(f"resuming {path} at iteration {start}")
-            saved_by = len(checkpoint["rng"]["torch"])
             # the same batches; the dropout draws of the ranks it holds no state for
-            if master and saved_by != world_size:
-                print(f"{path} was written by {saved_by} processes, this run has {world_size}: other dropout draws")
+            if master and len(checkpoint["rng"]["torch"]) != world_size:
+                print(
+                    f"{path} was written by {len(checkpoint['rng']['torch'])} processes, this run has {world_size}: "
+                    "other dropout draws"
+                )
         step_model = training_model(model, args.compile, device, world_size)
 
         # 3. the training loop

@@ -22,13 +22,13 @@ Importing this module registers `KeyDoor-Dark-v0` and `KeyDoor-Light-v0` with gy
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import hashlib
 import io
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -409,8 +409,7 @@ def save_history(path: str, history: dict[str, np.ndarray], config: dict) -> Non
     """Check one learning history against the contract and write it atomically as `.npz`."""
     arrays = {key: np.asarray(history[key], dtype=dtype) for key, dtype in HISTORY_DTYPES.items()}
     check_history(arrays, path, _config_size(config, path))
-    payload = dict(arrays, config=np.array(json.dumps(config, sort_keys=True)))
-    atomic_write(path, lambda f: np.savez_compressed(f, **payload))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays, config=np.array(json.dumps(config, sort_keys=True))))
 
 
 def check_history(history: dict[str, np.ndarray], name: str, size: int) -> None:
@@ -479,9 +478,8 @@ def load_history(path: str) -> tuple[dict[str, np.ndarray], dict]:
             arrays = {key: data[key] for key in data.files}
         config = json.loads(str(arrays.pop("config")))  # KeyError without one, JSONDecodeError if not JSON
     except Exception as e:  # whatever the zip, zlib or npy reader says of a damaged file (zlib.error, BadZipFile, ...)
-        message = " ".join(str(e).split())  # one line
         kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
-        raise ValueError(f"{path}: not a readable .npz learning history ({kind}: {message})") from None
+        raise ValueError(f"{path}: not a readable .npz learning history ({kind}: {' '.join(str(e).split())})") from None
     check_history(arrays, path, _config_size(config, path))
     return arrays, config
 
@@ -558,17 +556,27 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
         raise
 
 
-def check_writable(folder: str) -> str:
+def check_writable(folder: str) -> None:
     """Prove, before any work, that files can be written in `folder` (made later if missing); creates nothing."""
     existing = os.path.abspath(folder)
     while not os.path.exists(existing):  # the nearest existing folder above decides
         existing = os.path.dirname(existing)
+    if not (os.path.isdir(existing) and os.access(existing, os.W_OK)):  # the OS's answer: permissions, read-only mounts
+        raise OSError(f"{folder}: cannot write there ({existing} is not a folder this process may write in)")
+
+
+def lock(path: str) -> Any:
+    """`<path>.lock`, held: `with K.lock(path):` around a run that writes `path`, or a one-line refusal while another
+    run holds it (two runs writing one checkpoint would overwrite each other). The lock is the operating system's
+    (flock): it ends when the file closes, at the block's end or the process's, however the process ends, so no
+    stale lock outlives a killed run; the empty lock file stays."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    handle = open(path + ".lock", "a")  # the caller's `with` closes it; a handle refused the lock holds nothing
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise OSError(f"{folder}: cannot write there ({e.strerror or type(e).__name__})") from None
-    return folder
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(f"{path} is being written by another run (it holds {path}.lock); wait for it to end") from None
+    return handle
 
 
 # ---------------------------------------------------------------- episodes of a stream of steps
@@ -634,8 +642,10 @@ def run_cli(main: Callable[[Any], Any], args_type: type) -> None:
     try:
         main(args)
     except (ValueError, OSError, MemoryError) as e:  # MemoryError: the scripts' "lower these flags" lines
-        message = " ".join(str(e).split()) or type(e).__name__  # one line, even where a library's spans several
-        print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+        # one line, even where a library's message spans several
+        print(
+            f"{os.path.basename(sys.argv[0])}: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)

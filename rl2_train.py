@@ -487,98 +487,104 @@ def main(args: Args) -> dict:
     start = 0  # iterations done
     seconds = 0.0  # the run's training wall-clock so far
     run_name = f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    if os.path.exists(checkpoint_path):
-        checkpoint = load_checkpoint(checkpoint_path, args, model, optimizer)
-        if checkpoint["iteration"] < args.iterations:
-            check_curve_tasks(checkpoint_path, checkpoint, args)
-        start = checkpoint["iteration"]
-        seconds = checkpoint["seconds"]
-        run_name = checkpoint["run_name"]  # one TensorBoard run across resumes
-        print(f"resuming {checkpoint_path} at iteration {start}")
-    training = start < args.iterations  # a finished run rerun only evaluates: no TensorBoard run, no writes but its own
-    curve = read_curve(curve_path, header, start) if training else []  # rows as CSV lines
+    with K.lock(checkpoint_path):  # resumed, trained and evaluated by this run alone
+        if os.path.exists(checkpoint_path):
+            checkpoint = load_checkpoint(checkpoint_path, args, model, optimizer)
+            if checkpoint["iteration"] < args.iterations:
+                check_curve_tasks(checkpoint_path, checkpoint, args)
+            start = checkpoint["iteration"]
+            seconds = checkpoint["seconds"]
+            run_name = checkpoint["run_name"]  # one TensorBoard run across resumes
+            print(f"resuming {checkpoint_path} at iteration {start}")
+        # a finished run rerun only evaluates: no TensorBoard run, no writes but its own
+        training = start < args.iterations
+        curve = read_curve(curve_path, header, start) if training else []  # rows as CSV lines
 
-    # 3. training: one trial per env on fresh train tasks, then a PPO update
-    train_tasks = K.task_split(args.size, "train")
-    env = K.KeyDoorVectorEnv(args.num_envs, size=args.size, tasks=train_tasks[: args.num_envs], split="train")
-    env.reset(seed=args.seed)
-    writer = open_writer(run_name, args) if training else None
-    pending = [[] for _ in range(args.num_envs)]  # per env, its trials since the last dataset chunk
-    result = {}  # the latest held-out evaluation
-    clock = time.time() - seconds  # pauses between resumes left out
-    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
-    for iteration in bar:
-        # per-iteration generators: a resumed run draws what an uninterrupted one would have drawn
-        rng = np.random.default_rng([args.seed, iteration])
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + iteration)
-        tasks = train_tasks[rng.integers(len(train_tasks), size=args.num_envs)]  # (num_envs, 4)
-        started = time.time()
-        with out_of_memory_in_one_line(args, device):  # the trials, their caches and the update grow with the flags
-            buf = run_trials(model, env, tasks, args.episodes_per_trial, generator, device)
-            stats = ppo_update(model, optimizer, buf, args, generator, device)
-        sps = int(buf["active"].sum()) / (time.time() - started)
+        # 3. training: one trial per env on fresh train tasks, then a PPO update
+        train_tasks = K.task_split(args.size, "train")
+        env = K.KeyDoorVectorEnv(args.num_envs, size=args.size, tasks=train_tasks[: args.num_envs], split="train")
+        env.reset(seed=args.seed)
+        writer = open_writer(run_name, args) if training else None
+        pending = [[] for _ in range(args.num_envs)]  # per env, its trials since the last dataset chunk
+        result = {}  # the latest held-out evaluation
+        clock = time.time() - seconds  # pauses between resumes left out
+        bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, disable=not args.progress)
+        for iteration in bar:
+            # per-iteration generators: a resumed run draws what an uninterrupted one would have drawn
+            rng = np.random.default_rng([args.seed, iteration])
+            generator = torch.Generator().manual_seed(args.seed * 1_000_003 + iteration)
+            tasks = train_tasks[rng.integers(len(train_tasks), size=args.num_envs)]  # (num_envs, 4)
+            started = time.time()
+            # the trials, their caches and the update grow with the flags
+            with out_of_memory_in_one_line(args, device):
+                buf = run_trials(model, env, tasks, args.episodes_per_trial, generator, device)
+                stats = ppo_update(model, optimizer, buf, args, generator, device)
+            sps = int(buf["active"].sum()) / (time.time() - started)
 
-        completed = iteration + 1  # iterations completed, counting this one
-        step = completed * args.num_envs * args.episodes_per_trial  # x axis: episodes of experience
-        metrics = trial_metrics(buf, args.episodes_per_trial)
-        log_iteration(writer, metrics, stats, sps, step)
-        bar.set_postfix(ep1=f"{metrics['by_episode'][0]:.2f}", ep10=f"{metrics['by_episode'][-1]:.2f}")
-        for i, history in enumerate(trials_to_histories(buf, tasks)):
-            pending[i].append(history)
+            completed = iteration + 1  # iterations completed, counting this one
+            step = completed * args.num_envs * args.episodes_per_trial  # x axis: episodes of experience
+            metrics = trial_metrics(buf, args.episodes_per_trial)
+            log_iteration(writer, metrics, stats, sps, step)
+            bar.set_postfix(ep1=f"{metrics['by_episode'][0]:.2f}", ep10=f"{metrics['by_episode'][-1]:.2f}")
+            for i, history in enumerate(trials_to_histories(buf, tasks)):
+                pending[i].append(history)
 
-        if (args.eval_every and completed % args.eval_every == 0) or completed == args.iterations:
+            if (args.eval_every and completed % args.eval_every == 0) or completed == args.iterations:
+                result = evaluate(model, args, eval_tasks, device)
+                log_evaluation(writer, result, step)
+                # the only column a resumed run does not repeat bit for bit
+                minutes = f"{(time.time() - clock) / 60:.1f}"
+                values = [repr(float(value)) for value in eval_values(result)]
+                curve.append(",".join([str(completed), str(step), *values, minutes]))
+                write_curve(curve_path, header, curve)
+
+            if completed % args.save_every == 0 or completed == args.iterations:
+                # the dataset chunks first, then the checkpoint: a kill in between rewrites the same chunks
+                save_dataset_chunks(pending, data_folder, stem, completed, args)
+                pending = [[] for _ in range(args.num_envs)]
+                checkpoint = {
+                    "version": CHECKPOINT_VERSION,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "iteration": completed,
+                    "args": asdict(args),  # its training flags are the checkpoint's own (`load_checkpoint`)
+                    "model_config": asdict(model_config),
+                    "run_name": run_name,
+                    "seconds": time.time() - clock,
+                }
+                save_checkpoint(checkpoint_path, checkpoint)
+        if writer is not None:
+            writer.close()
+
+        # 4. the held-out trials beside a random policy's, in the layout of ad_eval.py's files
+        if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
             result = evaluate(model, args, eval_tasks, device)
-            log_evaluation(writer, result, step)
-            minutes = f"{(time.time() - clock) / 60:.1f}"  # the only column a resumed run does not repeat bit for bit
-            values = [repr(float(value)) for value in eval_values(result)]
-            curve.append(",".join([str(completed), str(step), *values, minutes]))
-            write_curve(curve_path, header, curve)
-
-        if completed % args.save_every == 0 or completed == args.iterations:
-            # the dataset chunks first, then the checkpoint: a kill in between rewrites the same chunks
-            save_dataset_chunks(pending, data_folder, stem, completed, args)
-            pending = [[] for _ in range(args.num_envs)]
-            checkpoint = {
-                "version": CHECKPOINT_VERSION,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "iteration": completed,
-                "args": asdict(args),  # its training flags are the checkpoint's own (`load_checkpoint`)
-                "model_config": asdict(model_config),
-                "run_name": run_name,
-                "seconds": time.time() - clock,
-            }
-            save_checkpoint(checkpoint_path, checkpoint)
-    if writer is not None:
-        writer.close()
-
-    # 4. the held-out trials beside a random policy's, in the layout of ad_eval.py's files
-    if not result:  # nothing left to train (a finished run rerun): evaluate the checkpoint as it is
-        result = evaluate(model, args, eval_tasks, device)
-    floor = K.random_episodes(eval_tasks, args.size, model_config.context, args.seed, episodes=args.episodes_per_trial)
-    meta = {
-        "algorithm": "rl2",
-        "checkpoint": checkpoint_path,
-        "model_config": asdict(model_config),
-        "split": args.eval_split,
-        "num_envs": args.eval_envs,
-        "steps": model_config.context,
-        "seed": args.seed,  # the training seed; it also seeds the evaluation's actions and the random policy
-        "eval_seed": eval_seed,  # the seed the held-out tasks were chosen with (ad_eval.py's --seed)
-        "size": args.size,
-        "obs": "dark",
-        "episodes_per_trial": args.episodes_per_trial,
-        "iteration": max(start, args.iterations),
-    }
-    K.save_evaluation(eval_path, eval_tasks, result["episodes"], floor, meta)
-    random_500 = float(np.nanmean(K.window_returns(floor, args.eval_envs, 0, 500)))
-    by_episode = np.round(result["by_episode"], 2).tolist()
-    print(
-        f"{args.eval_split} tasks ({args.eval_envs}): return by episode {by_episode}, "
-        f"first 500 steps {result['first_500']:.2f} (random {random_500:.2f}), "
-        f"episodes 5-10 {result['episodes_5_to_10']:.2f} -> {eval_path}"
-    )
-    return {"checkpoint": checkpoint_path, "eval": eval_path, "curve": curve_path, **result}
+        floor = K.random_episodes(
+            eval_tasks, args.size, model_config.context, args.seed, episodes=args.episodes_per_trial
+        )
+        meta = {
+            "algorithm": "rl2",
+            "checkpoint": checkpoint_path,
+            "model_config": asdict(model_config),
+            "split": args.eval_split,
+            "num_envs": args.eval_envs,
+            "steps": model_config.context,
+            "seed": args.seed,  # the training seed; it also seeds the evaluation's actions and the random policy
+            "eval_seed": eval_seed,  # the seed the held-out tasks were chosen with (ad_eval.py's --seed)
+            "size": args.size,
+            "obs": "dark",
+            "episodes_per_trial": args.episodes_per_trial,
+            "iteration": max(start, args.iterations),
+        }
+        K.save_evaluation(eval_path, eval_tasks, result["episodes"], floor, meta)
+        random_500 = float(np.nanmean(K.window_returns(floor, args.eval_envs, 0, 500)))
+        by_episode = np.round(result["by_episode"], 2).tolist()
+        print(
+            f"{args.eval_split} tasks ({args.eval_envs}): return by episode {by_episode}, "
+            f"first 500 steps {result['first_500']:.2f} (random {random_500:.2f}), "
+            f"episodes 5-10 {result['episodes_5_to_10']:.2f} -> {eval_path}"
+        )
+        return {"checkpoint": checkpoint_path, "eval": eval_path, "curve": curve_path, **result}
 
 
 # --- Flags

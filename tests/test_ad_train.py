@@ -594,7 +594,7 @@ def test_outputs_checked_before_work(sac_data, tmp_path, monkeypatch):
     os.remove(tmp_path / "d" / "checkpoints")
     (tmp_path / "d" / "checkpoints").mkdir()
     A.main(tiny_args(tmp_path / "d", iterations=2, eval_every=0))
-    assert os.listdir(tmp_path / "d" / "checkpoints") == [CHECKPOINT]
+    assert sorted(os.listdir(tmp_path / "d" / "checkpoints")) == [CHECKPOINT, f"{CHECKPOINT}.lock"]  # its lock stays
     # more eval envs than validation tasks
     with pytest.raises(ValueError, match="21 evaluation envs: the validation split"):
         A.main(tiny_args(tmp_path / "d", eval_envs=21, iterations=4))
@@ -740,6 +740,18 @@ def test_the_batch_is_shared_equally_by_the_processes():
     A.validate(A.Args(batch_size=64), world_size=4)
     with pytest.raises(ValueError, match=re.escape("--batch-size 10 must be a multiple of the 4 torchrun processes")):
         A.validate(A.Args(batch_size=10), world_size=4)
+
+
+def test_a_second_run_with_the_same_checkpoint_name_is_refused(sac_data, tmp_path, monkeypatch):
+    """Issue 32: a second run writing the same checkpoint overwrote the first; the first holds its lock (here this
+    test's process does), so the second ends in one line, having written nothing."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sac_data / "nx1-light", tmp_path / "data" / "nx1-light")
+    path = tmp_path / "data" / "checkpoints" / CHECKPOINT
+    held = K.lock(str(path))  # noqa: F841 (held while the second run tries)
+    with pytest.raises(OSError, match=f"{CHECKPOINT} is being written by another run"):
+        A.main(tiny_args(tmp_path / "data"))
+    assert os.listdir(path.parent) == [f"{CHECKPOINT}.lock"] and not os.path.exists(tmp_path / "runs")
 
 
 def test_bad_input(sac_data, tmp_path, corrupt_deflate_stream):

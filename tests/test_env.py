@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import random
+import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import keydoor_env as K
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STAY, RIGHT, LEFT, UP, DOWN = range(5)
 
@@ -417,8 +420,31 @@ def test_a_bad_file_is_named_when_loaded(tmp_path):
         K.load_history(str(tmp_path / "run_00003.npz"))
 
 
+def test_a_lock_refuses_a_second_writer_until_the_first_process_ends(tmp_path):
+    """Issue 32: two runs with one checkpoint name overwrote each other. The lock is the OS's (flock): held for the
+    process's life, released however it ends, so no stale lock outlives a killed run."""
+    path = str(tmp_path / "checkpoints" / "run.pt")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import keydoor_env as K, time; held = K.lock({path!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(OSError, match=r"run.pt is being written by another run \(it holds .*run.pt.lock\)"):
+        K.lock(path)
+    holder.kill()  # a killed holder leaves no lock behind
+    holder.wait()
+    K.lock(path)
+    assert os.listdir(tmp_path / "checkpoints") == ["run.pt.lock"]
+
+
 def test_check_writable_and_history_paths(tmp_path):
-    assert K.check_writable(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
+    K.check_writable(str(tmp_path / "a" / "b"))
     assert os.listdir(tmp_path) == []  # a check creates nothing
     (tmp_path / "a").mkdir()
     if os.geteuid() != 0:  # root writes anywhere

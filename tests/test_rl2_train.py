@@ -357,7 +357,8 @@ def test_out_of_memory_is_one_line_naming_the_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "open_writer", lambda *args: None)  # no TensorBoard thread left to write after the test
     with pytest.raises(ValueError, match="^--num-envs 6 x --episodes-per-trial 3 with --n-embd 16: out of memory"):
         R.main(tiny(tmp_path))
-    assert not (tmp_path / "data").exists()
+    assert os.listdir(tmp_path / "data" / "checkpoints") == ["rl2__4x4__1.pt.lock"]  # the run's lock, nothing else
+    assert os.listdir(tmp_path / "data") == ["checkpoints"]
 
     # any other error is not memory's: it passes on as it is
     def broken(*args, **kwargs):
@@ -366,6 +367,18 @@ def test_out_of_memory_is_one_line_naming_the_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "run_trials", broken)
     with pytest.raises(RuntimeError, match="^a bug$"):
         R.main(tiny(tmp_path))
+
+
+def test_a_second_run_with_the_same_checkpoint_name_is_refused(tmp_path, monkeypatch):
+    """Issue 32: the first run holds its checkpoint's lock (here this test's process does); the second ends in one
+    line before training, having written no checkpoint, chunk or evaluation."""
+    monkeypatch.chdir(tmp_path)
+    args = tiny(tmp_path)
+    path = tmp_path / "data" / "checkpoints" / "rl2__4x4__1.pt"
+    held = K.lock(str(path))  # noqa: F841 (held while the second run tries)
+    with pytest.raises(OSError, match="rl2__4x4__1.pt is being written by another run"):
+        R.main(args)
+    assert os.listdir(path.parent) == ["rl2__4x4__1.pt.lock"] and not os.path.exists(tmp_path / "data" / "rl2")
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
