@@ -18,9 +18,8 @@ global batch of `--batch-size` windows and trains on its own share; DDP averages
 one-process update of that batch. Rank 0 alone prints, logs, evaluates and writes the checkpoint.
 """
 
-from __future__ import annotations
-
 import contextlib
+import hashlib
 import math
 import os
 import random
@@ -131,8 +130,10 @@ def load_dataset(
     obs_dim = K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
     runs = []
     first = None  # (path, observation features, grid size) of the first history: the others must match it
+    digest = hashlib.sha256()  # the histories' names and contents: a resume on other data is refused (`check_resume`)
     for path in K.history_paths(folder):
         history, history_config = K.load_history(path)
+        digest.update(os.path.basename(path).encode() + history["actions"].tobytes() + history["rewards"].tobytes())
         size = history_config["size"]  # `K.load_history` refuses a config without one
         features = history["observations"].shape[1]
         if first is None:
@@ -152,7 +153,13 @@ def load_dataset(
         observations = run.pop("observations")[:, :obs_dim]  # Light read Dark: drop the 4 task features
         run["obs_codes"] = np.rint(observations * scale).astype(np.uint8)  # integers: `K.load_history` checked
         runs.append(run)
-    meta = {"size": size, "obs_dim": obs_dim, "obs_scale": scale.tolist(), "data_obs_dim": features}
+    meta = {
+        "size": size,
+        "obs_dim": obs_dim,
+        "obs_scale": scale.tolist(),
+        "data_obs_dim": features,
+        "fingerprint": digest.hexdigest(),
+    }
     return runs, meta
 
 
@@ -552,8 +559,9 @@ def main(args: Args) -> dict:
 
     # 1. inputs and outputs, every check before any work
     obs = "light" if args.light_obs else "dark"
-    name = f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}"
-    path = os.path.join(args.data_dir, "checkpoints", f"{name}.pt")
+    path = os.path.join(
+        args.data_dir, "checkpoints", f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}.pt"
+    )
     if master:
         K.check_writable(os.path.dirname(path))
         K.check_writable("runs")  # TensorBoard
@@ -572,9 +580,7 @@ def main(args: Args) -> dict:
         if meta["data_obs_dim"] == K.LIGHT_OBS_DIM and not args.light_obs:
             read += " (Light data read Dark)"
         print(f"{folder}: {size}x{size} grid, {read}, {len(runs)} runs, {train_data.tokens:,} training tokens")
-    eval_tasks = None
-    if args.eval_every:
-        eval_tasks = K.eval_tasks(size, "validation", args.eval_envs, args.seed)
+    eval_tasks = K.eval_tasks(size, "validation", args.eval_envs, args.seed) if args.eval_every else None
 
     # from here on this run alone writes the checkpoint (rank 0 holds its lock), Ctrl-C and SIGTERM save one after the
     # iteration in flight, and a model or batch no memory holds is PyTorch's error as one line naming the flags
@@ -596,13 +602,14 @@ def main(args: Args) -> dict:
             "history_steps": args.history_steps,
             "episode_stride": args.episode_stride,
             "val_fraction": args.val_fraction,
+            "fingerprint": meta["fingerprint"],  # which histories: their names and contents
         }
         run_name = f"KeyDoor-{obs.title()}-{size}x{size}__{args.exp_name}__{args.seed}__{int(time.time())}"
         fixed = {"args": asdict(args), "model_config": asdict(model_config), "data": data_info, "run_name": run_name}
         start = 0
         if os.path.exists(path):
             checkpoint = load_checkpoint(path)  # on the CPU, where the generator states are restored from
-            check_resume(path, checkpoint, args, size)
+            check_resume(path, checkpoint, args, data_info)
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])  # the moments go to the device of the parameters
             restore_rng_state(checkpoint["rng"], generator, device, rank)
@@ -675,6 +682,11 @@ def main(args: Args) -> dict:
             # every iteration, in every process: the other ranks wait here while rank 0 validates and evaluates
             received = stop.requested()
             if completed % args.save_every == 0 or last or received:
+                if not all(torch.isfinite(p).all() for p in model.parameters()):  # never over the last good checkpoint
+                    raise ValueError(
+                        f"training diverged: non-finite weights at iteration {completed}; {path} keeps the last "
+                        "checkpoint saved before (lower --lr or --max-grad-norm)"
+                    )
                 save_checkpoint(path, model, optimizer, completed, fixed, generator, device, rank, world_size)
             if received and not last:
                 wait_for_all(device, world_size)  # rank 0's checkpoint is on disk before any process exits
@@ -860,7 +872,7 @@ class StopOnSignal:
         self.previous = {}
         self.group = dist.new_group(backend="gloo") if world_size > 1 else None
 
-    def __enter__(self) -> StopOnSignal:
+    def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():  # Python runs signal handlers there only
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
                 self.previous[signum] = signal.signal(signum, self.catch)
@@ -986,14 +998,13 @@ def setting(key: str, value) -> str:
     return f"{flag} {value}"
 
 
-def check_resume(path: str, checkpoint: dict, args: Args, size: int) -> None:
+def check_resume(path: str, checkpoint: dict, args: Args, data_info: dict) -> None:
     """Refuse to resume a checkpoint under other settings, in one line naming the first that changed: the run would
-    no longer be the one its name and hyperparameter table say. `size`: the grid of this run's dataset."""
-    trained_size = checkpoint["data"]["size"]
-    if trained_size != size:
+    no longer be the one its name and hyperparameter table say. `data_info`: this run's data, its fingerprint too."""
+    if checkpoint["data"]["fingerprint"] != data_info["fingerprint"]:  # runs added, removed or changed; another grid
         raise ValueError(
-            f"{path} was trained on the {trained_size}x{trained_size} grid, not the {size}x{size} grid of "
-            f"--dataset {args.dataset}; move it away or change --exp-name"
+            f"{path} was trained on other histories than --dataset {args.dataset} holds now (runs added, removed or "
+            "changed, or a checkpoint copied from another data folder); move it away or change --exp-name"
         )
     if checkpoint["iteration"] > args.iterations:  # it would say "resuming" and train nothing
         raise ValueError(

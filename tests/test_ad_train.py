@@ -742,6 +742,48 @@ def test_the_batch_is_shared_equally_by_the_processes():
         A.validate(A.Args(batch_size=10), world_size=4)
 
 
+def test_a_resume_on_other_histories_is_refused(sac_data, tmp_path, monkeypatch):
+    """Issue 32: the checkpoint records a fingerprint of the histories (names and contents); a resume after runs were
+    added or removed, or with the checkpoint copied beside other runs, is refused in one line."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sac_data / "nx1-light", tmp_path / "data" / "nx1-light")
+    A.main(tiny_args(tmp_path / "data", iterations=10))
+    folder = tmp_path / "data" / "nx1-light"
+    last = sorted(folder.iterdir())[-1]
+    moved = tmp_path / last.name
+    shutil.move(last, moved)  # a run removed
+    with pytest.raises(ValueError, match="was trained on other histories than --dataset nx1-light holds now"):
+        A.main(tiny_args(tmp_path / "data", iterations=20))
+    shutil.move(moved, last)  # the same histories again: it resumes
+    assert A.load_checkpoint(A.main(tiny_args(tmp_path / "data", iterations=20))["checkpoint"])["iteration"] == 20
+
+
+def test_a_run_that_diverges_stops_keeping_the_last_good_checkpoint(sac_data, tmp_path, monkeypatch):
+    """Issue 32: --lr 1e12 trained on and wrote non-finite weights; now the run stops in one line at the next save,
+    and the checkpoint on disk is the last finite one (here the loss turns NaN after iteration 15)."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sac_data / "nx1-light", tmp_path / "data" / "nx1-light")
+    real = A.loss_and_accuracy
+    calls = []
+
+    def nan_after_15(*args):
+        calls.append(1)
+        (loss, accuracy) = real(*args)
+        return (loss * float("nan"), accuracy) if len(calls) > 15 else (loss, accuracy)
+
+    monkeypatch.setattr(A, "loss_and_accuracy", nan_after_15)
+    path = tmp_path / "data" / "checkpoints" / CHECKPOINT
+    with pytest.raises(ValueError, match=r"training diverged: non-finite weights at iteration 20; .* keeps the last"):
+        A.main(tiny_args(tmp_path / "data", iterations=30, save_every=10, val_every=100, eval_every=0))
+    checkpoint = A.load_checkpoint(str(path))
+    assert checkpoint["iteration"] == 10
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["model"].values())
+    # a fresh run at --lr 1e30 diverges before its first save: nothing is written
+    with pytest.raises(ValueError, match="training diverged"):
+        A.main(tiny_args(tmp_path / "data", lr=1e30, exp_name="wild", save_every=10, eval_every=0))
+    assert not os.path.exists(tmp_path / "data" / "checkpoints" / CHECKPOINT.replace("ad__", "wild__"))
+
+
 def test_a_second_run_with_the_same_checkpoint_name_is_refused(sac_data, tmp_path, monkeypatch):
     """Issue 32: a second run writing the same checkpoint overwrote the first; the first holds its lock (here this
     test's process does), so the second ends in one line, having written nothing."""
