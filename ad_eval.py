@@ -706,7 +706,10 @@ def check_args(args: Args) -> None:
         [
             (len(args.checkpoints) > 0, "--checkpoints needs at least one .pt file"),
             (args.num_envs >= 1, f"--num-envs must be >= 1, got {args.num_envs}"),
-            (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
+            (  # shorter, a task may end no episode and the table would average the others without a word
+                args.steps >= K.EPISODE_STEPS,
+                f"--steps must be >= {K.EPISODE_STEPS} (one episode, so that every task ends one), got {args.steps}",
+            ),
             (args.source_runs >= 0, f"--source-runs must be >= 0, got {args.source_runs}"),
             (args.curve_bin >= 1, f"--curve-bin must be >= 1, got {args.curve_bin}"),
             (

@@ -664,7 +664,7 @@ def test_bad_input(data, tmp_path, corrupt_deflate_stream):
     test_tasks = len(K.task_split(4, "test"))
     with pytest.raises(ValueError, match="--video-env must be one of"):  # checked against the tasks it will run
         E.main(eval_args([path], tmp_path / "eval", num_envs=test_tasks + 5, capture_video=True, video_env=test_tasks))
-    for flag, value in (("steps", 0), ("num_envs", 0), ("curve_bin", 0), ("source_runs", -1), ("window_keep", -1)):
+    for flag, value in (("steps", 49), ("num_envs", 0), ("curve_bin", 0), ("source_runs", -1), ("window_keep", -1)):
         with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be >= "):
             E.main(eval_args([path], tmp_path / "eval", **{flag: value}))
     with pytest.raises(ValueError, match="--checkpoints needs"):
