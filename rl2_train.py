@@ -519,6 +519,14 @@ def main(args: Args) -> dict:
             with out_of_memory_in_one_line(args, device):
                 buf = run_trials(model, env, tasks, args.episodes_per_trial, generator, device)
                 stats = ppo_update(model, optimizer, buf, args, generator, device)
+            # the update's own losses (after its first step the later minibatches already run the new weights) and
+            # the weights: a diverged run stops here, never saved over the last good checkpoint
+            diverged = not np.isfinite(list(stats.values())).all()
+            if diverged or not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise ValueError(
+                    f"training diverged: non-finite losses or weights at iteration {iteration + 1}; "
+                    f"{checkpoint_path} keeps the last checkpoint saved before (lower --lr or --max-grad-norm)"
+                )
             sps = int(buf["active"].sum()) / (time.time() - started)
 
             completed = iteration + 1  # iterations completed, counting this one

@@ -369,6 +369,17 @@ def test_out_of_memory_is_one_line_naming_the_flags(tmp_path, monkeypatch):
         R.main(tiny(tmp_path))
 
 
+def test_a_run_that_diverges_stops_in_one_line_keeping_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Issue 32: --lr 1e12 ended in a torch.distributions error; now the first non-finite update stops the run in
+    one line, and the checkpoint on disk is the last finite one."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"training diverged: non-finite losses or weights at iteration 1; .* keeps the last"
+    ):
+        R.main(tiny(tmp_path, lr=1e12, exp_name="wild"))
+    assert not os.path.exists(tmp_path / "data" / "checkpoints" / "wild__4x4__1.pt")
+
+
 def test_a_second_run_with_the_same_checkpoint_name_is_refused(tmp_path, monkeypatch):
     """Issue 32: the first run holds its checkpoint's lock (here this test's process does); the second ends in one
     line before training, having written no checkpoint, chunk or evaluation."""
