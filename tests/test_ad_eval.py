@@ -651,6 +651,21 @@ def test_an_output_that_is_no_regular_file_is_refused_and_a_missing_source_is_na
     assert f"no source row: {tmp_path / 'elsewhere' / 'nx1-light'} does not exist" in capsys.readouterr().out
 
 
+SHIPPED = os.path.join(ROOT, "models", "ad-k8-arrival__nx1-light__dark__ctx250__1.pt")
+
+
+def test_the_shipped_model_loads_with_this_code_and_learns_in_context(tmp_path):
+    """Issue 32: the README's first command evaluates the shipped 7x7 model; a change of the checkpoint format or
+    the model must not strand it. It loads strictly, is small, and on 8 test tasks x 1,500 steps its returns rise."""
+    assert os.path.getsize(SHIPPED) < 1_000_000
+    checkpoint = A.load_checkpoint(SHIPPED)
+    assert checkpoint["data"]["size"] == 7 and checkpoint["model_config"]["context"] == 250
+    (row,) = E.main(
+        E.Args(checkpoints=(SHIPPED,), num_envs=8, steps=1500, out_dir=str(tmp_path), progress=False, cuda=False)
+    )
+    assert row["last500"] > row["first500"] + 0.3 and row["last500"] > 1.2
+
+
 def test_bad_input(data, tmp_path, corrupt_deflate_stream):
     with pytest.raises(FileNotFoundError):
         E.main(eval_args([tmp_path / "missing.pt"], tmp_path / "eval"))
