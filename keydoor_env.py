@@ -399,7 +399,12 @@ truncations (T,) and the task (T, 4) of that step; plus "config", a 0-d JSON str
 
 def history_paths(folder: str) -> list[str]:
     """The `.npz` histories of a dataset folder, sorted; an empty folder is an error (a missing one, the OS's)."""
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".npz") and not n.startswith("."))
+    # regular files only: a FIFO named like a history would block its read
+    names = sorted(
+        n
+        for n in os.listdir(folder)
+        if n.endswith(".npz") and not n.startswith(".") and os.path.isfile(f"{folder}/{n}")
+    )
     if not names:
         raise ValueError(f"dataset folder {folder} holds no .npz histories")
     return [os.path.join(folder, name) for name in names]
@@ -426,7 +431,7 @@ def check_history(history: dict[str, np.ndarray], name: str, size: int) -> None:
         shape = (steps, *{"observations": obs.shape[1:], "tasks": (4,)}.get(key, ()))
         if history[key].shape != shape:
             raise ValueError(f"{name}: {key} has shape {history[key].shape}, expected {shape}")
-        if history[key].dtype.kind != np.dtype(dtype).kind:
+        if history[key].dtype != np.dtype(dtype):  # float16 observations would fall off the grid's cells
             raise ValueError(f"{name}: {key} has dtype {history[key].dtype}, expected {np.dtype(dtype)}")
     if steps == 0:
         raise ValueError(f"{name}: the history is empty")
@@ -559,7 +564,7 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
 def check_writable(folder: str) -> None:
     """Prove, before any work, that files can be written in `folder` (made later if missing); creates nothing."""
     existing = os.path.abspath(folder)
-    while not os.path.exists(existing):  # the nearest existing folder above decides
+    while not os.path.lexists(existing):  # the nearest existing folder above decides (a link loop exists: refused)
         existing = os.path.dirname(existing)
     if not (os.path.isdir(existing) and os.access(existing, os.W_OK)):  # the OS's answer: permissions, read-only mounts
         raise OSError(f"{folder}: cannot write there ({existing} is not a folder this process may write in)")

@@ -412,6 +412,24 @@ def test_histories_that_break_the_episode_rules_are_refused(tmp_path):
     K.save_history(str(tmp_path / "good.npz"), hist, {"size": 4})  # the history itself keeps every rule
 
 
+def test_misleading_inputs_get_their_own_message(tmp_path):
+    """Issue 32: float16 observations said "not on the grid"; an output folder that is a symlink loop passed the check
+    and failed after the work; a FIFO named like a history blocked its read."""
+    hist = random_history()
+    half = dict(hist, observations=hist["observations"].astype(np.float16))
+    np.savez(tmp_path / "run_00000.npz", **half, config=np.array('{"size": 4}'))
+    with pytest.raises(ValueError, match="observations has dtype float16, expected float32"):
+        K.load_history(str(tmp_path / "run_00000.npz"))
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    with pytest.raises(OSError, match="loop/out: cannot write there"):
+        K.check_writable(str(tmp_path / "loop" / "out"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    K.save_history(str(folder / "run_00000.npz"), hist, {"size": 4})
+    os.mkfifo(folder / "run_00001.npz")
+    assert K.history_paths(str(folder)) == [str(folder / "run_00000.npz")]  # read, not waited on
+
+
 def test_a_bad_file_is_named_when_loaded(tmp_path):
     hist = random_history()
     bad = dict(hist, observations=np.full_like(hist["observations"], np.nan))
