@@ -7,10 +7,10 @@
 
 A token per timestep embeds (o_t, a_{t-1}, r_{t-1}, d_{t-1}); the model predicts a_t at every position of a window
 of `--context` steps of one history, across episodes. The checkpoint holds all `ad_eval.py` needs; rerunning the
-command resumes it, bit for bit. Ctrl-C (SIGINT) and SIGTERM save a checkpoint after the iteration in flight, then
-exit (130, 143). `rollout()`, beside the model as nanoGPT keeps `generate()`, runs a model in context on new tasks.
-`--arrival-token` adds p_{t-1}, the cell the previous action led to: the door ends the episode, so its cell is in no
-o_t and must otherwise be inferred from the last position and action (see `arrival_cells`).
+command resumes it, bit for bit. Ctrl-C (SIGINT), SIGTERM and SIGHUP save a checkpoint after the iteration in
+flight, then exit (130, 143, 129). `rollout()`, beside the model as nanoGPT keeps `generate()`, runs a model in
+context on new tasks. `--arrival-token` adds p_{t-1}, the cell the previous action led to: the door ends the episode,
+so its cell is in no o_t and must otherwise be inferred from the last position and action (see `arrival_cells`).
 
 Under torchrun (PyTorch's launcher; on several nodes `torchrun --nnodes N --nproc_per_node G --rdzv-backend c10d
 --rdzv-endpoint HOST:PORT ad_train.py ...`, under SLURM one `srun torchrun ...` per node) every process draws the same
@@ -92,7 +92,7 @@ class Args:
     log_every: int = 50
     """iterations between TensorBoard points of the training loss"""
     save_every: int = 500
-    """iterations between checkpoints (Ctrl-C and SIGTERM save one too)"""
+    """iterations between checkpoints (Ctrl-C, SIGTERM and SIGHUP save one too)"""
     seed: int = 1
     """seed of python, numpy and torch"""
     exp_name: str = "ad"
@@ -124,8 +124,9 @@ def load_dataset(
     episode_stride: int = 1,
 ):
     """Every `.npz` history of `folder` -> `(runs, meta)`: per run `select_steps`'s arrays with the observations
-    as `obs_codes` uint8 (T, D) (and `prev_arrivals` with `arrival`); meta holds size, obs_dim, obs_scale and
-    data_obs_dim (the features the files hold: 8 for Light data read Dark). Every history must share the first
+    as `obs_codes` uint8 (T, D) (and `prev_arrivals` with `arrival`); meta holds size, obs_dim, obs_scale,
+    data_obs_dim (the features the files hold: 8 for Light data read Dark) and fingerprint (a SHA-256 of the
+    histories' names, actions and rewards: what a resume must find again). Every history must share the first
     one's grid and features, and hold only tasks of the train split."""
     obs_dim = K.LIGHT_OBS_DIM if light_obs else K.DARK_OBS_DIM
     runs = []
@@ -685,7 +686,7 @@ def main(args: Args) -> dict:
                 if not all(torch.isfinite(p).all() for p in model.parameters()):  # never over the last good checkpoint
                     raise ValueError(
                         f"training diverged: non-finite weights at iteration {completed}; {path} keeps the last "
-                        "checkpoint saved before (lower --lr or --max-grad-norm)"
+                        "checkpoint saved before, if any (lower --lr or --max-grad-norm)"
                     )
                 save_checkpoint(path, model, optimizer, completed, fixed, generator, device, rank, world_size)
             if received and not last:
@@ -708,7 +709,7 @@ def main(args: Args) -> dict:
 
 # --- Checkpoints: what a resume restores bit for bit, and what ad_eval.py rebuilds the model from
 # the writer and its layout: another script's checkpoint, or another layout's, is refused, not misread
-CHECKPOINT_VERSION = "ad_train.py/1"
+CHECKPOINT_VERSION = "ad_train.py/2"  # 2: the histories' fingerprint in "data"
 # the flags that set the windows, the model and the optimizer: a resume keeps them (the dataset, its observations,
 # the context and the seed are in the checkpoint's name; --iterations may grow)
 RESUME_ARGS = (
@@ -1001,10 +1002,12 @@ def setting(key: str, value) -> str:
 def check_resume(path: str, checkpoint: dict, args: Args, data_info: dict) -> None:
     """Refuse to resume a checkpoint under other settings, in one line naming the first that changed: the run would
     no longer be the one its name and hyperparameter table say. `data_info`: this run's data, its fingerprint too."""
-    if checkpoint["data"]["fingerprint"] != data_info["fingerprint"]:  # runs added, removed or changed; another grid
+    # runs added, removed or changed; another grid; an exported model without its training state (none recorded)
+    if checkpoint["data"].get("fingerprint") != data_info["fingerprint"]:
         raise ValueError(
             f"{path} was trained on other histories than --dataset {args.dataset} holds now (runs added, removed or "
-            "changed, or a checkpoint copied from another data folder); move it away or change --exp-name"
+            "changed, or a checkpoint copied from another data folder), or was saved for evaluation only; move it "
+            "away or change --exp-name"
         )
     if checkpoint["iteration"] > args.iterations:  # it would say "resuming" and train nothing
         raise ValueError(

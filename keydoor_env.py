@@ -536,15 +536,15 @@ def save_evaluation(path: str, tasks: np.ndarray, episodes: dict, random: dict, 
 
 # ---------------------------------------------------------------- files written whole or not at all, and room to work
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    """Write `path` through `write(fileobj)`: into memory first, then to `<path>.part` beside it, fsynced, then
+    """Write `path` through `write(fileobj)`: into memory first, then to `<path>.<pid>.part` beside it, fsynced, then
     `os.replace`d over `path`, so that a kill leaves the old file or the new one, never half of one (a killed
-    writer's `.part` is overwritten by the next write of the same path).
+    writer's `.part` stays, git-ignored; no reader takes it for a history, checkpoint or evaluation).
 
     A failed write removes its temp file and leaves `path` as it was. If the disk is full (errno ENOSPC or
     EDQUOT) it raises an OSError of one line naming `path`, raised from the operating system's."""
     buffer = io.BytesIO()
     write(buffer)  # a writer that fails, fails before the disk is touched
-    tmp = path + ".part"
+    tmp = f"{path}.{os.getpid()}.part"  # this writer's own: two writers of one path never share a temp file
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "wb") as f:
@@ -566,7 +566,9 @@ def check_writable(folder: str) -> None:
     existing = os.path.abspath(folder)
     while not os.path.lexists(existing):  # the nearest existing folder above decides (a link loop exists: refused)
         existing = os.path.dirname(existing)
-    if not (os.path.isdir(existing) and os.access(existing, os.W_OK)):  # the OS's answer: permissions, read-only mounts
+    if not (
+        os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)
+    ):  # X: files can be made in it  # the OS's answer: permissions, read-only mounts
         raise OSError(f"{folder}: cannot write there ({existing} is not a folder this process may write in)")
 
 

@@ -525,7 +525,7 @@ def main(args: Args) -> dict:
             if diverged or not all(torch.isfinite(p).all() for p in model.parameters()):
                 raise ValueError(
                     f"training diverged: non-finite losses or weights at iteration {iteration + 1}; "
-                    f"{checkpoint_path} keeps the last checkpoint saved before (lower --lr or --max-grad-norm)"
+                    f"{checkpoint_path} keeps the last checkpoint saved before, if any (lower --lr or --max-grad-norm)"
                 )
             sps = int(buf["active"].sum()) / (time.time() - started)
 

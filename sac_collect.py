@@ -762,7 +762,12 @@ def run_file(run: int) -> str:
 def run_files(folder: str) -> list[str]:
     """The names of the run files in `folder`, in run order; none where the folder does not exist yet."""
     names = os.listdir(folder) if os.path.isdir(folder) else []
-    return sorted(name for name in names if name.startswith("run_") and name.endswith(".npz"))
+    # regular files only, as `K.history_paths` reads them: a FIFO named like a run would block its read
+    return sorted(
+        name
+        for name in names
+        if name.startswith("run_") and name.endswith(".npz") and os.path.isfile(os.path.join(folder, name))
+    )
 
 
 def shard_runs_written(args: Args, folder: str) -> set[int]:

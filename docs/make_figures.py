@@ -51,6 +51,7 @@ import tyro
 import keydoor_env as K
 from ad_eval import (  # the protocol's metrics and intervals
     BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
     WINDOW,
     binned_curve,
     bootstrap,
@@ -830,17 +831,20 @@ def median_difference(steps: np.ndarray, source: np.ndarray, resamples: int = BO
     """The median over seeds x tasks of a model's steps to MA(10) 1.8 minus the source runs' median, with a 95%
     interval from a bootstrap that resamples the model's seeds and tasks (two-way, as `bootstrap`) and, apart, the
     source runs (other tasks: nothing to pair). Never-solved counts as infinite, so a median may be infinite."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
     (num_seeds, num_tasks) = steps.shape
     tasks = rng.integers(0, num_tasks, (resamples, num_tasks))
     seeds = rng.integers(0, num_seeds, (resamples, num_seeds))
     runs = rng.integers(0, len(source), (resamples, len(source)))
-    drawn = np.median(steps[seeds[:, :, None], tasks[:, None, :]].reshape(resamples, -1), axis=1)
-    drawn_source = np.median(source[runs], axis=1)
-    differences = drawn - drawn_source
-    with np.errstate(invalid="ignore"):  # inf - inf where both never reach it
-        (low, high) = np.percentile(differences, [2.5, 97.5])
-    return float(np.median(steps) - np.median(source)), float(low), float(high)
+    # "never" is infinite: a median or percentile between two nevers, and never minus never, are NaN, left out
+    with np.errstate(invalid="ignore"):
+        drawn = np.median(steps[seeds[:, :, None], tasks[:, None, :]].reshape(resamples, -1), axis=1)
+        drawn_source = np.median(source[runs], axis=1)
+        differences = drawn - drawn_source
+        kept = differences[~np.isnan(differences)]
+        (low, high) = np.percentile(kept, [2.5, 97.5]) if len(kept) else (np.nan, np.nan)
+        value = float(np.median(steps) - np.median(source))
+    return value, float(low), float(high)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -672,7 +672,7 @@ def set_entry(part, key, value):
     "change, message",
     [
         (set_entry(None, "version", DELETE), "not a checkpoint of this version of ad_train.py (KeyError: 'version')"),
-        (set_entry(None, "version", 0), "(ValueError: format 0, this ad_train.py reads ad_train.py/1)"),
+        (set_entry(None, "version", 0), "(ValueError: format 0, this ad_train.py reads ad_train.py/2)"),
         (set_entry("model", "head.bias", DELETE), 'Missing key(s) in state_dict: "head.bias"'),
         (set_entry("model", "head.weight", torch.zeros(3, 3)), "size mismatch for head.weight"),
         (set_entry("model", "extra.weight", torch.zeros(2)), 'Unexpected key(s) in state_dict: "extra.weight"'),

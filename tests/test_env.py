@@ -650,15 +650,17 @@ def test_a_new_file_on_a_full_disk_says_nothing_was_written(tmp_path, monkeypatc
     assert ".part" not in str(error.value) and os.listdir(tmp_path) == []
 
 
-def test_other_errors_pass_unchanged_and_a_killed_writers_part_is_overwritten(tmp_path, monkeypatch):
+def test_other_errors_pass_unchanged_and_a_killed_writers_part_is_left_alone(tmp_path, monkeypatch):
+    """A killed writer's temp file (another pid's) is neither read nor reused: two writers of one path never share a
+    temp file (a shared one could be truncated under the other writer)."""
     path = tmp_path / "f.bin"
-    (tmp_path / "f.bin.part").write_bytes(b"half of a write that was killed")
+    (tmp_path / "f.bin.999999.part").write_bytes(b"half of a write that was killed")
     K.atomic_write(str(path), lambda f: f.write(b"new"))
-    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.bin"]
+    assert path.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["f.bin", "f.bin.999999.part"]
     open_on_a_full_disk(monkeypatch, errno.EIO, "fsync")
     with pytest.raises(OSError, match="Input/output error"):
         K.atomic_write(str(path), lambda f: f.write(b"newer"))
-    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.bin"]
+    assert path.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["f.bin", "f.bin.999999.part"]
 
 
 def test_atomic_write_round_trips_torch_and_numpy(tmp_path):

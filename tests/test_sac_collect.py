@@ -221,9 +221,10 @@ def test_resume_skips_finished_and_rewrites_missing(tmp_path, monkeypatch):
     first = {n: K.load_history(str(folder / n))[0] for n in os.listdir(folder)}
     mtimes = {n: os.path.getmtime(folder / n) for n in os.listdir(folder)}
     os.remove(folder / "run_00001.npz")  # a group killed while writing its files
-    (folder / "run_00001.npz.part").write_bytes(b"half")  # and the temp file of the write the kill cut short
+    (folder / "run_00001.npz.12345.part").write_bytes(b"half")  # and the temp file of the write the kill cut short
     S.main(tiny(tmp_path, num_runs=3, steps=120))
-    assert sorted(os.listdir(folder)) == ["run_00000.npz", "run_00001.npz", "run_00002.npz"]  # the .part replaced
+    # the killed write's temp file is left alone, never read as a run
+    assert sorted(os.listdir(folder)) == ["run_00000.npz", "run_00001.npz", "run_00001.npz.12345.part", "run_00002.npz"]
     assert os.path.getmtime(folder / "run_00002.npz") == mtimes["run_00002.npz"]  # finished group skipped
     assert os.path.getmtime(folder / "run_00000.npz") == mtimes["run_00000.npz"]  # existing file kept
     again = K.load_history(str(folder / "run_00001.npz"))[0]
