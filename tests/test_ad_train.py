@@ -772,6 +772,14 @@ def test_a_run_that_diverges_stops_keeping_the_last_good_checkpoint(sac_data, tm
         return (loss * float("nan"), accuracy) if len(calls) > 15 else (loss, accuracy)
 
     monkeypatch.setattr(A, "loss_and_accuracy", nan_after_15)
+    real_writer = A.SummaryWriter
+    writers = []  # a run that raises leaves its TensorBoard writer open (the process ends); this test closes them
+
+    def recorded_writer(*args, **kwargs):
+        writers.append(real_writer(*args, **kwargs))
+        return writers[-1]
+
+    monkeypatch.setattr(A, "SummaryWriter", recorded_writer)
     path = tmp_path / "data" / "checkpoints" / CHECKPOINT
     with pytest.raises(ValueError, match=r"training diverged: non-finite weights at iteration 20; .* keeps the last"):
         A.main(tiny_args(tmp_path / "data", iterations=30, save_every=10, val_every=100, eval_every=0))
@@ -782,6 +790,8 @@ def test_a_run_that_diverges_stops_keeping_the_last_good_checkpoint(sac_data, tm
     with pytest.raises(ValueError, match="training diverged"):
         A.main(tiny_args(tmp_path / "data", lr=1e30, exp_name="wild", save_every=10, eval_every=0))
     assert not os.path.exists(tmp_path / "data" / "checkpoints" / CHECKPOINT.replace("ad__", "wild__"))
+    for writer in writers:
+        writer.close()
 
 
 def test_a_second_run_with_the_same_checkpoint_name_is_refused(sac_data, tmp_path, monkeypatch):

@@ -373,11 +373,21 @@ def test_a_run_that_diverges_stops_in_one_line_keeping_the_last_good_checkpoint(
     """Issue 32: --lr 1e12 ended in a torch.distributions error; now the first non-finite update stops the run in
     one line, and the checkpoint on disk is the last finite one."""
     monkeypatch.chdir(tmp_path)
+    real_writer = R.open_writer
+    writers = []  # a run that raises leaves its TensorBoard writer open (the process ends); this test closes them
+
+    def recorded_writer(*args):
+        writers.append(real_writer(*args))
+        return writers[-1]
+
+    monkeypatch.setattr(R, "open_writer", recorded_writer)
     with pytest.raises(
         ValueError, match=r"training diverged: non-finite losses or weights at iteration 1; .* keeps the last"
     ):
         R.main(tiny(tmp_path, lr=1e12, exp_name="wild"))
     assert not os.path.exists(tmp_path / "data" / "checkpoints" / "wild__4x4__1.pt")
+    for writer in writers:
+        writer.close()
 
 
 def test_a_second_run_with_the_same_checkpoint_name_is_refused(tmp_path, monkeypatch):
