@@ -322,7 +322,7 @@ def main(args: Args) -> list[dict]:
         if args.capture_video:
             title = f"{job['name']}, {args.split} env {args.video_env}"
             frames, durations = video_frames(title, size, tasks[args.video_env], cells, episodes, args.video_env)
-            gif = os.path.splitext(job["out"])[0] + f"__video_env{args.video_env}.gif"
+            gif = video_path(job["out"], args.video_env)
             write_video(gif, frames, durations)
             print(f"video: {gif}")
         results.append(
@@ -340,10 +340,7 @@ def main(args: Args) -> list[dict]:
         )
 
     if args.plot:
-        # one figure per set of checkpoints: their files' names, or a digest of them when there are several
-        digest = hashlib.sha256("\n".join(result["out"] for result in results).encode()).hexdigest()[:10]
-        more = f"__and_{len(results) - 1}_more_{digest}" if len(results) > 1 else ""
-        png = os.path.splitext(results[0]["out"])[0] + more + ".png"
+        png = figure_path([result["out"] for result in results])
         plot(results, png)
         print(f"figure: {png}")
     return [result["row"] for result in results]
@@ -787,10 +784,25 @@ def plan(args: Args) -> list[dict]:
                 "tasks": K.eval_tasks(data["size"], args.split, args.num_envs, args.seed),
             }
         )
-    for out_dir in sorted({os.path.dirname(job["out"]) for job in jobs}):  # last: a refused run creates nothing
-        K.check_writable(out_dir)
-    K.check_writable("runs")  # TensorBoard's eval/return curves
+    # last, so that a refused run creates nothing but folders: every file written, with the longest names
+    written = ["runs/"] + [job["out"] for job in jobs]  # runs/: TensorBoard's eval/return curves
+    written += [video_path(job["out"], args.video_env) for job in jobs] if args.capture_video else []
+    written += [figure_path([job["out"] for job in jobs])] if args.plot else []
+    for path in written:
+        K.check_writable(path)
     return jobs
+
+
+def video_path(out: str, env: int) -> str:
+    """The GIF of env `env` beside the evaluation file `out`."""
+    return os.path.splitext(out)[0] + f"__video_env{env}.gif"
+
+
+def figure_path(outs: list[str]) -> str:
+    """One figure per set of evaluation files: their names, or a digest of them when there are several."""
+    digest = hashlib.sha256("\n".join(outs).encode()).hexdigest()[:10]
+    more = f"__and_{len(outs) - 1}_more_{digest}" if len(outs) > 1 else ""
+    return os.path.splitext(outs[0])[0] + more + ".png"
 
 
 def run_suffix(args: Args) -> str:
@@ -814,10 +826,8 @@ def default_out_dir(path: str) -> tuple[str, str | None]:
 def check_output(out: str, path: str, checkpoint: dict) -> None:
     """An existing evaluation file may be rewritten only by the evaluation of the same training run (its run name
     holds its start time), wherever its checkpoint moved; a file we cannot read is never overwritten either."""
-    if not os.path.lexists(out):
+    if not os.path.isfile(out):  # none yet, or not a regular file: `K.check_writable` refuses the latter
         return
-    if not os.path.isfile(out):  # a FIFO would block the read, a folder or a dangling link fail the write after work
-        raise ValueError(f"{out} exists but is not a regular file; move it away or pass another --out-dir")
     try:
         with np.load(out, allow_pickle=False) as existing:
             written = json.loads(str(existing["meta"]))

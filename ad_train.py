@@ -563,9 +563,6 @@ def main(args: Args) -> dict:
     path = os.path.join(
         args.data_dir, "checkpoints", f"{args.exp_name}__{args.dataset}__{obs}__ctx{args.context}__{args.seed}.pt"
     )
-    if master:
-        K.check_writable(os.path.dirname(path))
-        K.check_writable("runs")  # TensorBoard
     folder = os.path.join(args.data_dir, args.dataset)
     runs, meta = load_dataset(
         folder, args.light_obs, args.history_steps, args.context, args.arrival_token, args.episode_stride
@@ -582,6 +579,9 @@ def main(args: Args) -> dict:
             read += " (Light data read Dark)"
         print(f"{folder}: {size}x{size} grid, {read}, {len(runs)} runs, {train_data.tokens:,} training tokens")
     eval_tasks = K.eval_tasks(size, "validation", args.eval_envs, args.seed) if args.eval_every else None
+    if master:  # the inputs read, the outputs proved (last: a run refused for its data creates nothing)
+        K.check_writable(path)
+        K.check_writable("runs/")  # TensorBoard
 
     # from here on this run alone writes the checkpoint (rank 0 holds its lock), Ctrl-C and SIGTERM save one after the
     # iteration in flight, and a model or batch no memory holds is PyTorch's error as one line naming the flags

@@ -556,28 +556,31 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            kept = "the earlier file is kept" if os.path.exists(path) else "nothing was written"
-            raise OSError(f"{path}: the disk is full; {kept}: free some space and rerun") from error
+            raise OSError(f"{path}: the disk is full; it was left as it was: free some space and rerun") from error
         raise
 
 
-def check_writable(folder: str) -> None:
-    """Prove, before any work, that files can be written in `folder` (made later if missing); creates nothing."""
-    existing = os.path.abspath(folder)
-    while not os.path.lexists(existing):  # the nearest existing folder above decides (a link loop exists: refused)
-        existing = os.path.dirname(existing)
-    if not (
-        os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)
-    ):  # X: files can be made in it  # the OS's answer: permissions, read-only mounts
-        raise OSError(f"{folder}: cannot write there ({existing} is not a folder this process may write in)")
+def check_writable(path: str) -> None:
+    """Prove, before any work, that the file `path` can be written: a probe beside it, its name a little longer, is
+    written by `atomic_write` (which makes the folders) and removed, so that the operating system answers for
+    permissions, read-only mounts, names too long for the file system and link loops. A `path` that exists must be a
+    regular file (a FIFO would block a read, a folder fail the rename after the work). A `path` ending in "/" proves
+    a folder."""
+    probe = f"{path}.probe"  # atomic_write's temp file for it, `<probe>.<pid>.part`, outruns any name a write makes
+    try:
+        atomic_write(probe, lambda f: None)
+        os.remove(probe)
+    except OSError as error:
+        raise OSError(f"{path}: cannot write there ({error.strerror or error})") from None
+    if os.path.basename(path) and os.path.lexists(path) and not os.path.isfile(path):
+        raise OSError(f"{path}: cannot write there (it exists and is not a regular file); move it away")
 
 
 def lock(path: str) -> Any:
     """`<path>.lock`, held: `with K.lock(path):` around a run that writes `path`, or a one-line refusal while another
     run holds it (two runs writing one checkpoint would overwrite each other). The lock is the operating system's
     (flock): it ends when the file closes, at the block's end or the process's, however the process ends, so no
-    stale lock outlives a killed run; the empty lock file stays."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    stale lock outlives a killed run; the empty lock file stays. `check_writable(path)` has made its folder."""
     handle = open(path + ".lock", "a")  # the caller's `with` closes it; a handle refused the lock holds nothing
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -468,9 +468,6 @@ def main(args: Args) -> dict:
     data_folder = os.path.join(args.data_dir, "rl2")
     checkpoint_folder = os.path.join(args.data_dir, "checkpoints")
     eval_folder = os.path.join(args.data_dir, "eval")
-    for folder in (data_folder, checkpoint_folder, eval_folder):
-        K.check_writable(folder)
-    K.check_writable("runs")  # TensorBoard
     stem = f"{args.exp_name}__{args.size}x{args.size}__{args.seed}"  # names the checkpoint, dataset chunks, eval files
     checkpoint_path = os.path.join(checkpoint_folder, f"{stem}.pt")
     curve_path = os.path.join(eval_folder, f"{stem}__curve.csv")
@@ -487,6 +484,9 @@ def main(args: Args) -> dict:
     start = 0  # iterations done
     seconds = 0.0  # the run's training wall-clock so far
     run_name = f"KeyDoor-Dark-{args.size}x{args.size}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    # every output, its longest name included, before any work (a model no memory holds has created nothing)
+    for path in (checkpoint_path, curve_path, eval_path, chunk_path(data_folder, stem, args.num_envs - 1, 0), "runs/"):
+        K.check_writable(path)
     with K.lock(checkpoint_path):  # resumed, trained and evaluated by this run alone
         if os.path.exists(checkpoint_path):
             checkpoint = load_checkpoint(checkpoint_path, args, model, optimizer)
@@ -778,7 +778,12 @@ def save_dataset_chunks(pending: list[list[dict]], folder: str, stem: str, compl
             "iterations": [first, completed],
             "algorithm": "rl2-ppo",
         }
-        K.save_history(os.path.join(folder, f"{stem}__run_{i:05d}_it{first:06d}.npz"), history, history_config)
+        K.save_history(chunk_path(folder, stem, i, first), history, history_config)
+
+
+def chunk_path(folder: str, stem: str, env: int, first: int) -> str:
+    """The dataset chunk of env `env`'s trials from iteration `first` on."""
+    return os.path.join(folder, f"{stem}__run_{env:05d}_it{first:06d}.npz")
 
 
 def open_writer(run_name: str, args: Args) -> SummaryWriter:

@@ -527,18 +527,19 @@ def main(args: Args) -> dict:
     # 2. before anything is read or written: a group must fit in memory (its replay is allocated up front)
     check_memory(args, min(args.group_size, args.num_runs), device)
 
-    # 3. before any work: every file of the folder readable and of these data settings, the folder writable
+    # 3. before any work: every file of the folder readable and of these data settings
     history_config = {field: getattr(args, field) for field in DATA_FIELDS}
     history_config["algorithm"] = "sac"
     check_folder(folder, history_config)
-    K.check_writable(folder)
 
     # 4. the groups this shard still owes
     groups = shard_groups(args)  # at most MAX_RUNS runs (`resolve`)
     written = shard_runs_written(args, folder)
     todo = [group for group in groups if not written.issuperset(group)]
     if todo:
-        K.check_writable("runs")  # TensorBoard's folder
+        K.check_writable("runs/")  # TensorBoard's folder
+    # the folder writable, with names of the run files' length (one length: `run_file`)
+    K.check_writable(os.path.join(folder, run_file(args.num_runs - 1)))
     print(
         f"{folder}: {sum(map(len, groups))} runs in shard {args.shard_index} of {args.num_shards}, "
         f"{len(groups) - len(todo)} of {len(groups)} groups already written; device {device}"

@@ -263,7 +263,7 @@ def pyplot():
 
 
 def prepare_output(folder: str) -> None:
-    K.check_writable(folder)
+    K.check_writable(os.path.join(folder, ""))  # the folder (a path ending in "/")
 
 
 def write_csv(path: str, rows: list[dict]) -> None:

@@ -635,15 +635,21 @@ def test_more_envs_than_the_split_holds_evaluates_all_of_its_tasks(data, tmp_pat
 
 
 def test_an_output_that_is_no_regular_file_is_refused_and_a_missing_source_is_named(data, tmp_path, capsys):
-    """Issue 32: a FIFO named like the evaluation file would block its read (a hang): refused before any rollout; a
-    missing source dataset says why the table has no source row."""
+    """Issue 32: a FIFO named like the evaluation file would block its read (a hang), and an evaluation file name too
+    long for the file system failed after the rollout: both refused before any rollout; a missing source dataset
+    says why the table has no source row."""
     path = ckpt(data, "dark")
     out = tmp_path / "eval"
     out.mkdir()
     name = f"{os.path.splitext(os.path.basename(path))[0]}__test3_steps120_seed1.npz"
     os.mkfifo(out / name)
-    with pytest.raises(ValueError, match=f"{name} exists but is not a regular file"):
+    with pytest.raises(OSError, match=f"{name}: cannot write there \\(it exists and is not a regular file\\)"):
         E.main(eval_args([path], out))
+    long_name = tmp_path / ("m" * 220 + ".pt")  # fits; its evaluation file's name (+ 26 characters) does not
+    shutil.copy(path, long_name)
+    with pytest.raises(OSError, match=r"cannot write there \(File name too long\)"):
+        E.main(eval_args([long_name], tmp_path / "eval3"))
+    assert os.listdir(tmp_path / "eval3") == []
     moved = tmp_path / "elsewhere" / "checkpoints"
     moved.mkdir(parents=True)
     shutil.copy(path, moved)
@@ -721,7 +727,7 @@ def test_bad_input(data, tmp_path, corrupt_deflate_stream):
     source.write_bytes(good)
     # TensorBoard's runs/ that cannot be written is reported before any rollout too
     (tmp_path / "runs").write_bytes(b"")
-    with pytest.raises(OSError, match="runs: cannot write there"):
+    with pytest.raises(OSError, match="runs/: cannot write there"):
         E.main(eval_args([path], tmp_path / "eval"))
     assert not (tmp_path / "eval").exists()
     os.remove(tmp_path / "runs")

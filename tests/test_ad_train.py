@@ -593,6 +593,15 @@ def test_outputs_checked_before_work(sac_data, tmp_path, monkeypatch):
         A.main(tiny_args(tmp_path / "d"))
     os.remove(tmp_path / "d" / "checkpoints")
     (tmp_path / "d" / "checkpoints").mkdir()
+    # issue 32: a FIFO at the checkpoint's path blocked torch.load (a hang); a name too long for the file system was
+    # found at the first save: both refused before training
+    os.mkfifo(tmp_path / "d" / "checkpoints" / CHECKPOINT)
+    with pytest.raises(OSError, match=r"cannot write there \(it exists and is not a regular file\)"):
+        A.main(tiny_args(tmp_path / "d"))
+    os.remove(tmp_path / "d" / "checkpoints" / CHECKPOINT)
+    with pytest.raises(OSError, match=r"cannot write there \(File name too long\)"):
+        A.main(tiny_args(tmp_path / "d", exp_name="x" * 230))
+    assert os.listdir(tmp_path / "d" / "checkpoints") == [] and not os.path.exists(tmp_path / "runs")
     A.main(tiny_args(tmp_path / "d", iterations=2, eval_every=0))
     assert sorted(os.listdir(tmp_path / "d" / "checkpoints")) == [CHECKPOINT, f"{CHECKPOINT}.lock"]  # its lock stays
     # more eval envs than validation tasks
@@ -800,10 +809,11 @@ def test_a_second_run_with_the_same_checkpoint_name_is_refused(sac_data, tmp_pat
     monkeypatch.chdir(tmp_path)
     shutil.copytree(sac_data / "nx1-light", tmp_path / "data" / "nx1-light")
     path = tmp_path / "data" / "checkpoints" / CHECKPOINT
+    K.check_writable(str(path))  # makes its folder
     held = K.lock(str(path))  # noqa: F841 (held while the second run tries)
     with pytest.raises(OSError, match=f"{CHECKPOINT} is being written by another run"):
         A.main(tiny_args(tmp_path / "data"))
-    assert os.listdir(path.parent) == [f"{CHECKPOINT}.lock"] and not os.path.exists(tmp_path / "runs")
+    assert os.listdir(path.parent) == [f"{CHECKPOINT}.lock"] and os.listdir(tmp_path / "runs") == []  # folders only
 
 
 def test_bad_input(sac_data, tmp_path, corrupt_deflate_stream):

@@ -446,7 +446,8 @@ def test_a_lock_refuses_a_second_writer_until_the_first_process_ends(tmp_path):
         [
             sys.executable,
             "-c",
-            f"import keydoor_env as K, time; held = K.lock({path!r}); print('held', flush=True); time.sleep(60)",
+            f"import keydoor_env as K, time; K.check_writable({path!r}); held = K.lock({path!r}); "
+            "print('held', flush=True); time.sleep(60)",
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -462,17 +463,35 @@ def test_a_lock_refuses_a_second_writer_until_the_first_process_ends(tmp_path):
 
 
 def test_check_writable_and_history_paths(tmp_path):
-    K.check_writable(str(tmp_path / "a" / "b"))
-    assert os.listdir(tmp_path) == []  # a check creates nothing
-    (tmp_path / "a").mkdir()
+    """Issue 32: an output is proved before any work by writing a probe beside it with `atomic_write` (then removed),
+    its temp file's name longer than any a write makes: the OS answers for permissions, names too long, what is in
+    the way."""
+    K.check_writable(str(tmp_path / "a" / "b" / "run.pt"))
+    assert os.listdir(tmp_path / "a" / "b") == []  # the folders made, the probe removed
+    K.check_writable(str(tmp_path / "runs") + "/")  # a folder: TensorBoard's
+    assert os.path.isdir(tmp_path / "runs")
     if os.geteuid() != 0:  # root writes anywhere
         readonly = tmp_path / "ro"
         readonly.mkdir(mode=0o500)
-        with pytest.raises(OSError, match="cannot write"):
-            K.check_writable(str(readonly))
+        with pytest.raises(OSError, match="ro/x.pt: cannot write there"):
+            K.check_writable(str(readonly / "x.pt"))
     (tmp_path / "a_file").write_bytes(b"")
     with pytest.raises(OSError, match="a_file/x/y: cannot write there"):  # the OS: a file is not a folder
         K.check_writable(str(tmp_path / "a_file" / "x" / "y"))
+    # a name the file system cannot hold, and one that fits alone but not with the temp file's suffix
+    for length in (300, 250):
+        with pytest.raises(OSError, match=r"cannot write there \(File name too long\)"):
+            K.check_writable(str(tmp_path / ("n" * length + ".pt")))
+    with pytest.raises(OSError, match="cannot write there"):  # a folder name too long
+        K.check_writable(str(tmp_path / ("d" * 300) / "x.pt"))
+    # what exists at the path must be a regular file: a FIFO would block a read, a folder fail the rename
+    os.mkfifo(tmp_path / "fifo.pt")
+    (tmp_path / "folder.pt").mkdir()
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling.pt")
+    for name in ("fifo.pt", "folder.pt", "dangling.pt"):
+        with pytest.raises(OSError, match=f"{name}: cannot write there \\(it exists and is not a regular file\\)"):
+            K.check_writable(str(tmp_path / name))
+    K.check_writable(str(tmp_path / "a_file"))  # an existing regular file is rewritten
     with pytest.raises(FileNotFoundError, match="missing"):  # the OS names a missing folder
         K.history_paths(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="no .npz"):
@@ -638,14 +657,14 @@ def test_atomic_write_on_a_full_disk_is_one_line_naming_the_file(tmp_path, monke
     with pytest.raises(OSError) as error:
         K.atomic_write(str(path), lambda f: torch.save({"weights": torch.zeros(10_000)}, f))
     message = str(error.value)
-    assert message == f"{path}: the disk is full; the earlier file is kept: free some space and rerun"
+    assert message == f"{path}: the disk is full; it was left as it was: free some space and rerun"
     assert error.value.__cause__.errno == code  # the operating system's own error, kept as the cause
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["checkpoint.pt"]  # no .part left
 
 
-def test_a_new_file_on_a_full_disk_says_nothing_was_written(tmp_path, monkeypatch):
+def test_a_new_file_on_a_full_disk_is_not_created(tmp_path, monkeypatch):
     open_on_a_full_disk(monkeypatch, errno.ENOSPC, "write")
-    with pytest.raises(OSError, match=r"new\.npz: the disk is full; nothing was written") as error:
+    with pytest.raises(OSError, match=r"new\.npz: the disk is full; it was left as it was") as error:
         K.save_history(str(tmp_path / "new.npz"), random_history(), {"size": 4})
     assert ".part" not in str(error.value) and os.listdir(tmp_path) == []
 

@@ -358,7 +358,7 @@ def test_out_of_memory_is_one_line_naming_the_flags(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="^--num-envs 6 x --episodes-per-trial 3 with --n-embd 16: out of memory"):
         R.main(tiny(tmp_path))
     assert os.listdir(tmp_path / "data" / "checkpoints") == ["rl2__4x4__1.pt.lock"]  # the run's lock, nothing else
-    assert os.listdir(tmp_path / "data") == ["checkpoints"]
+    assert all(os.listdir(tmp_path / "data" / name) == [] for name in ("rl2", "eval"))  # its folders, empty
 
     # any other error is not memory's: it passes on as it is
     def broken(*args, **kwargs):
@@ -396,10 +396,11 @@ def test_a_second_run_with_the_same_checkpoint_name_is_refused(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     args = tiny(tmp_path)
     path = tmp_path / "data" / "checkpoints" / "rl2__4x4__1.pt"
+    K.check_writable(str(path))  # makes its folder
     held = K.lock(str(path))  # noqa: F841 (held while the second run tries)
     with pytest.raises(OSError, match="rl2__4x4__1.pt is being written by another run"):
         R.main(args)
-    assert os.listdir(path.parent) == ["rl2__4x4__1.pt.lock"] and not os.path.exists(tmp_path / "data" / "rl2")
+    assert os.listdir(path.parent) == ["rl2__4x4__1.pt.lock"] and os.listdir(tmp_path / "data" / "rl2") == []
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
@@ -419,6 +420,12 @@ def test_bad_input_is_refused_before_any_work(tmp_path, monkeypatch):
         R.main(tiny(tmp_path))
     assert files_under(data) == ["eval"]  # nothing written
     (data / "eval").unlink()
+    # issue 32: a FIFO at the checkpoint's path blocked torch.load (a hang): refused before any work
+    (data / "checkpoints").mkdir(exist_ok=True)
+    os.mkfifo(data / "checkpoints" / "rl2__4x4__1.pt")
+    with pytest.raises(OSError, match=r"rl2__4x4__1.pt: cannot write there \(it exists and is not a regular file\)"):
+        R.main(tiny(tmp_path))
+    (data / "checkpoints" / "rl2__4x4__1.pt").unlink()
     # a corrupt checkpoint (the other faults of a checkpoint: the test below), a corrupt curve
     path = data / "checkpoints" / "rl2__4x4__1.pt"
     path.parent.mkdir(exist_ok=True)

@@ -443,12 +443,19 @@ def test_corrupt_file_is_one_line_on_the_command_line(tmp_path, corrupt_deflate_
 def test_unwritable_outputs_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_bytes(b"")
-    with pytest.raises(OSError, match="cannot write"):  # the dataset folder would lie under a file
+    with pytest.raises(
+        OSError, match=r"a_file/nx1-light/run_00002.npz: cannot write there \(Not a directory\)"
+    ):  # it would lie under a file
         S.main(tiny(tmp_path, data_dir=str(tmp_path / "a_file")))
-    (tmp_path / "runs").write_bytes(b"")  # TensorBoard's folder is a file
-    with pytest.raises(OSError, match="runs: cannot write"):
-        S.main(tiny(tmp_path))
-    assert not (tmp_path / "data").exists()  # a refused run creates nothing
+    with pytest.raises(OSError, match="File name too long"):  # found before the collection, not after it
+        S.main(tiny(tmp_path, data_dir=str(tmp_path / ("d" * 300))))
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    (other / "runs").write_bytes(b"")  # TensorBoard's folder is a file
+    with pytest.raises(OSError, match="runs/: cannot write"):
+        S.main(tiny(other))
+    assert not (other / "data").exists()  # checked first: the data folder is not made
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes to read-only folders")
@@ -462,7 +469,7 @@ def test_read_only_folder_is_refused_before_any_work(tmp_path, monkeypatch):
             S.main(tiny(tmp_path))
     finally:
         folder.chmod(0o755)
-    assert not (tmp_path / "runs").exists()
+    assert os.listdir(tmp_path / "runs") == []  # the check's folder, nothing in it
 
 
 @pytest.mark.slow
@@ -693,7 +700,7 @@ def test_a_full_disk_ends_in_one_line_keeping_the_files_written(tmp_path, monkey
         fsync(fd)
 
     monkeypatch.setattr(K.os, "fsync", fsync_on_a_disk_that_filled)
-    with pytest.raises(OSError, match=r"run_00001\.npz: the disk is full; nothing was written") as error:
+    with pytest.raises(OSError, match=r"run_00001\.npz: the disk is full; it was left as it was") as error:
         S.main(tiny(tmp_path, num_runs=3, steps=120))  # groups {0, 1} and {2}
     assert "\n" not in str(error.value)
     assert os.listdir(folder) == ["run_00000.npz"]
