@@ -790,7 +790,9 @@ def load_checkpoint(path: str) -> dict:
     one-line ValueError naming `path`."""
     checkpoint = None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # opened without waiting for a writer: a FIFO named like a checkpoint reads empty (refused) rather than hang
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
         if checkpoint["version"] != CHECKPOINT_VERSION:
             raise ValueError(f"format {checkpoint['version']}, this ad_train.py reads {CHECKPOINT_VERSION}")
         model_from_checkpoint(checkpoint)  # strict: exactly the weights, in their shapes, of its model_config's model

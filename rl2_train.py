@@ -690,7 +690,9 @@ def load_checkpoint(path: str, args: Args, model: ActorCritic, optimizer: torch.
     """The checkpoint at `path` (on the CPU), its weights and Adam's state loaded into `model` and `optimizer`
     (strictly: every tensor, of its shape). A one-line error names the file, and the flag trained otherwise."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # opened without waiting for a writer: a FIFO named like a checkpoint reads empty (refused) rather than hang
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
         if checkpoint["version"] != CHECKPOINT_VERSION:
             raise ValueError(f"format {checkpoint['version']}, this rl2_train.py reads {CHECKPOINT_VERSION}")
         changed = [name for name in TRAINING_FLAGS if checkpoint["args"][name] != getattr(args, name)]

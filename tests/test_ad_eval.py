@@ -657,6 +657,24 @@ def test_an_output_that_is_no_regular_file_is_refused_and_a_missing_source_is_na
     assert f"no source row: {tmp_path / 'elsewhere' / 'nx1-light'} does not exist" in capsys.readouterr().out
 
 
+def test_a_fifo_named_like_a_checkpoint_is_refused_not_waited_on(tmp_path):
+    """Issue 32: torch.load opened a FIFO and waited for a writer (a hang). Checkpoints are opened without waiting:
+    a FIFO reads empty and is refused in one line, by ad_eval.py (ad_train's reader) and rl2_train.py's."""
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "ad_eval.py"), "--checkpoints", str(fifo)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"{fifo}: not a readable checkpoint" in result.stderr
+    with pytest.raises(ValueError, match=f"{fifo}: not a readable checkpoint"):
+        R.load_checkpoint(str(fifo), R.Args(), None, None)
+
+
 SHIPPED = os.path.join(ROOT, "models", "ad-k8-arrival__nx1-light__dark__ctx250__1.pt")
 
 
