@@ -861,6 +861,28 @@ class Seeds:
     """also write every printed number to this CSV file"""
     source_csv: str | None = None
     """a `sources` CSV: each model's median step to MA(10) 1.8 minus its source runs', with a bootstrap interval"""
+    tasks: int = 0
+    """only the first this many tasks of every file (0: all): `--num-envs 100` ran the first 100 of the test tasks
+    that `--num-envs 206` runs (one `--seed`), so models evaluated on either pair on those 100"""
+
+
+def first_tasks(run: dict, count: int) -> dict:
+    """`run` (a `load_eval` dict) on its first `count` tasks only, its random policy's episodes too."""
+    if not 1 <= count <= run["num_envs"]:
+        raise ValueError(f"--tasks {count}: {run['name']} holds {run['num_envs']} tasks (ask for 1..{run['num_envs']})")
+
+    def kept(episodes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inside = episodes["env"] < count
+        return {key: values[inside] for key, values in episodes.items()}
+
+    random = {**run["random"], "episodes": kept(run["random"]["episodes"]), "num_envs": count}
+    return {
+        **run,
+        "episodes": kept(run["episodes"]),
+        "random": random,
+        "tasks": run["tasks"][:count],
+        "num_envs": count,
+    }
 
 
 def model_scores(members: list[dict], final_steps: int) -> dict[str, np.ndarray]:
@@ -1022,6 +1044,8 @@ def seeds(args: Seeds) -> None:
         raise ValueError("--evals needs at least one evaluation file")
     check_final_steps(args.final_steps)
     runs = [load_eval(path) for path in args.evals]
+    if args.tasks:
+        runs = [first_tasks(run, args.tasks) for run in runs]
     if any(not np.array_equal(run["tasks"], runs[0]["tasks"]) for run in runs):
         raise ValueError("the evaluation files hold different tasks: paired comparisons need the same ones")
     if args.csv:

@@ -429,6 +429,34 @@ def test_seeds_groups_training_seeds_and_pairs_models_on_the_same_tasks(tmp_path
     assert "different tasks" in capsys.readouterr().err
 
 
+def test_seeds_pairs_evaluations_of_different_task_counts_on_their_first_tasks(tmp_path, capsys):
+    """Issue 31 gap 10: `--num-envs 100` ran the first 100 tasks of `--num-envs 206`; `--tasks 100` pairs models
+    evaluated on either (the docs' first-100 pairings have this command)."""
+    three = write_eval(
+        tmp_path / "three.npz",
+        {0: [(500, 2.0), (1000, 2.0)], 1: [(500, 0.0), (1000, 2.0)], 2: [(500, 1.0), (1000, 1.0)]},
+        {**RANDOM, 2: [(500, 0.0)]},
+        1000,
+        num_envs=3,
+        **ad_meta("ad", 50),
+    )
+    two = write_eval(tmp_path / "two.npz", {0: [(500, 0.0)], 1: [(500, 0.0)]}, RANDOM, 1000, **ad_meta("ad", 10))
+    with pytest.raises(SystemExit):  # all tasks: not the same ones
+        M.main(["seeds", "--evals", three, two, "--final-steps", "500"])
+    assert "different tasks" in capsys.readouterr().err
+    table = tmp_path / "seeds.csv"
+    M.main(["seeds", "--evals", three, two, "--final-steps", "500", "--tasks", "2", "--csv", str(table)])
+    rows = {(r["kind"], r["model"], r["versus"], r["metric"]): r for r in read_csv(table)}
+    ctx50 = "ad on nx1-light, dark obs, ctx 50"
+    ctx10 = "ad on nx1-light, dark obs, ctx 10"
+    assert float(rows[("model", ctx50, "", "first 500 steps")]["mean"]) == 1.0  # env 2 (1.0) left out: (2 + 0) / 2
+    assert int(rows[("model", ctx50, "", "first 500 steps")]["tasks"]) == 2
+    assert float(rows[("difference", ctx10, ctx50, "first 500 steps")]["mean"]) == -1.0
+    with pytest.raises(SystemExit):
+        M.main(["seeds", "--evals", three, two, "--tasks", "3"])
+    assert "--tasks 3: two holds 2 tasks (ask for 1..2)" in capsys.readouterr().err
+
+
 def test_seeds_gives_both_averaging_conventions_the_first_ten_episodes_and_paired_rises(tmp_path, capsys):
     """Issue 31, gaps 3, 4 and 7: the last steps as the mean of their 500-step windows and pooled over their
     episodes; the first 10 episodes (RL²'s trial) beside the first 500 steps; the difference of two models' rises."""
