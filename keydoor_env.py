@@ -561,12 +561,12 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
 
 
 def check_writable(path: str) -> None:
-    """Prove, before any work, that the file `path` can be written: a probe beside it, its name a little longer, is
-    written by `atomic_write` (which makes the folders) and removed, so that the operating system answers for
-    permissions, read-only mounts, names too long for the file system and link loops. A `path` that exists must be a
-    regular file (a FIFO would block a read, a folder fail the rename after the work). A `path` ending in "/" proves
-    a folder."""
-    probe = f"{path}.probe"  # atomic_write's temp file for it, `<probe>.<pid>.part`, outruns any name a write makes
+    """Prove, before any work, that the file `path` can be written: a probe beside it, named as `atomic_write`'s temp
+    file for `path`, is written by `atomic_write` (which makes the folders; its own temp file has the longest name of
+    all) and removed, so that the operating system answers for permissions, read-only mounts, names too long for the
+    file system and link loops. A `path` that exists must be a regular file (a FIFO would block a read, a folder fail
+    the rename after the work). A `path` ending in "/" proves a folder."""
+    probe = f"{path}.{os.getpid()}.part"  # this process's own: two runs starting at once never share a probe
     try:
         atomic_write(probe, lambda f: None)
         os.remove(probe)
