@@ -791,7 +791,7 @@ def load_checkpoint(path: str) -> dict:
     checkpoint = None
     try:
         # opened without waiting for a writer: a FIFO named like a checkpoint reads empty (refused) rather than hang
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as file:
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
         if checkpoint["version"] != CHECKPOINT_VERSION:
             raise ValueError(f"format {checkpoint['version']}, this ad_train.py reads {CHECKPOINT_VERSION}")

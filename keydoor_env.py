@@ -581,7 +581,8 @@ def lock(path: str) -> Any:
     run holds it (two runs writing one checkpoint would overwrite each other). The lock is the operating system's
     (flock): it ends when the file closes, at the block's end or the process's, however the process ends, so no
     stale lock outlives a killed run; the empty lock file stays. `check_writable(path)` has made its folder."""
-    handle = open(path + ".lock", "a")  # the caller's `with` closes it; a handle refused the lock holds nothing
+    # the caller's `with` closes it; a handle refused the lock holds nothing; a FIFO in its place is refused at once
+    handle = open(path + ".lock", "a", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

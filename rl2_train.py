@@ -691,7 +691,7 @@ def load_checkpoint(path: str, args: Args, model: ActorCritic, optimizer: torch.
     (strictly: every tensor, of its shape). A one-line error names the file, and the flag trained otherwise."""
     try:
         # opened without waiting for a writer: a FIFO named like a checkpoint reads empty (refused) rather than hang
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as file:
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
         if checkpoint["version"] != CHECKPOINT_VERSION:
             raise ValueError(f"format {checkpoint['version']}, this rl2_train.py reads {CHECKPOINT_VERSION}")

@@ -761,14 +761,14 @@ def run_file(run: int) -> str:
 
 
 def run_files(folder: str) -> list[str]:
-    """The names of the run files in `folder`, in run order; none where the folder does not exist yet."""
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    # regular files only, as `K.history_paths` reads them: a FIFO named like a run would block its read
-    return sorted(
-        name
-        for name in names
-        if name.startswith("run_") and name.endswith(".npz") and os.path.isfile(os.path.join(folder, name))
-    )
+    """The names of the run files in `folder`, in run order; none where the folder does not exist yet. Something
+    named like a run that is not a regular file is refused: a FIFO would block its read, a folder fail its write."""
+    listed = os.listdir(folder) if os.path.isdir(folder) else []
+    names = sorted(name for name in listed if name.startswith("run_") and name.endswith(".npz"))
+    strays = [name for name in names if not os.path.isfile(os.path.join(folder, name))]
+    if strays:
+        raise ValueError(f"{os.path.join(folder, strays[0])} is not a regular file; move it away")
+    return names
 
 
 def shard_runs_written(args: Args, folder: str) -> set[int]:

@@ -1051,7 +1051,9 @@ def seeds(args: Seeds) -> None:
     if args.csv:
         prepare_output(os.path.dirname(args.csv) or ".")
     models = group_by_model(runs)
-    models.append(("random policy", [runs[0]["random"]]))  # every file holds the same random episodes
+    # the random policy's episodes are the same in every file of one task count and --seed; with --tasks, files of other
+    # counts drew others (its actions are drawn for all tasks at once): the first file's are the row
+    models.append(("random policy", [runs[0]["random"]]))
     scores = {label: model_scores(members, args.final_steps) for label, members in models}
     num_tasks = len(runs[0]["tasks"])
 
@@ -1064,7 +1066,7 @@ def seeds(args: Seeds) -> None:
     source = None if args.source_csv is None else read_source_steps(args.source_csv)
     for label, members in models:
         if label == "random policy":
-            seeds_text = f"the same episodes in every file, {num_tasks} tasks"
+            seeds_text = f"the episodes of {args.evals[0]}, {num_tasks} tasks"
         else:
             seeds_text = f"{len(members)} training seed{'s' if len(members) > 1 else ''} x {num_tasks} tasks"
         rows += model_block(label, seeds_text, scores[label], num_tasks)

@@ -460,6 +460,9 @@ def test_a_lock_refuses_a_second_writer_until_the_first_process_ends(tmp_path):
     holder.wait()
     K.lock(path)
     assert os.listdir(tmp_path / "checkpoints") == ["run.pt.lock"]
+    os.mkfifo(tmp_path / "checkpoints" / "other.pt.lock")  # a FIFO where the lock goes: refused, not waited on
+    with pytest.raises(OSError, match="other.pt.lock"):
+        K.lock(str(tmp_path / "checkpoints" / "other.pt"))
 
 
 def test_check_writable_and_history_paths(tmp_path):

@@ -442,6 +442,10 @@ def test_corrupt_file_is_one_line_on_the_command_line(tmp_path, corrupt_deflate_
 
 def test_unwritable_outputs_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    stray = tmp_path / "strays" / "nx1-light" / "run_00000.npz"
+    stray.mkdir(parents=True)  # a folder named like a run: its write would fail after the collection
+    with pytest.raises(ValueError, match="run_00000.npz is not a regular file; move it away"):
+        S.main(tiny(tmp_path, data_dir=str(tmp_path / "strays")))
     (tmp_path / "a_file").write_bytes(b"")
     with pytest.raises(
         OSError, match=r"a_file/nx1-light/run_00002.npz: cannot write there \(Not a directory\)"
