@@ -4,9 +4,13 @@ matrix-multiply peak of the same machine, in the same run.
     python benchmarks/bench_train.py                     # default model (128 wide, 4 layers), context 50
     python benchmarks/bench_train.py --context 200 --n-embd 64 --d-ff 256
     python benchmarks/bench_train.py --context 250 --n-embd 64 --n-layer 3 --d-ff 256 --batch-size 32 --compile
+    python benchmarks/bench_train.py --context 250 --n-embd 64 --n-layer 3 --d-ff 256 --batch-size 32 --bf16
 
 With --compile it times the eager step (the baseline), then the same step through torch.compile (as
 `ad_train.py --compile` runs it), in the same process, and prints their ratio and the compile time.
+With --bf16 it times the float32 step, then the same step under bfloat16 autocast on the CPU (as
+`ad_train.py` runs it on CUDA; on a CPU with AMX the matrix multiplies run in bfloat16), and prints
+their ratio.
 
 FLOPs per token follow the PaLM/nanoGPT estimate: 6 x (non-embedding parameters) for the matrix
 multiplies of forward and backward, plus 12 x layers x width x context for attention (half of it
@@ -45,6 +49,8 @@ class Args:
     """timed training iterations"""
     compile: bool = False
     """also time the step through torch.compile and print compiled / eager"""
+    bf16: bool = False
+    """also time the step under bfloat16 autocast and print bf16 / float32"""
 
 
 def matmul_peak(seconds: float = 2.0, n: int = 1024) -> float:
@@ -86,8 +92,12 @@ def main(args: Args) -> float:
     }
     targets = torch.randint(0, K.NUM_ACTIONS, (B, T))
 
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=False)
+
     def update(step_model: torch.nn.Module) -> None:  # the body of ad_train.main's loop
-        loss = F.cross_entropy(step_model(**inputs).reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
+        with autocast:
+            logits = step_model(**inputs)  # (B, T, 5)
+        loss = F.cross_entropy(logits.float().reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -121,6 +131,11 @@ def main(args: Args) -> float:
             f"compiled:          {compiled_tokens_per_second:8,.0f} tokens/s after {compile_seconds:.0f} s of compiling"
         )
         print(f"compiled / eager:  {ratio:.2f}x (same run)")
+    if args.bf16:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        bf16_tokens_per_second = tokens_per_second_of(model)
+        print(f"bf16 autocast:     {bf16_tokens_per_second:8,.0f} tokens/s")
+        print(f"bf16 / float32:    {bf16_tokens_per_second / tokens_per_second:.2f}x (same run)")
     return mfu
 
 

@@ -1,5 +1,5 @@
-"""benchmarks/bench_train.py: the eager step and, with --compile, the compiled step timed in one run, their
-ratio printed (a speed claim is a ratio against a baseline measured in the same run)."""
+"""benchmarks/bench_train.py: the eager step and, with --compile (or --bf16), the compiled (or bfloat16 autocast)
+step timed in one run, their ratio printed (a speed claim is a ratio against a baseline measured in the same run)."""
 
 import pytest
 from conftest import load_benchmark
@@ -10,8 +10,10 @@ def bench():
     return load_benchmark("bench_train")
 
 
-def tiny(bench, compile: bool):
-    return bench.Args(context=8, batch_size=2, n_layer=1, n_head=2, n_embd=16, d_ff=32, iterations=2, compile=compile)
+def tiny(bench, compile: bool, bf16: bool = False):
+    return bench.Args(
+        context=8, batch_size=2, n_layer=1, n_head=2, n_embd=16, d_ff=32, iterations=2, compile=compile, bf16=bf16
+    )
 
 
 def test_eager_prints_throughput_and_mfu(bench, capsys, monkeypatch):
@@ -30,4 +32,12 @@ def test_compile_prints_the_ratio_against_eager(bench, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "compiled / eager:" in printed
     ratio = float(printed.split("compiled / eager:")[1].split("x")[0])
+    assert ratio > 0
+
+
+def test_bf16_prints_the_ratio_against_float32(bench, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)
+    bench.main(tiny(bench, compile=False, bf16=True))
+    printed = capsys.readouterr().out
+    ratio = float(printed.split("bf16 / float32:")[1].split("x")[0])
     assert ratio > 0
