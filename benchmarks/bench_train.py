@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ad_train as A  # noqa: E402
@@ -92,23 +91,21 @@ def main(args: Args) -> float:
     }
     targets = torch.randint(0, K.NUM_ACTIONS, (B, T))
 
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=False)
+    float32 = torch.autocast("cpu", enabled=False)
 
-    def update(step_model: torch.nn.Module) -> None:  # the body of ad_train.main's loop
-        with autocast:
-            logits = step_model(**inputs)  # (B, T, 5)
-        loss = F.cross_entropy(logits.float().reshape(-1, K.NUM_ACTIONS), targets.reshape(-1))
+    def update(step_model: torch.nn.Module, autocast) -> None:  # the body of ad_train.main's loop
+        (loss, _) = A.loss_and_accuracy(step_model, inputs, targets, autocast)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def tokens_per_second_of(step_model: torch.nn.Module) -> float:
+    def tokens_per_second_of(step_model: torch.nn.Module, autocast=float32) -> float:
         for _ in range(3):  # warm-up (the compiled model compiles here)
-            update(step_model)
+            update(step_model, autocast)
         start = time.perf_counter()
         for _ in range(args.iterations):
-            update(step_model)
+            update(step_model, autocast)
         return args.iterations * B * T / (time.perf_counter() - start)
 
     tokens_per_second = tokens_per_second_of(model)
@@ -123,7 +120,7 @@ def main(args: Args) -> float:
     if args.compile:
         start = time.perf_counter()
         compiled = torch.compile(model, dynamic=False)  # as ad_train.training_model compiles it on the CPU
-        update(compiled)  # the first call compiles forward and backward
+        update(compiled, float32)  # the first call compiles forward and backward
         compile_seconds = time.perf_counter() - start
         compiled_tokens_per_second = tokens_per_second_of(compiled)
         ratio = compiled_tokens_per_second / tokens_per_second
@@ -132,8 +129,7 @@ def main(args: Args) -> float:
         )
         print(f"compiled / eager:  {ratio:.2f}x (same run)")
     if args.bf16:
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-        bf16_tokens_per_second = tokens_per_second_of(model)
+        bf16_tokens_per_second = tokens_per_second_of(model, torch.autocast("cpu", dtype=torch.bfloat16))
         print(f"bf16 autocast:     {bf16_tokens_per_second:8,.0f} tokens/s")
         print(f"bf16 / float32:    {bf16_tokens_per_second / tokens_per_second:.2f}x (same run)")
     return mfu
