@@ -1,6 +1,7 @@
 """Population-batched discrete SAC on Key-To-Door that writes one learning history per run.
 
-    python sac_collect.py --style nx1 --light      # 800 runs x 50k steps, one fixed train task each
+    python sac_collect.py --style nx1 --light      # 640 runs x 8,000 steps on 9x9, one fixed train task each
+    python sac_collect.py --style nx1 --light --num-runs 800 --steps 50000   # the report's scale (GPU)
     python sac_collect.py --style 1xn --light      # one run of 100k steps, a new train task every reset
     python sac_collect.py --style 1xn              # the same, Dark
     torchrun --nproc_per_node 4 sac_collect.py --style nx1 --light   # 4 processes (GPUs), one shard each
@@ -48,9 +49,9 @@ class Args:
     light: bool = False
     """collect Light observations (key and door positions appended); Nx1 is collected Light and read Dark"""
     num_runs: int | None = None
-    """independent SAC runs (default: 800 for nx1, 1 for 1xn); nx1 runs beyond the train tasks repeat tasks"""
+    """independent SAC runs (default: 640 for nx1, 1 for 1xn); nx1 runs beyond the train tasks repeat tasks"""
     steps: int | None = None
-    """environment steps per run (default: 50,000 for nx1, 100,000 for 1xn)"""
+    """environment steps per run (default: 8,000 for nx1, 100,000 for 1xn)"""
     size: int = 9
     """grid size"""
     seed: int = 1
@@ -113,8 +114,8 @@ DATA_FIELDS = (
     "update_every",
     "exploration_bonus",
 )
-DEFAULT_NUM_RUNS = {"nx1": 800, "1xn": 1}
-DEFAULT_STEPS = {"nx1": 50_000, "1xn": 100_000}
+DEFAULT_NUM_RUNS = {"nx1": 640, "1xn": 1}
+DEFAULT_STEPS = {"nx1": 8_000, "1xn": 100_000}
 # Run files are named run_00000.npz .. run_99999.npz: readers take them in name order, which is run order only
 # while the names keep five digits. (It also bounds a run count no machine holds before anything is computed.)
 MAX_RUNS = 99_999

@@ -539,11 +539,11 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     path = str(data / "checkpoints" / CHECKPOINT)
     for changed, message in (
         ({"history_steps": 200}, "--history-steps -1, not 200"),
-        ({"episode_stride": 2}, "--episode-stride 1, not 2"),
+        ({"episode_stride": 2}, "--episode-stride 8, not 2"),
         ({"n_embd": 32}, "--n-embd 16, not 32"),
         ({"dropout": 0.2}, "--dropout 0.1, not 0.2"),
-        ({"arrival_token": True}, "--no-arrival-token, not --arrival-token"),
-        ({"lr": 1e-2}, "--lr 0.0003, not 0.01"),
+        ({"arrival_token": False}, "--arrival-token, not --no-arrival-token"),
+        ({"lr": 1e-2}, "--lr 0.001, not 0.01"),
         ({"batch_size": 4}, "--batch-size 8, not 4"),
         ({"warmup_iterations": 1}, "--warmup-iterations 5, not 1"),
         ({"max_grad_norm": 0.5}, "--max-grad-norm 1.0, not 0.5"),
