@@ -1,8 +1,8 @@
 """In-context evaluation of AD checkpoints on held-out Key-To-Door tasks (the report's protocol).
 
-    python ad_eval.py --checkpoints data/checkpoints/ad__nx1-light__dark__ctx200__1.pt   # 100 test tasks
+    python ad_eval.py --checkpoints data/checkpoints/ad__nx1-light__dark__ctx250__1.pt   # 100 test tasks
     python ad_eval.py --checkpoints a.pt b.pt --split validation --num-envs 20 --plot    # choosing settings
-    python ad_eval.py --checkpoints data/checkpoints/ad__nx1-light__dark__ctx200__1.pt --capture-video  # a GIF
+    python ad_eval.py --checkpoints data/checkpoints/ad__nx1-light__dark__ctx250__1.pt --capture-video  # a GIF
 
 For each checkpoint, `--num-envs` held-out tasks run together in one batch for `--steps` env steps,
 with the same task after every reset. The model sees its own history (o_t, a_{t-1}, r_{t-1},

@@ -15,7 +15,8 @@ stable with a Transformer trunk.
 `--arrival-token` adds p_{t-1} to each token, the cell the previous action led to (gymnasium's final
 observation at an episode's end). Why: the door ends the episode, so the door's cell is in no o_t;
 without p the policy often found the door and then missed it in later episodes (docs/rl2.md, "The
-arrival token"). Off by default: RL² is AD's baseline.
+arrival token"). Off by default: RL² is AD's baseline on its plain tokens (ad_train.py turns it on by
+default, as its laptop recipe).
 
 Files (stem = <exp_name>__<size>x<size>__<seed>): `data/rl2/<stem>__run_<env>_it<first iteration>.npz`,
 its experience, the fifth dataset (`ad_train.py --dataset rl2`); `data/checkpoints/<stem>.pt`, from which

@@ -51,7 +51,7 @@ def main(args: Args) -> float:
     tasks = K.eval_tasks(9, "test", args.num_envs, seed=0)  # (num_envs, 4)
     torch.manual_seed(0)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    # ad_train.py's default model, read from its Args by field name as ad_train.py builds it
+    # ad_train.py's default model sizes, read from its Args by field name as ad_train.py builds it (plain Dark tokens)
     defaults = A.Args()
     sizes = {f.name: getattr(defaults, f.name) for f in fields(A.ModelConfig) if hasattr(defaults, f.name)}
     sizes["context"] = args.context

@@ -303,6 +303,7 @@ def train(args: Args, scale: Scale, contexts, speed: dict, left_s: float, out: s
             lr=6e-4,
             warmup_iterations=min(300, iterations),
             arrival_token=args.arrival_token,
+            episode_stride=1,  # every episode, as the report trains (ad_train's default, 8, is the laptop recipe's)
             **model_sizes(scale),
             eval_every=0,
             save_every=iterations,

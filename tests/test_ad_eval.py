@@ -24,6 +24,8 @@ def train(data_dir, **overrides):
     """A tiny model trained by ad_train.py on `data_dir`'s nx1-light; returns its checkpoint's path."""
     flags = dict(
         data_dir=str(data_dir),
+        episode_stride=1,  # every episode and no arrival token unless asked: the fixture's "dark" and "light"
+        arrival_token=False,  # are the plain tokens, "arrival" the token's path
         context=16,
         iterations=5,
         batch_size=4,

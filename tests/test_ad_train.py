@@ -75,8 +75,13 @@ def sac_data(tmp_path_factory):
 
 
 def tiny_args(data_dir, **overrides):
+    # every episode, no arrival token and lr 3e-4 unless a test asks otherwise: the tests were written on those
+    # settings (the defaults before issue 33), and the recipe's (stride 8, the token) each have their own tests
     flags = dict(
         data_dir=str(data_dir),
+        episode_stride=1,
+        arrival_token=False,
+        lr=3e-4,
         context=40,
         iterations=30,
         batch_size=8,
@@ -539,11 +544,11 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
     path = str(data / "checkpoints" / CHECKPOINT)
     for changed, message in (
         ({"history_steps": 200}, "--history-steps -1, not 200"),
-        ({"episode_stride": 2}, "--episode-stride 8, not 2"),
+        ({"episode_stride": 2}, "--episode-stride 1, not 2"),
         ({"n_embd": 32}, "--n-embd 16, not 32"),
         ({"dropout": 0.2}, "--dropout 0.1, not 0.2"),
-        ({"arrival_token": False}, "--arrival-token, not --no-arrival-token"),
-        ({"lr": 1e-2}, "--lr 0.001, not 0.01"),
+        ({"arrival_token": True}, "--no-arrival-token, not --arrival-token"),
+        ({"lr": 1e-2}, "--lr 0.0003, not 0.01"),
         ({"batch_size": 4}, "--batch-size 8, not 4"),
         ({"warmup_iterations": 1}, "--warmup-iterations 5, not 1"),
         ({"max_grad_norm": 0.5}, "--max-grad-norm 1.0, not 0.5"),
@@ -612,12 +617,26 @@ def test_outputs_checked_before_work(sac_data, tmp_path, monkeypatch):
 def test_end_to_end_with_arrival_token(sac_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(sac_data, tmp_path / "data")
-    result = A.main(tiny_args(tmp_path / "data", arrival_token=True, exp_name="ad-arrival"))
+    # the recipe's windows: every 8th episode, with the arrival token (the defaults' path)
+    result = A.main(tiny_args(tmp_path / "data", arrival_token=True, episode_stride=8, exp_name="ad-arrival"))
     checkpoint = A.load_checkpoint(result["checkpoint"])
     assert checkpoint["model_config"]["arrival"] and checkpoint["iteration"] == 30
+    assert checkpoint["data"]["episode_stride"] == 8
     assert "eval_return" in result  # the in-training evaluation ran the model (it raises without arrivals)
     model = A.model_from_checkpoint(checkpoint)
     assert model.embed.in_features == 4 + K.NUM_ACTIONS + 2 + 2
+
+
+def test_the_defaults_are_the_recipe_the_readme_spells_out():
+    """Issue 33: `python ad_train.py` with no flags trains the laptop recipe; the README spells it as flags for 7x7
+    (its R line): both must stay the same recipe."""
+    import tyro
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+        (line,) = [line for line in f if line.startswith('R="--data-dir data7 ')]
+    flags = line.strip()[len('R="') : -1].split()
+    args = tyro.cli(A.Args, args=flags + ["--context", "250"])
+    assert args == A.Args(data_dir="data7", exp_name="ad-k8-arrival")
 
 
 def test_arrival_token_refuses_data_off_the_grid(sac_data, tmp_path):

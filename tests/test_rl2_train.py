@@ -273,6 +273,7 @@ def test_ad_train_reads_the_rl2_dataset(tmp_path, monkeypatch):
     out = A.main(
         A.Args(
             dataset="rl2",
+            episode_stride=1,  # a trial holds 10 episodes of one task: every 8th would put tasks side by side
             data_dir=str(tmp_path / "data"),
             context=20,
             iterations=3,
