@@ -94,7 +94,7 @@ def main(args: Args) -> float:
     float32 = torch.autocast("cpu", enabled=False)
 
     def update(step_model: torch.nn.Module, autocast) -> None:  # the body of ad_train.main's loop
-        (loss, _) = A.loss_and_accuracy(step_model, inputs, targets, autocast)
+        loss, _ = A.loss_and_accuracy(step_model, inputs, targets, autocast)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ad_train as A
@@ -630,9 +631,7 @@ def test_end_to_end_with_arrival_token(sac_data, tmp_path, monkeypatch):
 def test_the_defaults_are_the_recipe_the_readme_spells_out():
     """Issue 33: `python ad_train.py` with no flags trains the laptop recipe; the README spells it as flags for 7x7
     (its R line): both must stay the same recipe."""
-    import tyro
-
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+    with open(os.path.join(ROOT, "README.md")) as f:
         (line,) = [line for line in f if line.startswith('R="--data-dir data7 ')]
     flags = line.strip()[len('R="') : -1].split()
     args = tyro.cli(A.Args, args=flags + ["--context", "250"])
