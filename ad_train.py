@@ -71,7 +71,10 @@ class Args:
     d_ff: int = 256
     """feed-forward width"""
     dropout: float = 0.1
-    """dropout in embeddings, attention output and feed-forward"""
+    """dropout in embeddings, attention weights, attention output and feed-forward"""
+    attn_dropout: float | None = None
+    """dropout on the attention weights alone (None: --dropout); 0 lets PyTorch run attention on the CPU in its fused
+    kernel, which has no dropout: several times faster training at long context (docs/speed.md)"""
     batch_size: int = 32
     """windows per iteration (over all processes under torchrun)"""
     iterations: int = 4_000
@@ -287,14 +290,14 @@ class ModelConfig:
     d_ff: int
     dropout: float
     arrival: bool  # tokens carry p_{t-1}, the (x, y) the previous action led to (--arrival-token)
+    attn_dropout: float | None = None  # None: `dropout`, as in every checkpoint written before --attn-dropout
 
 
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"  # the heads split the width
-        self.n_head = config.n_head
-        self.dropout = config.dropout
+        self.n_head = config.n_head  # --n-embd is a multiple of it (`validate`): the heads split the width
+        self.attn_dropout = config.dropout if config.attn_dropout is None else config.attn_dropout
         self.context = config.context
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
@@ -320,7 +323,7 @@ class SelfAttention(nn.Module):
             v = cache["v"][:, :, :end]
         # causal over a window from its start; one token after a filled cache sees all of it
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=k.shape[2] == T, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=k.shape[2] == T, dropout_p=self.attn_dropout if self.training else 0.0
         )
         return self.proj_dropout(self.proj(y.transpose(1, 2).reshape(B, T, E)))
 
@@ -406,10 +409,10 @@ def window_starts(steps: int, context: int, keep: int = 0) -> np.ndarray:
     a window cannot slide by one token on a KV cache: it grows to `context` tokens, then the next token starts a new
     window of the last `keep` tokens (the new one last), refilled at positions 0..keep-1; keep = 0 means context // 2,
     about two token computations a step. A larger `keep` forgets less at a restart and restarts more often (every
-    context - keep + 1 steps): keep = context slides the window one step at a time, each step a whole window."""
+    context - keep + 1 steps): keep = context slides the window one step at a time, each step a whole window. `keep`
+    lies in 0..context (`ad_eval.py` checks --window-keep)."""
     if keep == 0:
         keep = max(1, context // 2)
-    assert 1 <= keep <= context, f"a window of {context} tokens cannot keep {keep} at a restart"
     starts = np.zeros(steps, dtype=np.int64)
     start = 0
     for t in range(steps):
@@ -726,6 +729,7 @@ RESUME_ARGS = (
     "n_embd",
     "d_ff",
     "dropout",
+    "attn_dropout",
     "arrival_token",
     "batch_size",
     "lr",
@@ -960,6 +964,10 @@ def validate(args: Args, world_size: int = 1) -> None:
             (args.episode_stride >= 1, f"--episode-stride must be >= 1, got {args.episode_stride}"),
             (args.eval_every >= 0, f"--eval-every must be >= 0, got {args.eval_every}"),
             (0 <= args.dropout < 1, f"--dropout must be a finite number in [0, 1), got {args.dropout}"),  # NaN fails
+            (
+                args.attn_dropout is None or 0 <= args.attn_dropout < 1,
+                f"--attn-dropout must be None or a finite number in [0, 1), got {args.attn_dropout}",
+            ),
             (0 < args.lr < math.inf, f"--lr must be a finite number > 0, got {args.lr}"),
             (
                 0 <= args.weight_decay < math.inf,
@@ -1022,7 +1030,7 @@ def check_resume(path: str, checkpoint: dict, args: Args, data_info: dict) -> No
             "pass at least as many, or change --exp-name"
         )
     for key in RESUME_ARGS:
-        trained = checkpoint["args"][key]
+        trained = checkpoint["args"].get(key)  # a flag newer than the checkpoint: None, its default, as trained
         now = getattr(args, key)
         if trained != now:
             now_setting = setting(key, now) if isinstance(now, bool) else now

@@ -5,12 +5,16 @@ matrix-multiply peak of the same machine, in the same run.
     python benchmarks/bench_train.py --context 200 --n-embd 64 --d-ff 256
     python benchmarks/bench_train.py --context 250 --n-embd 64 --n-layer 3 --d-ff 256 --batch-size 32 --compile
     python benchmarks/bench_train.py --context 250 --n-embd 64 --n-layer 3 --d-ff 256 --batch-size 32 --bf16
+    python benchmarks/bench_train.py --context 250 --n-embd 64 --n-layer 3 --d-ff 256 --batch-size 32 --fused-attention
 
 With --compile it times the eager step (the baseline), then the same step through torch.compile (as
 `ad_train.py --compile` runs it), in the same process, and prints their ratio and the compile time.
 With --bf16 it times the float32 step, then the same step under bfloat16 autocast on the CPU (as
 `ad_train.py` runs it on CUDA; on a CPU with AMX the matrix multiplies run in bfloat16), and prints
-their ratio.
+their ratio. With --fused-attention it times the step (dropout 0.1 on the attention weights too, as
+`ad_train.py` trains by default), then the same step without dropout on the attention weights
+(`ad_train.py --attn-dropout 0`), which PyTorch runs on the CPU in its fused flash-attention kernel,
+and prints their ratio.
 
 FLOPs per token follow the PaLM/nanoGPT estimate: 6 x (non-embedding parameters) for the matrix
 multiplies of forward and backward, plus 12 x layers x width x context for attention (half of it
@@ -50,6 +54,8 @@ class Args:
     """also time the step through torch.compile and print compiled / eager"""
     bf16: bool = False
     """also time the step under bfloat16 autocast and print bf16 / float32"""
+    fused_attention: bool = False
+    """also time the step with no dropout on the attention weights (--attn-dropout 0) and print fused / unfused"""
 
 
 def matmul_peak(seconds: float = 2.0, n: int = 1024) -> float:
@@ -132,6 +138,12 @@ def main(args: Args) -> float:
         bf16_tokens_per_second = tokens_per_second_of(model, torch.autocast("cpu", dtype=torch.bfloat16))
         print(f"bf16 autocast:     {bf16_tokens_per_second:8,.0f} tokens/s")
         print(f"bf16 / float32:    {bf16_tokens_per_second / tokens_per_second:.2f}x (same run)")
+    if args.fused_attention:
+        for block in model.blocks:  # what `--attn-dropout 0` builds: SDPA gets dropout_p 0, nothing else changes
+            block.attn.attn_dropout = 0.0
+        fused_tokens_per_second = tokens_per_second_of(model)
+        print(f"--attn-dropout 0:  {fused_tokens_per_second:8,.0f} tokens/s")
+        print(f"fused / unfused:   {fused_tokens_per_second / tokens_per_second:.2f}x (same run)")
     return mfu
 
 

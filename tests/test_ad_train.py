@@ -172,6 +172,34 @@ def test_kv_cache_matches_full_recompute(arrival):
         torch.testing.assert_close(out[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
 
 
+def test_attn_dropout_sets_the_attention_weights_dropout_alone(monkeypatch):
+    """--attn-dropout is the dropout SDPA applies to the attention weights (0: PyTorch's fused CPU kernel), apart
+    from --dropout; None, and a checkpoint's config written before the flag, keep --dropout's, as those trained."""
+    seen = []
+    sdpa = A.F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["dropout_p"])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(A.F, "scaled_dot_product_attention", spy)
+    shape = dict(obs_dim=4, context=12, n_layer=2, n_head=2, n_embd=16, d_ff=32, arrival=False)
+    for extra, expected in (
+        ({"attn_dropout": 0.0}, 0.0),
+        ({"attn_dropout": 0.3}, 0.3),
+        ({"attn_dropout": None}, 0.2),
+        ({}, 0.2),
+    ):
+        model = A.DecisionModel(A.ModelConfig(dropout=0.2, **shape, **extra)).train()
+        seen.clear()
+        model(**random_inputs(2, 12))
+        assert seen == [expected, expected], (extra, seen)
+        model.eval()  # no dropout at all in evaluation
+        seen.clear()
+        model(**random_inputs(2, 12))
+        assert seen == [0.0, 0.0]
+
+
 def test_weight_decay_only_on_matrices():
     model = small_model()
     decay, no_decay = model.optimizer(1e-3, 0.1, torch.device("cpu")).param_groups
@@ -548,6 +576,7 @@ def test_end_to_end_on_sac_data(sac_data, tmp_path, monkeypatch, capsys):
         ({"episode_stride": 2}, "--episode-stride 1, not 2"),
         ({"n_embd": 32}, "--n-embd 16, not 32"),
         ({"dropout": 0.2}, "--dropout 0.1, not 0.2"),
+        ({"attn_dropout": 0.0}, "--attn-dropout None, not 0.0"),
         ({"arrival_token": True}, "--no-arrival-token, not --arrival-token"),
         ({"lr": 1e-2}, "--lr 0.0003, not 0.01"),
         ({"batch_size": 4}, "--batch-size 8, not 4"),

@@ -1,5 +1,6 @@
-"""benchmarks/bench_train.py: the eager step and, with --compile (or --bf16), the compiled (or bfloat16 autocast)
-step timed in one run, their ratio printed (a speed claim is a ratio against a baseline measured in the same run)."""
+"""benchmarks/bench_train.py: the eager step and, with --compile (or --bf16, --fused-attention), the compiled (or
+bfloat16 autocast, or no attention-weight dropout) step timed in one run, their ratio printed (a speed claim is a
+ratio against a baseline measured in the same run)."""
 
 import pytest
 from conftest import load_benchmark
@@ -10,9 +11,18 @@ def bench():
     return load_benchmark("bench_train")
 
 
-def tiny(bench, compile: bool, bf16: bool = False):
+def tiny(bench, compile: bool, bf16: bool = False, fused_attention: bool = False):
     return bench.Args(
-        context=8, batch_size=2, n_layer=1, n_head=2, n_embd=16, d_ff=32, iterations=2, compile=compile, bf16=bf16
+        context=8,
+        batch_size=2,
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        d_ff=32,
+        iterations=2,
+        compile=compile,
+        bf16=bf16,
+        fused_attention=fused_attention,
     )
 
 
@@ -41,3 +51,21 @@ def test_bf16_prints_the_ratio_against_float32(bench, capsys, monkeypatch):
     printed = capsys.readouterr().out
     ratio = float(printed.split("bf16 / float32:")[1].split("x")[0])
     assert ratio > 0
+
+
+def test_fused_attention_prints_the_ratio_and_drops_no_attention_weights(bench, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)
+    seen = []
+    sdpa = bench.A.F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["dropout_p"])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(bench.A.F, "scaled_dot_product_attention", spy)
+    bench.main(tiny(bench, compile=False, fused_attention=True))
+    printed = capsys.readouterr().out
+    ratio = float(printed.split("fused / unfused:")[1].split("x")[0])
+    assert ratio > 0
+    assert set(seen) == {0.1, 0.0}  # the baseline drops attention weights as ad_train's default does; then none
+    assert seen[-1] == 0.0
