@@ -6,6 +6,7 @@ import sys
 import zipfile
 
 import pytest
+import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,3 +38,18 @@ def flip_deflate_bytes(path, member="observations.npy"):
 def corrupt_deflate_stream():
     """`flip_deflate_bytes`: a learning history whose compressed stream is corrupted, as a test makes one."""
     return flip_deflate_bytes
+
+
+@pytest.fixture
+def attention_dropouts(monkeypatch):
+    """The `dropout_p` of every scaled_dot_product_attention call from here on, in order (a list the test reads):
+    what `--attn-dropout` and `--dropout` hand PyTorch's attention."""
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["dropout_p"])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    return seen

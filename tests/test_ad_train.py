@@ -172,17 +172,10 @@ def test_kv_cache_matches_full_recompute(arrival):
         torch.testing.assert_close(out[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
 
 
-def test_attn_dropout_sets_the_attention_weights_dropout_alone(monkeypatch):
+def test_attn_dropout_sets_the_attention_weights_dropout_alone(attention_dropouts):
     """--attn-dropout is the dropout SDPA applies to the attention weights (0: PyTorch's fused CPU kernel), apart
     from --dropout; None, and a checkpoint's config written before the flag, keep --dropout's, as those trained."""
-    seen = []
-    sdpa = A.F.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["dropout_p"])
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(A.F, "scaled_dot_product_attention", spy)
+    seen = attention_dropouts
     shape = dict(obs_dim=4, context=12, n_layer=2, n_head=2, n_embd=16, d_ff=32, arrival=False)
     for extra, expected in (
         ({"attn_dropout": 0.0}, 0.0),

@@ -53,16 +53,11 @@ def test_bf16_prints_the_ratio_against_float32(bench, capsys, monkeypatch):
     assert ratio > 0
 
 
-def test_fused_attention_prints_the_ratio_and_drops_no_attention_weights(bench, capsys, monkeypatch):
+def test_fused_attention_prints_the_ratio_and_drops_no_attention_weights(
+    bench, capsys, monkeypatch, attention_dropouts
+):
     monkeypatch.setattr(bench, "matmul_peak", lambda: 1e9)
-    seen = []
-    sdpa = bench.A.F.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["dropout_p"])
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(bench.A.F, "scaled_dot_product_attention", spy)
+    seen = attention_dropouts
     bench.main(tiny(bench, compile=False, fused_attention=True))
     printed = capsys.readouterr().out
     ratio = float(printed.split("fused / unfused:")[1].split("x")[0])
