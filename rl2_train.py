@@ -118,6 +118,7 @@ class ModelConfig:  # built from `Args` in `main`: the context is one whole tria
     d_ff: int
     arrival: bool  # tokens carry p_{t-1}, the (x, y) the previous action led to (--arrival-token)
     dropout = 0.0  # not a field, not a flag: RL² trains without dropout (the shared block's dropout layers pass x on)
+    attn_dropout = None  # the shared attention's: None is `dropout` (0) on the attention weights too
 
 
 # SelfAttention and Block are ad_train.py's, character for character (a test compares them): each script stays one
@@ -125,9 +126,8 @@ class ModelConfig:  # built from `Args` in `main`: the context is one whole tria
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"  # the heads split the width
-        self.n_head = config.n_head
-        self.dropout = config.dropout
+        self.n_head = config.n_head  # --n-embd is a multiple of it (`validate`): the heads split the width
+        self.attn_dropout = config.dropout if config.attn_dropout is None else config.attn_dropout
         self.context = config.context
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
@@ -153,7 +153,7 @@ class SelfAttention(nn.Module):
             v = cache["v"][:, :, :end]
         # causal over a window from its start; one token after a filled cache sees all of it
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=k.shape[2] == T, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, is_causal=k.shape[2] == T, dropout_p=self.attn_dropout if self.training else 0.0
         )
         return self.proj_dropout(self.proj(y.transpose(1, 2).reshape(B, T, E)))
 
