@@ -766,6 +766,8 @@ def test_an_rl2_checkpoint_is_refused_in_one_line(tmp_path, monkeypatch):
         ("weight_decay", math.nan, "--weight-decay must be a finite number >= 0, got nan"),  # issue 23, item 3
         ("dropout", 1.0, "--dropout must be a finite number in [0, 1), got 1.0"),
         ("dropout", math.nan, "--dropout must be a finite number in [0, 1), got nan"),
+        ("attn_dropout", 1.0, "--attn-dropout must be None or a finite number in [0, 1), got 1.0"),
+        ("attn_dropout", math.nan, "--attn-dropout must be None or a finite number in [0, 1), got nan"),
         ("val_fraction", math.nan, "--val-fraction must be a finite number in [0, 1), got nan"),
         ("val_fraction", 1.0, "--val-fraction must be a finite number in [0, 1), got 1.0"),
         ("eval_every", -1, "--eval-every must be >= 0, got -1"),
