@@ -11,19 +11,9 @@ def bench():
     return load_benchmark("bench_train")
 
 
-def tiny(bench, compile: bool, bf16: bool = False, fused_attention: bool = False):
-    return bench.Args(
-        context=8,
-        batch_size=2,
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-        d_ff=32,
-        iterations=2,
-        compile=compile,
-        bf16=bf16,
-        fused_attention=fused_attention,
-    )
+def tiny(bench, **flags):
+    """The smallest model; `flags` picks the comparisons (compile, bf16, fused_attention)."""
+    return bench.Args(context=8, batch_size=2, n_layer=1, n_head=2, n_embd=16, d_ff=32, iterations=2, **flags)
 
 
 def test_eager_prints_throughput_and_mfu(bench, capsys, monkeypatch):
